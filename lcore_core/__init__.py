@@ -1,0 +1,47 @@
+"""LCore core: the public face for plugin authors. Everything not exported here is private."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lcore_core.auth import Action, Authenticator, AuthTuple, authorize, may
+from lcore_core.cache import (
+    CacheEntry,
+    ConversationCache,
+    ConversationInfo,
+    MemoryCache,
+    NoopCache,
+)
+from lcore_core.config import Config, Settings
+from lcore_core.errors import (
+    BackendUnavailable,
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    LCoreError,
+    NotFound,
+    PluginLoadError,
+    QuotaExceeded,
+    StorageError,
+    Unauthorized,
+    UnprocessableEntity,
+)
+from lcore_core.events import QueryCompleted, Usage
+from lcore_core.hookspecs import hookimpl
+from lcore_core.providers import (
+    AuthProvider,
+    CacheBackend,
+    ConfigSection,
+    ReadinessCheck,
+)
+from lcore_core.runtime import Runtime
+from lcore_core.web import doc, load_body, route
+
+__all__ = [
+    "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
+    "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection", "ConversationCache",
+    "ConversationInfo", "Forbidden", "LCoreError", "MemoryCache", "NoopCache", "NotFound",
+    "PluginLoadError", "QueryCompleted", "QuotaExceeded", "ReadinessCheck", "Runtime",
+    "Settings", "StorageError", "Unauthorized", "UnprocessableEntity", "Usage", "__version__",
+    "authorize", "doc", "hookimpl", "load_body", "may", "route",
+]

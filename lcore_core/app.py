@@ -1,0 +1,182 @@
+"""`create_app`: the Quart application with its plugins, middleware and error handling."""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+from quart import Quart, g, jsonify, request
+from quart_cors import cors
+from werkzeug.exceptions import HTTPException
+
+from lcore_core.builtins import Rbac
+from lcore_core.config import Config, load_config
+from lcore_core.errors import ConfigError, LCoreError
+from lcore_core.logs import configure_logging
+from lcore_core.metrics import CoreMetrics
+from lcore_core.plugins import Plugins, load_plugins
+from lcore_core.runtime import Runtime
+
+log = structlog.get_logger("lcore.app")
+
+_HTTP_TEXT = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+              400: "Bad request"}
+
+
+class LCoreApp(Quart):
+    runtime: Runtime
+
+
+def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | None = None,
+               extra_plugins: tuple[Any, ...] = ()) -> LCoreApp:
+    """Build the app. `config` is a loaded `Config`, a path, or None for the embedded default.
+
+    `plugins` defaults to the built-ins plus every installed `lcore` plugin; tests pass a manager
+    of their own. Raises `ConfigError` for a bad configuration or a plugin that failed to load.
+    """
+    if plugins is None:
+        # Blocking is read before loading so a blocked plugin is never imported.
+        blocked = _blocked_plugins(config)
+        plugins = load_plugins(blocked=blocked, extra=extra_plugins)
+    if plugins.failures:
+        raise ConfigError("; ".join(str(f) for f in plugins.failures), key="plugins")
+    if not isinstance(config, Config):
+        config = load_config(config, plugins)
+    configure_logging(config.service.log_format)
+
+    app = LCoreApp("lcore")
+    app.config["MAX_CONTENT_LENGTH"] = config.service.max_request_size
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    plugins.register(Rbac(config), "rbac", distribution="lcore-core")
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = CoreMetrics(registry)
+    plugins.register_metrics(registry, config)
+    auth_provider = plugins.auth_providers()[config.authentication.module]
+    backend = plugins.cache_backends()[config.conversation_cache.type]
+    runtime = Runtime(
+        config=config, plugins=plugins, registry=registry, metrics=metrics,
+        authenticator=auth_provider.factory(config.authentication.get("settings"), config),
+        cache=backend.factory(config.conversation_cache.settings, config),
+        app=app,
+    )
+    app.runtime = runtime
+
+    _install_middleware(app, runtime)
+    _install_error_handlers(app)
+    from lcore_core.endpoints import system
+
+    app.register_blueprint(system.bp)
+    for bp in plugins.blueprints(config):
+        app.register_blueprint(bp)
+
+    @app.before_serving
+    async def startup() -> None:
+        await plugins.startup(runtime)
+        log.info("started", name=config.name, auth=config.authentication.module,
+                 cache=config.conversation_cache.type)
+
+    @app.after_serving
+    async def shutdown() -> None:
+        await plugins.shutdown(runtime)
+        close = getattr(runtime.cache, "close", None)
+        if close is not None:
+            await close()
+
+    cors_settings = config.service.cors
+    return cors(app, allow_origin=_cors_origins(cors_settings.allow_origins),
+                allow_credentials=cors_settings.allow_credentials,
+                allow_methods=cors_settings.allow_methods,
+                allow_headers=cors_settings.allow_headers,
+                expose_headers=["X-Request-ID", "X-LCore-Overhead-Ms"])
+
+
+def _cors_origins(origins: list[str]) -> Any:
+    return "*" if "*" in origins else origins
+
+
+def _blocked_plugins(config: Config | str | Path | None) -> list[str]:
+    if isinstance(config, Config):
+        return list(config.plugins.blocked)
+    from lcore_core.config import DEFAULT_CONFIG
+    from lcore_core.config.loader import read_document
+
+    data = read_document(config or DEFAULT_CONFIG).data
+    section = data.get("plugins") or {}
+    blocked = section.get("blocked") if isinstance(section, dict) else None
+    return [str(b) for b in blocked] if isinstance(blocked, list) else []
+
+
+def _install_middleware(app: Quart, runtime: Runtime) -> None:
+    metrics = runtime.metrics
+
+    @app.before_request
+    async def begin() -> None:
+        g.started = time.perf_counter()
+        g.llm_seconds = 0.0
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if 0 < len(rid) <= 128 and rid.isprintable() else uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    async def finish(response: Any) -> Any:
+        rid = getattr(g, "request_id", None)
+        if rid:
+            response.headers["X-Request-ID"] = rid
+        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
+        if rule in getattr(view, "lcore_deprecated_aliases", ()):
+            response.headers["Deprecation"] = "true"
+        started = getattr(g, "started", None)
+        if started is not None:
+            elapsed = time.perf_counter() - started
+            metrics.rest_api_calls.labels(rule, str(response.status_code)).inc()
+            if not getattr(g, "streaming", False):
+                metrics.response_duration.labels(rule).observe(elapsed)
+                overhead = max(elapsed - g.llm_seconds, 0.0)
+                if g.llm_seconds:
+                    metrics.overhead.labels(rule).observe(overhead)
+                response.headers["X-LCore-Overhead-Ms"] = f"{overhead * 1000:.2f}"
+            auth = getattr(g, "auth", None)
+            log.info("request", method=request.method, path=request.path,
+                     status=response.status_code, duration_ms=round(elapsed * 1000, 2),
+                     user_id=auth.user_id if auth else None)
+        structlog.contextvars.unbind_contextvars("request_id")
+        return response
+
+
+def _install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(LCoreError)
+    async def lcore_error(exc: LCoreError) -> Any:
+        response = jsonify(exc.body())
+        response.status_code = exc.status
+        response.headers.update(exc.headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        text = _HTTP_TEXT.get(status, exc.name)
+        cause = exc.description or text
+        if status == 413:
+            cause = f"the body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+        response = jsonify({"detail": {"response": text, "cause": cause}})
+        response.status_code = status
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Any:
+        log.error("unhandled error", error=type(exc).__name__,
+                  trace="".join(traceback.format_exception(exc)))
+        response = jsonify({"detail": {"response": "Internal server error",
+                                       "cause": f"unexpected {type(exc).__name__}; see the "
+                                                f"service log (request id "
+                                                f"{getattr(g, 'request_id', '?')})"}})
+        response.status_code = 500
+        return response

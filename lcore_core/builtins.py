@@ -1,0 +1,123 @@
+"""The core's own providers, registered like any plugin: noop / noop-with-token / api-key-token
+authentication, the memory and noop caches, and RBAC authorization."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from lcore_core.auth import DEFAULT_USER_ID, DEFAULT_USERNAME, AuthTuple, RbacResolver
+from lcore_core.cache import MemoryCache, NoopCache
+from lcore_core.errors import Unauthorized
+from lcore_core.hookspecs import hookimpl
+from lcore_core.providers import AuthProvider, CacheBackend
+
+if TYPE_CHECKING:
+    from quart import Request
+
+    from lcore_core.config import Config
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class NoopAuth:
+    """Everyone is the default user (a `user_id` query parameter may name another)."""
+
+    def __init__(self, *, need_token: bool = False) -> None:
+        self.need_token = need_token
+
+    async def authenticate(self, request: Request) -> AuthTuple:
+        token = bearer_token(request)
+        if self.need_token and token is None:
+            raise Unauthorized("No token found in the request",
+                               "Authorization header with a Bearer token is required")
+        user_id = request.args.get("user_id") or DEFAULT_USER_ID
+        return AuthTuple(user_id, DEFAULT_USERNAME, frozenset(), token, skip_user_id_check=True)
+
+
+class ApiKeySchema(Schema):
+    api_key = fields.String(load_default=None, allow_none=True)
+    api_keys = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    api_key_file = fields.String(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _some(self, data: dict[str, Any], **_: Any) -> None:
+        if not (data.get("api_key") or data.get("api_keys") or data.get("api_key_file")):
+            raise ValidationError("give api_key, api_keys or api_key_file", "api_key")
+        file = data.get("api_key_file")
+        if file and not Path(file).is_file():
+            raise ValidationError(f"file {file!r} does not exist", "api_key_file")
+
+
+class ApiKeyAuth:
+    """A bearer token that must equal one configured key (compared in constant time)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        keys = [settings.get("api_key"), *settings.get("api_keys", [])]
+        if settings.get("api_key_file"):
+            text = Path(settings["api_key_file"]).read_text(encoding="utf-8")
+            keys.extend(line.strip() for line in text.splitlines())
+        self._keys = [k.encode() for k in keys if k]
+
+    async def authenticate(self, request: Request) -> AuthTuple:
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("No token found in the request",
+                               "Authorization header with a Bearer API key is required")
+        given = token.encode()
+        # Compare against every key so timing does not reveal which (or whether one) matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise Unauthorized("Invalid API key", "The API key is not valid")
+        return AuthTuple(DEFAULT_USER_ID, DEFAULT_USERNAME, frozenset(), token,
+                         skip_user_id_check=True)
+
+
+class MemoryCacheSchema(Schema):
+    max_entries = fields.Integer(load_default=1000, validate=validate.Range(min=1))
+
+
+@hookimpl
+def lcore_auth_providers() -> list[AuthProvider]:
+    return [
+        AuthProvider("noop", lambda settings, config: NoopAuth(),
+                     description="no authentication; every caller is the default user"),
+        AuthProvider("noop-with-token", lambda settings, config: NoopAuth(need_token=True),
+                     description="a Bearer token is required and forwarded, not checked"),
+        AuthProvider("api-key-token", lambda settings, config: ApiKeyAuth(settings),
+                     config_key="api_key_config", schema=ApiKeySchema, required=True,
+                     description="a Bearer token that must match a configured API key"),
+    ]
+
+
+@hookimpl
+def lcore_cache_backends() -> list[CacheBackend]:
+    return [
+        CacheBackend("memory", lambda settings, config: MemoryCache(settings["max_entries"]),
+                     schema=MemoryCacheSchema, description="in-process, bounded"),
+        CacheBackend("noop", lambda settings, config: NoopCache(), description="keeps nothing"),
+    ]
+
+
+class Rbac:
+    """The default authorizer: `authorization.access_rules`. Registered per app by the core."""
+
+    def __init__(self, config: Config) -> None:
+        authz = config.get("authorization")
+        self.resolver = RbacResolver(authz["access_rules"] if authz else None)
+
+    @hookimpl(trylast=True)
+    def lcore_authorize(self, auth: AuthTuple, action: str) -> bool:
+        return self.resolver.allowed(auth, action)

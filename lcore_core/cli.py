@@ -1,0 +1,194 @@
+"""The `lcore` command: serve, config generate|dump|check, plugins list."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from lcore_core import __version__
+from lcore_core.config import Config, load_config
+from lcore_core.errors import ConfigError
+from lcore_core.plugins import Plugins, load_plugins
+
+EXIT_CONFIG = 2
+
+
+def _config_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("-c", "--config", required=required,
+                        default=os.environ.get("LCORE_CONFIG"),
+                        help="lightspeed-stack.yaml (default: $LCORE_CONFIG, else the embedded "
+                             "default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcore", description="LCore: middleware for Llama Stack")
+    parser.add_argument("--version", action="version", version=f"lcore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service with Hypercorn")
+    _config_arg(serve)
+    serve.add_argument("--host", help="override service.host")
+    serve.add_argument("--port", type=int, help="override service.port")
+    serve.add_argument("--workers", type=int, help="override service.workers")
+
+    config = sub.add_parser("config", help="generate, check or show configuration")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    gen = csub.add_parser("generate", help="print a complete commented default configuration")
+    gen.add_argument("-o", "--output", help="write to this file instead of standard output")
+    dump = csub.add_parser("dump", help="print the effective configuration, secrets masked")
+    _config_arg(dump)
+    check = csub.add_parser("check", help="validate a configuration file")
+    _config_arg(check, required=True)
+
+    plugins = sub.add_parser("plugins", help="inspect plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", required=True)
+    plist = psub.add_parser("list", help="installed plugins, their hooks and providers")
+    _config_arg(plist)
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "config":
+            return {"generate": config_generate, "dump": config_dump,
+                    "check": config_check}[args.config_command](args)
+        return plugins_list(args)
+    except ConfigError as exc:
+        print(f"lcore: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _load(path: str | None) -> tuple[Config, Plugins]:
+    from lcore_core.app import _blocked_plugins
+
+    plugins = load_plugins(blocked=_blocked_plugins(path))
+    return load_config(path, plugins), plugins
+
+
+def serve(args: argparse.Namespace) -> int:
+    from hypercorn.config import Config as HypercornConfig
+
+    from lcore_core.app import create_app
+
+    config, plugins = _load(args.config)
+    service = config.service
+    host = args.host or service.host
+    port = args.port or service.port
+    workers = args.workers or service.workers
+    hyper = HypercornConfig()
+    hyper.bind = [f"{host}:{port}"]
+    hyper.accesslog = None
+    hyper.graceful_timeout = 5
+    tls = service.tls_config
+    if tls.tls_certificate_path and tls.tls_key_path:
+        hyper.certfile = tls.tls_certificate_path
+        hyper.keyfile = tls.tls_key_path
+        hyper.keyfile_password = tls.tls_key_password
+    if workers > 1:
+        from hypercorn.run import run
+
+        if args.config:
+            os.environ["LCORE_CONFIG"] = str(Path(args.config).resolve())
+        hyper.application_path = "lcore_core.asgi:app"
+        hyper.workers = workers
+        print(f"lcore {__version__}: serving on http://{host}:{port} with {workers} workers",
+              file=sys.stderr)
+        return run(hyper)
+
+    app = create_app(config, plugins=plugins)
+    print(f"lcore {__version__}: serving on http://{host}:{port}", file=sys.stderr)
+    asyncio.run(_serve_one(app, hyper))
+    return 0
+
+
+async def _serve_one(app: Any, hyper: Any) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait)
+
+
+def config_generate(args: argparse.Namespace) -> int:
+    text = (Path(__file__).parent / "data" / "lightspeed-stack.full.yaml").read_text()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def config_dump(args: argparse.Namespace) -> int:
+    config, _ = _load(args.config)
+    json.dump(config.masked(), sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+def config_check(args: argparse.Namespace) -> int:
+    config, _ = _load(args.config)
+    print(f"{args.config}: OK (authentication: {config.authentication.module}, "
+          f"conversation cache: {config.conversation_cache.type})")
+    return 0
+
+
+def plugins_list(args: argparse.Namespace) -> int:
+    from lcore_core.app import _blocked_plugins
+
+    plugins = load_plugins(blocked=_blocked_plugins(args.config))
+    selected: dict[str, str] = {}
+    config_error = None
+    try:
+        config = load_config(args.config, plugins)
+        selected = {"auth provider": config.authentication.module,
+                    "cache backend": config.conversation_cache.type}
+    except ConfigError as exc:
+        config_error = str(exc)
+    providers = {
+        "auth provider": plugins.auth_providers(),
+        "cache backend": plugins.cache_backends(),
+        "config section": plugins.config_sections(),
+    }
+    rows: list[dict[str, Any]] = []
+    for info in plugins.describe():
+        provided = [
+            {"kind": kind, "name": name, "selected": selected.get(kind) == name}
+            for kind, entries in providers.items() for name in entries
+            if plugins.owner(kind, name) == info.name
+        ]
+        rows.append({"name": info.name, "distribution": info.distribution,
+                     "version": info.version, "hooks": info.hooks, "provides": provided,
+                     "error": info.error})
+    if args.json:
+        json.dump({"plugins": rows, "config_error": config_error}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for row in rows:
+            status = f"  FAILED: {row['error']}" if row["error"] else ""
+            print(f"{row['name']}  ({row['distribution']} {row['version']}){status}")
+            if row["hooks"]:
+                print(f"    hooks: {', '.join(row['hooks'])}")
+            for p in row["provides"]:
+                mark = "  [selected]" if p["selected"] else ""
+                print(f"    {p['kind']}: {p['name']}{mark}")
+        if config_error:
+            print(f"\nconfiguration error (selection unknown):\n{config_error}")
+    failed = any(r["error"] for r in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Liveness, readiness, info, metrics and the API document."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, Response, current_app, jsonify
+
+from lcore_core import __version__
+from lcore_core.auth import Action, authorize
+from lcore_core.openapi import build_openapi, render_docs
+from lcore_core.schemas import InfoSchema, LivenessSchema, ReadinessSchema
+from lcore_core.web import doc, route
+
+bp = Blueprint("system", __name__)
+READINESS_TIMEOUT_S = 5.0
+
+
+def _runtime() -> Any:
+    return current_app.runtime  # type: ignore[attr-defined]
+
+
+def _skip_probes() -> bool:
+    return bool(_runtime().config.authentication.skip_for_health_probes)
+
+
+def _skip_metrics() -> bool:
+    return bool(_runtime().config.authentication.skip_for_metrics)
+
+
+@route(bp, "/health", "/liveness", "/v1/liveness")
+@doc(summary="Liveness: the process answers", tags=["health"], responses={200: LivenessSchema})
+@authorize(Action.INFO, skip=_skip_probes)
+async def liveness() -> Any:
+    return jsonify({"alive": True})
+
+
+async def _run_check(name: str, check: Any) -> dict[str, Any]:
+    try:
+        reason = await asyncio.wait_for(check(), READINESS_TIMEOUT_S)
+    except TimeoutError:
+        reason = f"no answer within {READINESS_TIMEOUT_S:g}s"
+    except Exception as exc:  # a failing component is reported, never raised
+        reason = f"{type(exc).__name__}: {exc}"
+    status = "ok" if reason is None else "error"
+    return {"provider_id": name, "status": status, "message": reason}
+
+
+@route(bp, "/readiness", "/v1/readiness")
+@doc(summary="Readiness: every component can serve", tags=["health"],
+     responses={200: ReadinessSchema, 503: ReadinessSchema})
+@authorize(Action.INFO, skip=_skip_probes)
+async def readiness() -> Any:
+    runtime = _runtime()
+    checks = [("cache", _cache_check(runtime)), *((c.name, c.check)
+                                                   for c in runtime.plugins.readiness(runtime))]
+    results = await asyncio.gather(*(_run_check(n, c) for n, c in checks))
+    failing = [r for r in results if r["status"] != "ok"]
+    body = {"ready": not failing,
+            "reason": "service is ready" if not failing else
+            "not ready: " + ", ".join(r["provider_id"] for r in failing),
+            "providers": results}
+    response = jsonify(body)
+    response.status_code = 503 if failing else 200
+    return response
+
+
+def _cache_check(runtime: Any) -> Any:
+    async def check() -> None:
+        await runtime.cache.ready()
+
+    return check
+
+
+@route(bp, "/v1/info", "/info")
+@doc(summary="Service name, version and plugins", tags=["info"], responses={200: InfoSchema})
+@authorize(Action.INFO)
+async def info() -> Any:
+    runtime = _runtime()
+    plugins = [
+        {"name": p.name, "distribution": p.distribution, "version": p.version,
+         "hooks": p.hooks, "error": p.error}
+        for p in runtime.plugins.describe()
+    ]
+    return jsonify({"name": runtime.config.name, "service_version": __version__,
+                    "llama_stack_version": runtime.state.get("llama_stack_version"),
+                    "plugins": plugins})
+
+
+@route(bp, "/metrics", "/v1/metrics")
+@doc(summary="Prometheus metrics", tags=["metrics"], responses={200: "Prometheus text format"})
+@authorize(Action.GET_METRICS, skip=_skip_metrics)
+async def metrics() -> Any:
+    return Response(generate_latest(_runtime().registry), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.route("/openapi.json")
+async def openapi() -> Any:
+    runtime = _runtime()
+    cached = runtime.state.get("openapi")
+    if cached is None:
+        cached = build_openapi(current_app, title=runtime.config.name, version=__version__)
+        runtime.state["openapi"] = cached
+    return jsonify(cached)
+
+
+@bp.route("/docs")
+async def docs() -> Any:
+    document = await (await openapi()).get_json()
+    return Response(render_docs(document), content_type="text/html; charset=utf-8")

@@ -1,0 +1,109 @@
+"""Error types. Each maps to one HTTP status in one place (`LCoreError.status`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LCoreError(Exception):
+    """An error that reaches the client as `{"detail": {"response": ..., "cause": ...}}`."""
+
+    status = 500
+
+    def __init__(
+        self,
+        response: str,
+        cause: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{response}: {cause}" if cause else response)
+        self.response = response
+        self.cause = cause
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"response": self.response, "cause": self.cause}
+        detail.update(self.extra)
+        return {"detail": detail}
+
+
+class BadRequest(LCoreError):
+    status = 400
+
+
+class Unauthorized(LCoreError):
+    status = 401
+
+    def __init__(self, response: str = "Missing or invalid credentials", cause: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(response, cause, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(LCoreError):
+    status = 403
+
+
+class NotFound(LCoreError):
+    status = 404
+
+
+class PayloadTooLarge(LCoreError):
+    status = 413
+
+
+class UnprocessableEntity(LCoreError):
+    status = 422
+
+
+class QuotaExceeded(LCoreError):
+    """Raised by a quota check before the LLM call; becomes 429."""
+
+    status = 429
+
+
+class StorageError(LCoreError):
+    """A database or cache failed; nothing half-written is kept."""
+
+    status = 500
+
+
+class BackendUnavailable(LCoreError):
+    """Llama Stack (or another required backend) cannot be reached."""
+
+    status = 503
+
+
+class ConfigError(Exception):
+    """Invalid configuration: names the file, line, key path and what is wrong."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class PluginLoadError(Exception):
+    """A plugin distribution failed to import or register."""
+
+    def __init__(self, plugin: str, distribution: str, error: BaseException) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        self.error = error
+        super().__init__(
+            f"plugin {plugin!r} from distribution {distribution!r} failed to load: "
+            f"{type(error).__name__}: {error}"
+        )

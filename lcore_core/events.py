@@ -1,0 +1,37 @@
+"""Values the pipeline hands to observers and quota plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one LLM call used."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    provider: str = ""
+    model: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class QueryCompleted:
+    """One finished query, successful or not (`error` set)."""
+
+    user_id: str
+    conversation_id: str | None
+    provider: str
+    model: str
+    endpoint: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    duration_s: float = 0.0
+    llm_duration_s: float = 0.0
+    streaming: bool = False
+    shield_violations: tuple[str, ...] = field(default_factory=tuple)
+    error: str | None = None

@@ -1,0 +1,49 @@
+"""structlog set-up: one JSON object per line (or a console renderer on a terminal)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured: str | None = None
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Idempotent: structlog's configuration is process-wide."""
+    global _configured
+    if _configured == fmt:
+        return
+    _configured = fmt
+    renderer: structlog.typing.Processor
+    if fmt == "console" or (fmt == "auto" and sys.stderr.isatty()):
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_lcore", False)]:
+        root.removeHandler(old)
+    handler._lcore = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("hypercorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,104 @@
+"""The OpenAPI 3 document, generated from the routes' `doc` metadata and marshmallow schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from quart import Quart
+
+from lcore_core.schemas import ErrorSchema
+
+_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+_STATUS_TEXT = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+                413: "Request too large", 422: "Invalid body", 429: "Quota exceeded",
+                500: "Internal error", 503: "Backend unavailable"}
+
+
+def build_openapi(app: Quart, *, title: str, version: str) -> dict[str, Any]:
+    spec = APISpec(title=title, version=version, openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()])
+    spec.components.schema("Error", schema=ErrorSchema)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        meta = getattr(view, "lcore_doc", None)
+        if meta is None or "__alias" in rule.endpoint:
+            continue
+        path = _PARAM.sub(r"{\1}", rule.rule)
+        operations = {}
+        for method in sorted(m.lower() for m in rule.methods or () if m not in ("HEAD", "OPTIONS")):
+            operations[method] = _operation(view, meta, rule, method)
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": meta["summary"],
+        "operationId": f"{rule.endpoint.replace('.', '_')}_{method}",
+        "responses": {},
+    }
+    if meta["tags"]:
+        op["tags"] = meta["tags"]
+    if meta["deprecated"]:
+        op["deprecated"] = True
+    aliases = getattr(view, "lcore_aliases", [])
+    if aliases:
+        op["x-aliases"] = [_PARAM.sub(r"{\1}", a) for a in aliases]
+        op["description"] = "Also served at: " + ", ".join(op["x-aliases"])
+    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+              for p in _PARAM.findall(rule.rule)]
+    if params:
+        op["parameters"] = params
+    if meta["body"] is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": meta["body"]}}}
+    for status, schema in meta["responses"].items():
+        if isinstance(schema, str):
+            op["responses"][str(status)] = {"description": schema}
+        else:
+            op["responses"][str(status)] = {
+                "description": _STATUS_TEXT.get(status, "OK"),
+                "content": {meta["content_type"]: {"schema": schema}},
+            }
+    if getattr(view, "lcore_action", None):
+        op["security"] = [{"bearer": []}, {}]
+        op["x-lcore-action"] = view.lcore_action
+        for status in (401, 403):
+            op["responses"].setdefault(str(status), _error_ref(status))
+    if meta["body"] is not None:
+        for status in (400, 413, 422):
+            op["responses"].setdefault(str(status), _error_ref(status))
+    return op
+
+
+def _error_ref(status: int) -> dict[str, Any]:
+    return {"description": _STATUS_TEXT[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title} API</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}code{{background:#eee}}
+h2{{border-bottom:1px solid #ccc}} .m{{display:inline-block;width:5em;font-weight:bold}}</style>
+</head><body><h1>{title} API</h1>
+<p>Machine-readable document: <a href="openapi.json"><code>/openapi.json</code></a>.</p>
+{body}</body></html>"""
+
+
+def render_docs(document: dict[str, Any]) -> str:
+    """A dependency-free HTML listing of the OpenAPI document (no CDN: works offline)."""
+    from html import escape
+
+    rows = []
+    for path, operations in sorted(document.get("paths", {}).items()):
+        for method, op in operations.items():
+            aliases = ", ".join(op.get("x-aliases", []))
+            extra = f" <small>(also {escape(aliases)})</small>" if aliases else ""
+            rows.append(f"<p><span class=m>{method.upper()}</span><code>{escape(path)}</code>"
+                        f" {escape(op.get('summary', ''))}{extra}</p>")
+    title = escape(document["info"]["title"])
+    return DOCS_PAGE.format(title=title, body="\n".join(rows))

@@ -1,0 +1,67 @@
+"""Records that plugins return from registration hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from marshmallow import Schema
+
+    from lcore_core.auth import Authenticator
+    from lcore_core.cache import ConversationCache
+    from lcore_core.config import Config
+
+
+@dataclass(frozen=True)
+class AuthProvider:
+    """An authentication module, selected by `authentication.module: <name>`.
+
+    `factory(settings, config)` builds the authenticator; `settings` is the validated
+    `authentication.<config_key>` mapping (None when absent), `config` the whole configuration.
+    """
+
+    name: str
+    factory: Callable[[Any, Config], Authenticator]
+    config_key: str | None = None
+    schema: type[Schema] | None = None
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class CacheBackend:
+    """A conversation cache, selected by `conversation_cache.type: <name>`.
+
+    `factory(settings, config)` builds the cache; `settings` is the validated
+    `conversation_cache.<config_key or name>` mapping (None when absent).
+    """
+
+    name: str
+    factory: Callable[[Any, Config], ConversationCache]
+    config_key: str | None = None
+    schema: type[Schema] | None = None
+    required: bool = False
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.config_key or self.name
+
+
+@dataclass(frozen=True)
+class ConfigSection:
+    """A top-level section of lightspeed-stack.yaml owned by a plugin."""
+
+    name: str
+    schema: type[Schema]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ReadinessCheck:
+    """A named async check; it returns None when ready and raises (or returns a reason) if not."""
+
+    name: str
+    check: Callable[[], Awaitable[str | None]]

@@ -1,0 +1,83 @@
+"""Helpers for views: routes with aliases, OpenAPI metadata, request bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from marshmallow import Schema, ValidationError
+from quart import Blueprint, request
+
+from lcore_core.errors import BadRequest, UnprocessableEntity
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def doc(*, summary: str, tags: Iterable[str] = (), body: type[Schema] | None = None,
+        responses: dict[int, type[Schema] | str] | None = None, deprecated: bool = False,
+        content_type: str = "application/json") -> Callable[[F], F]:
+    """Describe a view for `/openapi.json`. `responses` maps a status to a schema or a text."""
+
+    def decorate(view: F) -> F:
+        view.lcore_doc = {  # type: ignore[attr-defined]
+            "summary": summary, "tags": list(tags), "body": body,
+            "responses": responses or {200: "OK"}, "deprecated": deprecated,
+            "content_type": content_type,
+        }
+        return view
+
+    return decorate
+
+
+def route(bp: Blueprint, path: str, *aliases: str, methods: Iterable[str] = ("GET",),
+          deprecated_aliases: Iterable[str] = ()) -> Callable[[F], F]:
+    """Register one view under a canonical path and its aliases (documented once)."""
+
+    def decorate(view: F) -> F:
+        name = view.__name__
+        bp.add_url_rule(path, name, view, methods=list(methods))
+        old = set(deprecated_aliases)
+        for i, alias in enumerate([*aliases, *old]):
+            bp.add_url_rule(alias, f"{name}__alias{i}", view, methods=list(methods))
+        view.lcore_aliases = [*aliases, *old]  # type: ignore[attr-defined]
+        view.lcore_deprecated_aliases = sorted(old)  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+async def json_body() -> Any:
+    """The request's JSON body; 400 with a clear message when it is missing or malformed."""
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise BadRequest("Invalid request", f"expected Content-Type application/json, got "
+                                            f"{mimetype or 'none'}")
+    raw = await request.get_data(as_text=True)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest("Invalid request", f"malformed JSON body: {exc}") from None
+
+
+async def load_body(schema: type[Schema]) -> Any:
+    """Parse and validate the JSON body with `schema`; 422 naming each bad field."""
+    data = await json_body()
+    if not isinstance(data, dict):
+        raise UnprocessableEntity("Invalid request", "the JSON body must be an object")
+    try:
+        return schema().load(data)
+    except ValidationError as exc:
+        raise UnprocessableEntity("Invalid request", _describe(exc.messages),
+                                  extra={"errors": exc.messages}) from None
+
+
+def _describe(messages: Any, path: str = "") -> str:
+    if isinstance(messages, dict):
+        return "; ".join(_describe(v, f"{path}.{k}" if path else str(k))
+                         for k, v in messages.items())
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return f"{path}: {' '.join(messages)}"
+    if isinstance(messages, list):
+        return "; ".join(_describe(m, path) for m in messages)
+    return f"{path}: {messages}"

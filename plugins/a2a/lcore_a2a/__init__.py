@@ -1,0 +1,1 @@
+"""LCore plugin lcore-a2a."""

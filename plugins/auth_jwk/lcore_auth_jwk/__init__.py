@@ -1,0 +1,1 @@
+"""LCore plugin lcore-auth-jwk."""

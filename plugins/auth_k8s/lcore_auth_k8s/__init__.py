@@ -1,0 +1,1 @@
+"""LCore plugin lcore-auth-k8s."""

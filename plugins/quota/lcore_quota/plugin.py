@@ -1,0 +1,3 @@
+"""Hook implementations of lcore-quota (filled in by its own issue)."""
+
+from __future__ import annotations
