@@ -17,10 +17,15 @@ from werkzeug.exceptions import HTTPException
 from lcore_core.builtins import Rbac
 from lcore_core.config import Config, load_config
 from lcore_core.errors import ConfigError, LCoreError
+from lcore_core.hookspecs import hookimpl
+from lcore_core.llama import LlamaStack
 from lcore_core.logs import configure_logging
+from lcore_core.mcp import CoreHeaderValues
 from lcore_core.metrics import CoreMetrics
 from lcore_core.plugins import Plugins, load_plugins
+from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
+from lcore_core.userdb import UserDB, open_database
 
 log = structlog.get_logger("lcore.app")
 
@@ -58,24 +63,30 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     plugins.register_metrics(registry, config)
     auth_provider = plugins.auth_providers()[config.authentication.module]
     backend = plugins.cache_backends()[config.conversation_cache.type]
+    plugins.register(CoreHeaderValues(), "mcp-headers", distribution="lcore-core")
     runtime = Runtime(
         config=config, plugins=plugins, registry=registry, metrics=metrics,
         authenticator=auth_provider.factory(config.authentication.get("settings"), config),
         cache=backend.factory(config.conversation_cache.settings, config),
-        app=app,
+        app=app, llama=LlamaStack(config.llama_stack),
+        userdb=UserDB(open_database(config.database)),
     )
     app.runtime = runtime
+    plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
 
     _install_middleware(app, runtime)
     _install_error_handlers(app)
-    from lcore_core.endpoints import system
+    from lcore_core.endpoints import catalog, conversations, feedback, query, system
 
-    app.register_blueprint(system.bp)
+    for module in (system, query, conversations, catalog, feedback):
+        app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
 
     @app.before_serving
     async def startup() -> None:
+        await runtime.userdb.setup()
+        await runtime.llama.open()
         await plugins.startup(runtime)
         log.info("started", name=config.name, auth=config.authentication.module,
                  cache=config.conversation_cache.type)
@@ -83,9 +94,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     @app.after_serving
     async def shutdown() -> None:
         await plugins.shutdown(runtime)
-        close = getattr(runtime.cache, "close", None)
-        if close is not None:
-            await close()
+        await runtime.cache.close()
+        await runtime.llama.close()
+        await runtime.userdb.close()
 
     cors_settings = config.service.cors
     return cors(app, allow_origin=_cors_origins(cors_settings.allow_origins),
@@ -93,6 +104,23 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
                 allow_methods=cors_settings.allow_methods,
                 allow_headers=cors_settings.allow_headers,
                 expose_headers=["X-Request-ID", "X-LCore-Overhead-Ms"])
+
+
+class CoreReadiness:
+    """Readiness of the core's own backends: Llama Stack and the user DB."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @hookimpl
+    def lcore_readiness(self) -> list[ReadinessCheck]:
+        runtime = self.runtime
+
+        async def userdb() -> None:
+            await runtime.userdb.ready()
+
+        return [ReadinessCheck("llama-stack", runtime.llama.health),
+                ReadinessCheck("database", userdb)]
 
 
 def _cors_origins(origins: list[str]) -> Any:

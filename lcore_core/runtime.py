@@ -26,4 +26,5 @@ class Runtime:
     cache: ConversationCache
     app: Quart | None = None
     llama: Any = None
+    userdb: Any = None
     state: dict[str, Any] = field(default_factory=dict)

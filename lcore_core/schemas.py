@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 
 class ErrorDetailSchema(Schema):
@@ -43,3 +45,78 @@ class InfoSchema(Schema):
     service_version = fields.String(required=True)
     llama_stack_version = fields.String(allow_none=True)
     plugins = fields.List(fields.Nested(PluginInfoSchema))
+
+
+# --- query --------------------------------------------------------------------------------
+
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+MAX_QUERY_CHARS = 100_000
+
+
+class AttachmentSchema(Schema):
+    attachment_type = fields.String(required=True, validate=validate.Length(1, 64))
+    content_type = fields.String(required=True, validate=validate.Length(1, 128))
+    content = fields.String(required=True)
+
+
+class QueryRequestSchema(Schema):
+    query = fields.String(required=True, validate=validate.Length(1, MAX_QUERY_CHARS))
+    conversation_id = fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.Regexp(CONVERSATION_ID_PATTERN, error="malformed conversation id"))
+    provider = fields.String(load_default=None, allow_none=True)
+    model = fields.String(load_default=None, allow_none=True)
+    system_prompt = fields.String(load_default=None, allow_none=True)
+    attachments = fields.List(fields.Nested(AttachmentSchema), load_default=None,
+                              allow_none=True)
+    no_tools = fields.Boolean(load_default=False, allow_none=True)
+    generate_topic_summary = fields.Boolean(load_default=True, allow_none=True)
+    media_type = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(
+        ["application/json", "text/plain"]))
+    vector_store_ids = fields.List(fields.String(), load_default=None, allow_none=True)
+    shield_ids = fields.List(fields.String(), load_default=None, allow_none=True)
+
+    @validates_schema
+    def _pair(self, data: dict[str, Any], **_: Any) -> None:
+        if bool(data.get("model")) != bool(data.get("provider")):
+            raise ValidationError("model and provider must be given together",
+                                  "provider" if data.get("model") else "model")
+
+
+class ReferencedDocumentSchema(Schema):
+    doc_url = fields.String(allow_none=True)
+    doc_title = fields.String(allow_none=True)
+
+
+class RAGChunkSchema(Schema):
+    content = fields.String(required=True)
+    source = fields.String(allow_none=True)
+    score = fields.Float(allow_none=True)
+
+
+class ToolCallSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    args = fields.Dict(required=True)
+    type = fields.String(required=True)
+
+
+class ToolResultSchema(Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True)
+    content = fields.Raw(allow_none=True)
+    type = fields.String(required=True)
+    round = fields.Integer(required=True)
+
+
+class QueryResponseSchema(Schema):
+    conversation_id = fields.String(allow_none=True)
+    response = fields.String(required=True)
+    rag_chunks = fields.List(fields.Nested(RAGChunkSchema))
+    referenced_documents = fields.List(fields.Nested(ReferencedDocumentSchema))
+    truncated = fields.Boolean()
+    input_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    available_quotas = fields.Dict(keys=fields.String(), values=fields.Integer())
+    tool_calls = fields.List(fields.Nested(ToolCallSchema))
+    tool_results = fields.List(fields.Nested(ToolResultSchema))

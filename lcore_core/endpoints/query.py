@@ -1,0 +1,99 @@
+"""`/v2/query` and `/v2/streaming_query`, with upstream's `/v1/...` paths and old aliases."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from quart import Blueprint, Response, current_app, g, jsonify, request
+
+from lcore_core import pipeline
+from lcore_core.auth import Action, authorize
+from lcore_core.errors import LCoreError
+from lcore_core.mcp import MCP_HEADERS, parse_mcp_headers
+from lcore_core.schemas import QueryRequestSchema, QueryResponseSchema
+from lcore_core.web import doc, load_body, route
+
+bp = Blueprint("query", __name__)
+log = structlog.get_logger("lcore.query")
+
+
+def _runtime() -> Any:
+    return current_app.runtime  # type: ignore[attr-defined]
+
+
+async def _plan(endpoint: str) -> pipeline.QueryPlan:
+    runtime = _runtime()
+    body = await load_body(QueryRequestSchema)
+    client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
+                                       runtime.config.mcp_servers)
+    return await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
+                                  client_mcp_headers=client_headers)
+
+
+@route(bp, "/v2/query", "/v1/query", methods=["POST"], deprecated_aliases=["/query"])
+@doc(summary="Ask a question; the answer comes back as one JSON document", tags=["query"],
+     body=QueryRequestSchema, responses={200: QueryResponseSchema, 404: "Unknown model or "
+                                         "conversation", 429: "Quota exceeded",
+                                         503: "Llama Stack unavailable"})
+@authorize(Action.QUERY)
+async def query() -> Any:
+    runtime = _runtime()
+    plan = await _plan("/v2/query")
+    result = await pipeline.run(runtime, plan)
+    g.llm_seconds = result.llm_seconds
+    quotas = await pipeline.finish(runtime, plan, result)
+    return jsonify(pipeline.response_body(plan, result, quotas))
+
+
+@route(bp, "/v2/streaming_query", "/v1/streaming_query", methods=["POST"],
+       deprecated_aliases=["/streaming_query"])
+@doc(summary="Ask a question; the answer streams as server-sent events", tags=["query"],
+     body=QueryRequestSchema, content_type="text/event-stream",
+     responses={200: "SSE stream: start, token..., tool_call, tool_result, turn_complete, end "
+                     "(or error)", 404: "Unknown model or conversation", 429: "Quota exceeded",
+                503: "Llama Stack unavailable"})
+@authorize(Action.STREAMING_QUERY)
+async def streaming_query() -> Any:
+    runtime = _runtime()
+    plan = await _plan("/v2/streaming_query")
+    g.streaming = True
+    text_mode = plan.media_type == "text/plain"
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for event in pipeline.stream(runtime, plan):
+                yield _encode(event, text_mode)
+        except LCoreError as exc:
+            yield _encode(pipeline.StreamEvent("error", {
+                "status_code": exc.status, "response": exc.response, "cause": exc.cause}),
+                text_mode)
+        except Exception as exc:  # headers are sent: report in-band, never a traceback
+            log.exception("stream failed")
+            yield _encode(pipeline.StreamEvent("error", {
+                "status_code": 500, "response": "Internal server error",
+                "cause": type(exc).__name__}), text_mode)
+
+    response = Response(events(), content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None
+    return response
+
+
+def _encode(event: pipeline.StreamEvent, text_mode: bool) -> bytes:
+    if text_mode:
+        if event.event == "token":
+            return event.data["token"].encode()
+        if event.event == "error":
+            return f"\n\n[error] {event.data['response']}: {event.data['cause']}\n".encode()
+        if event.event == "end":
+            docs = event.data.get("referenced_documents") or []
+            if docs:
+                lines = "\n".join(f"- {d.get('doc_title')}: {d.get('doc_url')}" for d in docs)
+                return f"\n\n---\nReferenced documents:\n{lines}\n".encode()
+        return b""
+    payload = json.dumps({"event": event.event, "data": event.data}, default=str)
+    return f"data: {payload}\n\n".encode()

@@ -1,0 +1,511 @@
+"""The query pipeline shared by `/v2/query`, `/v2/streaming_query` and plugins such as A2A.
+
+prepare (quota check, model, conversation, tools, shields) -> Llama Stack Responses call ->
+summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
+finish (user DB, cache, quota consume, metrics, `lcore_query_completed`). A failed or cut call
+consumes nothing and stores no half turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from lcore_core.auth import Action, AuthTuple, may
+from lcore_core.cache import CacheEntry
+from lcore_core.errors import Forbidden, LCoreError, NotFound
+from lcore_core.events import QueryCompleted, Usage
+from lcore_core.llama import llama_errors
+from lcore_core.runtime import Runtime
+
+log = structlog.get_logger("lcore.pipeline")
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+TOPIC_SUMMARY_PROMPT = ("Give a short topic summary (at most 8 words, no punctuation at the end) "
+                        "of this question: ")
+MODEL_CACHE_SECONDS = 30.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _dump(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return obj
+
+
+@dataclass
+class QueryPlan:
+    """Everything decided before the LLM call."""
+
+    auth: AuthTuple
+    query: str
+    conversation_id: str
+    new_conversation: bool
+    model_id: str
+    provider: str
+    model: str
+    instructions: str
+    tools: list[dict[str, Any]]
+    guardrails: list[str]
+    input: Any
+    generate_topic_summary: bool
+    media_type: str
+    endpoint: str
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    started_at: str = field(default_factory=now_iso)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class QueryResult:
+    """What the LLM produced, in upstream's field names."""
+
+    response: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_results: list[dict[str, Any]] = field(default_factory=list)
+    rag_chunks: list[dict[str, Any]] = field(default_factory=list)
+    referenced_documents: list[dict[str, Any]] = field(default_factory=list)
+    shield_violations: list[str] = field(default_factory=list)
+    llm_seconds: float = 0.0
+
+
+# --- preparation ---------------------------------------------------------------------------
+
+
+async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
+                  endpoint: str, client_mcp_headers: dict[str, Any] | None = None) -> QueryPlan:
+    """Check quota and decide model, conversation, tools and shields for one query."""
+    await runtime.plugins.quota_check(auth, runtime)
+    model_id, provider, model = await select_model(runtime, auth, body)
+    conversation_id, new = await resolve_conversation(runtime, auth, body.get("conversation_id"))
+    tools = [] if body.get("no_tools") else await select_tools(
+        runtime, auth, body.get("vector_store_ids"), client_mcp_headers or {})
+    attachments = body.get("attachments") or []
+    return QueryPlan(
+        auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
+        model_id=model_id, provider=provider, model=model,
+        instructions=system_prompt(runtime, body.get("system_prompt")),
+        tools=tools, guardrails=await select_shields(runtime, body.get("shield_ids")),
+        input=_input_text(body["query"], attachments),
+        generate_topic_summary=body.get("generate_topic_summary") is not False,
+        media_type=body.get("media_type") or "application/json", endpoint=endpoint,
+        attachments=attachments,
+    )
+
+
+def _input_text(query: str, attachments: list[dict[str, Any]]) -> str:
+    parts = [query]
+    for a in attachments:
+        parts.append(f"\n\n[Attachment: {a['attachment_type']} ({a['content_type']})]\n"
+                     f"{a['content']}")
+    return "".join(parts)
+
+
+def system_prompt(runtime: Runtime, requested: str | None) -> str:
+    custom = runtime.config.get("customization") or {}
+    if requested and not custom.get("disable_query_system_prompt"):
+        return requested
+    return custom.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+
+
+async def list_models(runtime: Runtime) -> list[dict[str, Any]]:
+    """Llama Stack's models, cached briefly (model selection runs on every query)."""
+    cached = runtime.state.get("models")
+    if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
+        return cached[1]
+    with llama_errors():
+        models = [_model_info(m) for m in await runtime.llama.client.models.list()]
+    runtime.state["models"] = (time.monotonic(), models)
+    return models
+
+
+def _model_info(model: Any) -> dict[str, Any]:
+    data = _dump(model)
+    meta = data.get("custom_metadata") or data.get("metadata") or {}
+    model_type = meta.get("model_type") or data.get("model_type") or data.get("api_model_type")
+    identifier = data.get("identifier") or data.get("id")
+    provider = meta.get("provider_id") or data.get("provider_id") or identifier.split("/")[0]
+    resource = (meta.get("provider_resource_id") or data.get("provider_resource_id")
+                or identifier.split("/", 1)[-1])
+    return {"identifier": identifier, "provider_id": provider, "provider_resource_id": resource,
+            "model_type": model_type or "llm", "metadata": meta}
+
+
+async def select_model(runtime: Runtime, auth: AuthTuple,
+                       body: dict[str, Any]) -> tuple[str, str, str]:
+    """Request model (needs MODEL_OVERRIDE), else the configured default, else the first LLM."""
+    models = [m for m in await list_models(runtime) if m["model_type"] == "llm"]
+    wanted_model, wanted_provider = body.get("model"), body.get("provider")
+    if wanted_model:
+        if not may(auth, Action.MODEL_OVERRIDE):
+            raise Forbidden("This instance does not permit overriding model/provider",
+                            f"User {auth.user_id} lacks the model_override action")
+    else:
+        inference = runtime.config.inference
+        wanted_model, wanted_provider = inference.default_model, inference.default_provider
+    if not wanted_model:
+        if not models:
+            raise NotFound("No LLM model is available", "Llama Stack lists no llm model")
+        first = models[0]
+        return first["identifier"], first["provider_id"], first["provider_resource_id"]
+    for m in models:
+        if m["provider_id"] == wanted_provider and wanted_model in (
+                m["provider_resource_id"], m["identifier"]):
+            return m["identifier"], m["provider_id"], m["provider_resource_id"]
+    valid = ", ".join(f"{m['provider_id']}/{m['provider_resource_id']}" for m in models)
+    raise NotFound("Model not found",
+                   f"model {wanted_model!r} of provider {wanted_provider!r} is not available; "
+                   f"valid: {valid or 'none'}")
+
+
+async def resolve_conversation(runtime: Runtime, auth: AuthTuple,
+                               conversation_id: str | None) -> tuple[str, bool]:
+    """An existing conversation the caller may continue, or a new Llama Stack conversation."""
+    if conversation_id:
+        meta = await runtime.userdb.get(conversation_id)
+        owned = meta is not None and meta["user_id"] == auth.user_id
+        if not owned and not (meta is not None and may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
+            raise NotFound("Conversation not found",
+                           f"conversation {conversation_id} does not exist for this user")
+        return conversation_id, False
+    with llama_errors():
+        conversation = await runtime.llama.client.conversations.create()
+    return conversation.id, True
+
+
+async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:
+    """The request's shields, else every shield Llama Stack has (as upstream does)."""
+    custom = runtime.config.get("customization") or {}
+    if requested is not None and not custom.get("disable_shield_ids_override"):
+        return list(requested)
+    return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+
+
+async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list[str] | None,
+                       client_headers: dict[str, Any]) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    stores = vector_store_ids
+    if stores is None:
+        stores = await all_vector_store_ids(runtime)
+    if stores:
+        tools.append({"type": "file_search", "vector_store_ids": stores})
+    from lcore_core.mcp import mcp_tools
+
+    tools.extend(mcp_tools(runtime, auth, client_headers))
+    return tools
+
+
+async def all_vector_store_ids(runtime: Runtime) -> list[str]:
+    return await _cached_ids(runtime, "vector_stores", lambda c: c.vector_stores.list())
+
+
+async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
+    """Ids of a Llama Stack listing, cached briefly: it is consulted on every query."""
+    cached = runtime.state.get(key)
+    if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
+        return cached[1]
+    with llama_errors():
+        page = await fetch(runtime.llama.client)
+    ids = [getattr(s, "identifier", None) or s.id for s in getattr(page, "data", page)]
+    runtime.state[key] = (time.monotonic(), ids)
+    return ids
+
+
+# --- the call ------------------------------------------------------------------------------
+
+
+def _create_args(plan: QueryPlan) -> dict[str, Any]:
+    args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
+                            "conversation": plan.conversation_id,
+                            "instructions": plan.instructions, "store": True}
+    if plan.tools:
+        args["tools"] = plan.tools
+    if plan.guardrails:
+        args["guardrails"] = plan.guardrails
+    return args
+
+
+async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
+    """Non-streaming: one Responses call, summarised."""
+    started = time.perf_counter()
+    try:
+        with llama_errors():
+            response = await runtime.llama.client.responses.create(**_create_args(plan))
+    except LCoreError as exc:
+        await _failed(runtime, plan, exc, time.perf_counter() - started)
+        raise
+    result = summarise(_dump(response))
+    result.llm_seconds = time.perf_counter() - started
+    return result
+
+
+def summarise(response: dict[str, Any]) -> QueryResult:
+    result = QueryResult()
+    usage = response.get("usage") or {}
+    result.input_tokens = int(usage.get("input_tokens") or 0)
+    result.output_tokens = int(usage.get("output_tokens") or 0)
+    texts: list[str] = []
+    for round_no, item in enumerate(response.get("output") or [], start=1):
+        kind = item.get("type")
+        if kind == "message":
+            text, refusal = message_text(item)
+            texts.append(text)
+            if refusal:
+                result.shield_violations.append(refusal)
+        else:
+            add_tool_item(result, item, round_no)
+    result.response = "".join(texts)
+    return result
+
+
+def message_text(item: dict[str, Any]) -> tuple[str, str | None]:
+    content = item.get("content")
+    if isinstance(content, str):
+        return content, None
+    texts, refusal = [], None
+    for part in content or []:
+        if part.get("type") == "refusal":
+            refusal = part.get("refusal") or "refused"
+            texts.append(refusal)
+        elif "text" in part:
+            texts.append(part.get("text") or "")
+    return "".join(texts), refusal
+
+
+def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> None:
+    """Record a tool call item (file search, MCP, function) as upstream's tool call/result."""
+    kind = item.get("type")
+    call_id = item.get("id") or item.get("call_id") or f"call_{round_no}"
+    if kind == "file_search_call":
+        result.tool_calls.append({"id": call_id, "name": "file_search",
+                                  "args": {"queries": item.get("queries") or []},
+                                  "type": "tool_call"})
+        results = item.get("results") or []
+        result.tool_results.append({"id": call_id, "status": item.get("status") or "completed",
+                                    "content": json.dumps(results, default=str),
+                                    "type": "tool_result", "round": round_no})
+        for hit in results:
+            attrs = hit.get("attributes") or {}
+            result.rag_chunks.append({"content": hit.get("text") or "",
+                                      "source": attrs.get("title") or hit.get("filename"),
+                                      "score": hit.get("score")})
+            doc = {"doc_title": attrs.get("title") or attrs.get("doc_title")
+                   or hit.get("filename"),
+                   "doc_url": attrs.get("url") or attrs.get("doc_url")}
+            if doc not in result.referenced_documents:
+                result.referenced_documents.append(doc)
+    elif kind in ("mcp_call", "function_call"):
+        try:
+            args = json.loads(item.get("arguments") or "{}")
+        except json.JSONDecodeError:
+            args = {"raw": item.get("arguments")}
+        result.tool_calls.append({"id": call_id, "name": item.get("name") or "",
+                                  "args": args if isinstance(args, dict) else {"value": args},
+                                  "type": "tool_call"})
+        if kind == "mcp_call":
+            error = item.get("error")
+            result.tool_results.append({"id": call_id, "status": "failure" if error else
+                                        "success", "content": error or item.get("output"),
+                                        "type": "tool_result", "round": round_no})
+
+
+# --- finishing -----------------------------------------------------------------------------
+
+
+async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict[str, int]:
+    """Store the turn, consume quota, report; returns the remaining quota per limiter."""
+    usage = Usage(result.input_tokens, result.output_tokens, plan.provider, plan.model)
+    topic = None
+    if plan.new_conversation and plan.generate_topic_summary:
+        topic = await topic_summary(runtime, plan)
+    await runtime.userdb.record_turn(plan.conversation_id, plan.auth.user_id,
+                                     model=plan.model, provider=plan.provider,
+                                     topic_summary=topic)
+    entry = CacheEntry(
+        query=plan.query, response=result.response, provider=plan.provider, model=plan.model,
+        started_at=plan.started_at, completed_at=now_iso(),
+        referenced_documents=result.referenced_documents, tool_calls=result.tool_calls,
+        tool_results=result.tool_results, attachments=plan.attachments)
+    try:
+        await runtime.cache.insert(plan.auth.user_id, plan.conversation_id, entry)
+        if topic:
+            await runtime.cache.set_topic_summary(plan.auth.user_id, plan.conversation_id, topic)
+    except Exception as exc:  # the cache is a copy; the user DB and Llama Stack hold the turn
+        log.error("cache insert failed", error=f"{type(exc).__name__}: {exc}")
+    await runtime.plugins.quota_consume(plan.auth, usage, runtime)
+    _metrics(runtime, plan, result)
+    await runtime.plugins.query_completed(QueryCompleted(
+        user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
+        provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
+        input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+        duration_s=time.perf_counter() - plan.started, llm_duration_s=result.llm_seconds,
+        streaming="streaming" in plan.endpoint,
+        shield_violations=tuple(result.shield_violations)), runtime)
+    return await runtime.plugins.quota_status(plan.auth, runtime)
+
+
+def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
+    m = runtime.metrics
+    m.llm_calls.labels(plan.provider, plan.model, plan.endpoint).inc()
+    m.tokens_sent.labels(plan.provider, plan.model).inc(result.input_tokens)
+    m.tokens_received.labels(plan.provider, plan.model).inc(result.output_tokens)
+    m.llm_duration.labels(plan.provider, plan.model).observe(result.llm_seconds)
+    for _ in result.shield_violations:
+        m.validation_errors.labels(",".join(plan.guardrails) or "shield").inc()
+
+
+async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
+    runtime.metrics.llm_failures.labels(plan.provider, plan.model).inc()
+    await runtime.plugins.query_completed(QueryCompleted(
+        user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
+        provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
+        duration_s=time.perf_counter() - plan.started, llm_duration_s=seconds,
+        streaming="streaming" in plan.endpoint, error=f"{type(exc).__name__}: {exc}"), runtime)
+
+
+async def topic_summary(runtime: Runtime, plan: QueryPlan) -> str | None:
+    """A short LLM-written summary for a new conversation; None if the call fails."""
+    try:
+        with llama_errors():
+            response = await runtime.llama.client.responses.create(
+                model=plan.model_id, input=TOPIC_SUMMARY_PROMPT + plan.query, store=False,
+                instructions="You write very short topic titles.")
+    except LCoreError as exc:
+        log.warning("topic summary failed", error=str(exc))
+        return None
+    text = summarise(_dump(response)).response.strip().strip('"').strip()
+    return text[:200] or None
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+@dataclass
+class StreamEvent:
+    event: str
+    data: dict[str, Any]
+
+
+async def stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent]:
+    """Streaming: yields upstream's SSE events; `finish` runs only after a complete stream.
+
+    If the client goes away the generator is closed: the upstream stream is closed with it and
+    nothing is stored or consumed.
+    """
+    result = QueryResult()
+    waiting = 0.0
+    yield StreamEvent("start", {"conversation_id": plan.conversation_id})
+    started = time.perf_counter()
+    try:
+        with llama_errors():
+            upstream = await runtime.llama.client.responses.create(**_create_args(plan),
+                                                                   stream=True)
+        waiting += time.perf_counter() - started
+    except LCoreError as exc:
+        await _failed(runtime, plan, exc, time.perf_counter() - started)
+        yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
+                                    "cause": exc.cause})
+        return
+    token_no = 0
+    round_no = 0
+    texts: list[str] = []
+    completed: dict[str, Any] | None = None
+    iterator = upstream.__aiter__()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                with llama_errors():
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                waiting += time.perf_counter() - t0
+            data = _dump(chunk)
+            kind = data.get("type", "")
+            if kind == "response.output_text.delta":
+                delta = data.get("delta") or ""
+                texts.append(delta)
+                yield StreamEvent("token", {"id": token_no, "token": delta})
+                token_no += 1
+            elif kind == "response.output_item.done":
+                item = data.get("item") or {}
+                if item.get("type") == "message":
+                    text, refusal = message_text(item)
+                    if refusal:
+                        result.shield_violations.append(refusal)
+                        if not texts:
+                            texts.append(text)
+                            yield StreamEvent("token", {"id": token_no, "token": text})
+                            token_no += 1
+                elif item.get("type") in ("file_search_call", "mcp_call", "function_call"):
+                    round_no += 1
+                    before_calls, before_results = (len(result.tool_calls),
+                                                    len(result.tool_results))
+                    add_tool_item(result, item, round_no)
+                    for call in result.tool_calls[before_calls:]:
+                        yield StreamEvent("tool_call", call)
+                    for res in result.tool_results[before_results:]:
+                        yield StreamEvent("tool_result", res)
+            elif kind in ("response.completed", "response.incomplete"):
+                completed = data.get("response") or {}
+            elif kind == "response.failed":
+                error = (data.get("response") or {}).get("error") or {}
+                raise LCoreError("Llama Stack failed to answer",
+                                 str(error.get("message") or error or "response.failed"))
+    except LCoreError as exc:
+        await _failed(runtime, plan, exc, waiting)
+        yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
+                                    "cause": exc.cause})
+        return
+    finally:
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            # Closing a dead stream must not mask the real outcome.
+            with contextlib.suppress(Exception):
+                await close()
+    if completed is None:
+        exc = LCoreError("Llama Stack stream ended early", "no response.completed event")
+        await _failed(runtime, plan, exc, waiting)
+        yield StreamEvent("error", {"status_code": 503, "response": exc.response,
+                                    "cause": exc.cause})
+        return
+    final = summarise(completed)
+    result.response = "".join(texts) or final.response
+    result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
+    if not result.tool_calls:
+        result.tool_calls, result.tool_results = final.tool_calls, final.tool_results
+    result.rag_chunks = result.rag_chunks or final.rag_chunks
+    result.referenced_documents = result.referenced_documents or final.referenced_documents
+    result.llm_seconds = waiting
+    yield StreamEvent("turn_complete", {"token": result.response})
+    quotas = await finish(runtime, plan, result)
+    overhead_ms = max(time.perf_counter() - plan.started - waiting, 0.0) * 1000
+    runtime.metrics.overhead.labels(plan.endpoint).observe(overhead_ms / 1000)
+    yield StreamEvent("end", {
+        "referenced_documents": result.referenced_documents, "rag_chunks": result.rag_chunks,
+        "truncated": False, "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens, "available_quotas": quotas,
+        "overhead_ms": round(overhead_ms, 2)})
+
+
+def response_body(plan: QueryPlan, result: QueryResult, quotas: dict[str, int]) -> dict[str, Any]:
+    return {
+        "conversation_id": plan.conversation_id, "response": result.response,
+        "rag_chunks": result.rag_chunks, "referenced_documents": result.referenced_documents,
+        "truncated": False, "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens, "available_quotas": quotas,
+        "tool_calls": result.tool_calls, "tool_results": result.tool_results,
+    }

@@ -1,0 +1,176 @@
+"""The user DB: conversation metadata per user (peewee; SQLite by default, PostgreSQL by config).
+
+peewee is synchronous: every public coroutine runs its query in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import peewee
+
+from lcore_core.errors import StorageError
+
+SCHEMA_VERSION = 1
+DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
+
+_proxy = peewee.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class _Model(peewee.Model):
+    class Meta:
+        database = _proxy
+
+
+class UserConversation(_Model):
+    id = peewee.CharField(primary_key=True, max_length=128)
+    user_id = peewee.CharField(index=True, max_length=256)
+    topic_summary = peewee.TextField(null=True)
+    last_used_model = peewee.CharField(default="", max_length=256)
+    last_used_provider = peewee.CharField(default="", max_length=256)
+    created_at = peewee.DateTimeField(default=utcnow)
+    last_message_at = peewee.DateTimeField(default=utcnow, index=True)
+    message_count = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "lcore_user_conversation"
+
+
+class SchemaVersion(_Model):
+    component = peewee.CharField(primary_key=True, max_length=64)
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "lcore_schema_version"
+
+
+def open_database(settings: Any) -> peewee.Database:
+    """A peewee database for a `database`-style section ({sqlite: ...} or {postgres: ...})."""
+    pg = settings.get("postgres") if settings else None
+    if pg:
+        password = pg.get("password") or ""
+        if pg.get("password_path"):
+            password = Path(pg["password_path"]).read_text(encoding="utf-8").strip()
+        options = f"-c search_path={pg['namespace']},public" if pg.get("namespace") else None
+        kwargs: dict[str, Any] = {"host": pg["host"], "port": pg["port"], "user": pg["user"],
+                                  "password": password, "sslmode": pg["ssl_mode"],
+                                  "gssencmode": pg["gss_encmode"]}
+        if options:
+            kwargs["options"] = options
+        if pg.get("ca_cert_path"):
+            kwargs["sslrootcert"] = pg["ca_cert_path"]
+        return peewee.PostgresqlDatabase(pg["db"], autorollback=True, **kwargs)
+    sqlite = (settings.get("sqlite") if settings else None) or {"db_path": DEFAULT_SQLITE_PATH}
+    path = Path(sqlite["db_path"]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return peewee.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 5000,
+                                                     "foreign_keys": 1})
+
+
+class UserDB:
+    """Conversation ownership and metadata."""
+
+    def __init__(self, database: peewee.Database) -> None:
+        self.db = database
+        self._models = [UserConversation, SchemaVersion]
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        def call() -> Any:
+            with self.db.bind_ctx(self._models):
+                try:
+                    with self.db.connection_context():
+                        return fn(*args)
+                except peewee.PeeweeException as exc:
+                    raise StorageError("Database error", f"{type(exc).__name__}: {exc}") from exc
+
+        return await asyncio.to_thread(call)
+
+    async def setup(self) -> None:
+        """Create tables idempotently and record the schema version."""
+
+        def create() -> None:
+            pg_namespace = None
+            if isinstance(self.db, peewee.PostgresqlDatabase):
+                options = self.db.connect_params.get("options", "")
+                if "search_path=" in options:
+                    pg_namespace = options.split("search_path=")[1].split(",")[0]
+                    self.db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{pg_namespace}"')
+            self.db.create_tables(self._models, safe=True)
+            SchemaVersion.insert(component="userdb", version=SCHEMA_VERSION).on_conflict(
+                conflict_target=[SchemaVersion.component],
+                update={SchemaVersion.version: SCHEMA_VERSION}).execute()
+
+        await self._run(create)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.db.close)
+
+    async def ready(self) -> None:
+        await self._run(lambda: self.db.execute_sql("SELECT 1"))
+
+    async def get(self, conversation_id: str) -> dict[str, Any] | None:
+        def fetch() -> dict[str, Any] | None:
+            row = UserConversation.get_or_none(UserConversation.id == conversation_id)
+            return _row(row) if row else None
+
+        return await self._run(fetch)
+
+    async def record_turn(self, conversation_id: str, user_id: str, *, model: str,
+                          provider: str, topic_summary: str | None = None) -> None:
+        """Create the conversation on its first turn, else bump count and last-used fields."""
+
+        def upsert() -> None:
+            now = utcnow()
+            with self.db.atomic():
+                updated = (UserConversation.update(
+                    message_count=UserConversation.message_count + 1, last_message_at=now,
+                    last_used_model=model, last_used_provider=provider)
+                    .where(UserConversation.id == conversation_id).execute())
+                if not updated:
+                    UserConversation.insert(
+                        id=conversation_id, user_id=user_id, topic_summary=topic_summary,
+                        last_used_model=model, last_used_provider=provider, created_at=now,
+                        last_message_at=now, message_count=1).on_conflict_ignore().execute()
+
+        await self._run(upsert)
+
+    async def list(self, user_id: str | None) -> list[dict[str, Any]]:
+        def fetch() -> list[dict[str, Any]]:
+            query = UserConversation.select().order_by(UserConversation.last_message_at.desc())
+            if user_id is not None:
+                query = query.where(UserConversation.user_id == user_id)
+            return [_row(r) for r in query]
+
+        return await self._run(fetch)
+
+    async def delete(self, conversation_id: str) -> bool:
+        return bool(await self._run(
+            lambda: UserConversation.delete().where(UserConversation.id == conversation_id)
+            .execute()))
+
+    async def set_topic_summary(self, conversation_id: str, summary: str) -> bool:
+        return bool(await self._run(
+            lambda: UserConversation.update(topic_summary=summary)
+            .where(UserConversation.id == conversation_id).execute()))
+
+
+def _row(row: UserConversation) -> dict[str, Any]:
+    return {
+        "conversation_id": row.id, "user_id": row.user_id, "topic_summary": row.topic_summary,
+        "last_used_model": row.last_used_model, "last_used_provider": row.last_used_provider,
+        "created_at": _iso(row.created_at), "last_message_at": _iso(row.last_message_at),
+        "message_count": row.message_count,
+    }
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC).isoformat()
+    return str(value)
