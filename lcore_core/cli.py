@@ -93,7 +93,9 @@ def serve(args: argparse.Namespace) -> int:
     if tls.tls_certificate_path and tls.tls_key_path:
         hyper.certfile = tls.tls_certificate_path
         hyper.keyfile = tls.tls_key_path
-        hyper.keyfile_password = tls.tls_key_password
+        if tls.tls_key_password:
+            # upstream's key: the path of a file holding the key's password
+            hyper.keyfile_password = Path(tls.tls_key_password).read_text(encoding="utf-8").strip()
     if workers > 1:
         from hypercorn.run import run
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import difflib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +17,22 @@ from lcore_core.errors import ConfigError
 if TYPE_CHECKING:
     from lcore_core.plugins import Plugins
 
-__all__ = ["DEFAULT_CONFIG", "Config", "ConfigError", "Settings", "load_config"]
+__all__ = ["DEFAULT_CONFIG", "Config", "ConfigError", "ConfigErrors", "Settings", "load_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "lightspeed-stack.yaml"
 
 SECRET_KEYS = ("password", "api_key", "token", "secret", "client_secret", "tls_key_password")
+# Mappings whose every value is secret, whatever the key (header name -> credential).
+SECRET_MAPPINGS = ("authorization_headers",)
+MASK = "*****"
 
 # Keys of upstream's authentication section that a provider owns; accepted (and left unchecked)
 # when that provider is not the selected module, so an upstream file loads unchanged.
 UPSTREAM_AUTH_SUBSECTIONS = ("jwk_config", "api_key_config", "rh_identity_config",
                              "trusted_proxy_config")
+
+# Sections the validator handles itself (their schema depends on the selected provider).
+PROVIDER_SECTIONS = ("authentication", "conversation_cache")
 
 
 class Settings(dict[str, Any]):
@@ -57,15 +65,58 @@ class Config(Settings):
 
 
 def _mask(value: Any, key: str = "") -> Any:
+    if key in SECRET_MAPPINGS and isinstance(value, dict):
+        return {k: MASK if v else v for k, v in value.items()}
     if isinstance(value, dict):
         return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v, key) for v in value]
     if value and isinstance(value, str) and any(s in key.lower() for s in SECRET_KEYS):
-        return "*****"
-    if key == "authorization_headers" and isinstance(value, dict):
-        return {k: "*****" for k in value}
+        return MASK
     return value
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems, one per line."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0, e.key or ""))
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in self.errors)
+
+
+class _Report:
+    """Collects errors about one document; `rename` maps canonical section names back to the
+    name the file used (an upstream alias such as `ogx`)."""
+
+    def __init__(self, doc: Document, errors: list[ConfigError],
+                 rename: dict[str, str] | None = None) -> None:
+        self.doc = doc
+        self.errors = errors
+        self.rename = rename or {}
+
+    def _shown(self, path: KeyPath) -> KeyPath:
+        if path and path[0] in self.rename:
+            return (self.rename[str(path[0])], *path[1:])
+        return path
+
+    def add(self, path: KeyPath, message: str, *, at: KeyPath | None = None) -> None:
+        self.errors.append(self.doc.error(
+            self._shown(path), message, at=None if at is None else self._shown(at)))
+
+    def invalid(self, base: KeyPath, messages: Any) -> None:
+        """marshmallow's error messages, each at its key's line."""
+        for path, message in flatten_errors(messages, base):
+            if message == "Unknown field.":
+                message = "unknown key"
+            elif message == "Missing data for required field.":
+                message = "required key is missing"
+            elif message == "Field may not be null.":
+                message = "must not be null"
+            self.add(path, message)
 
 
 def load_config(path: str | Path | None, plugins: Plugins, *, text: str | None = None) -> Config:
@@ -77,26 +128,38 @@ def load_config(path: str | Path | None, plugins: Plugins, *, text: str | None =
 def validate_document(doc: Document, plugins: Plugins) -> Config:
     from lcore_core.auth import Action
 
-    data: dict[str, Any] = doc.data
-    sections = plugins.config_sections()
     errors: list[ConfigError] = []
+    data: dict[str, Any] = dict(doc.data)
+    rename: dict[str, str] = {}
+    for alias, canonical in core.SECTION_ALIASES.items():
+        if alias not in data:
+            continue
+        if canonical in data:
+            errors.append(doc.error((alias,), f"give either {canonical} or {alias}, not both"))
+            del data[alias]
+            continue
+        data[canonical] = data.pop(alias)
+        rename[canonical] = alias
+    report = _Report(doc, errors, rename)
+    _refuse_unsupported_keys(data, report)
 
     schema_fields = dict(core.CORE_SECTIONS)
-    for name, owned in sections.items():
+    for name, owned in plugins.config_sections().items():
         schema_fields[name] = fields.Nested(owned.schema, load_default=None, allow_none=True)
+    known = [*schema_fields, *PROVIDER_SECTIONS, *core.SECTION_ALIASES]
     for key in data:
-        if key in schema_fields or key in ("authentication", "conversation_cache"):
+        if key in schema_fields or key in PROVIDER_SECTIONS:
             continue
         if key in core.PLUGIN_SECTIONS:
             dist = core.PLUGIN_SECTIONS[key]
-            errors.append(doc.error((key,), f"section needs the plugin {dist}, which is not "
-                                            f"installed (pip install {dist})"))
+            report.add((key,), f"section needs the plugin {dist}, which is not installed "
+                               f"(pip install {dist})")
         elif key in core.UNSUPPORTED_SECTIONS:
-            errors.append(doc.error((key,), f"not supported by LCore: "
-                                            f"{core.UNSUPPORTED_SECTIONS[key]}; remove the key"))
+            report.add((key,), f"not supported by LCore: {core.UNSUPPORTED_SECTIONS[key]}; "
+                               f"remove the section")
         else:
-            known = ", ".join(sorted([*schema_fields, "authentication", "conversation_cache"]))
-            errors.append(doc.error((key,), f"unknown section; known sections: {known}"))
+            report.add((key,), f"unknown section{_did_you_mean(key, known)}; known sections: "
+                               f"{', '.join(sorted(known))}")
 
     main = Schema.from_dict(schema_fields, name="LightspeedStackConfig")()
     body = {k: v for k, v in data.items() if k in schema_fields}
@@ -104,23 +167,19 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     try:
         loaded = main.load(body)
     except ValidationError as exc:
-        errors.extend(_errors(doc, (), exc.messages))
+        report.invalid((), exc.messages)
         loaded = exc.valid_data if isinstance(exc.valid_data, dict) else {}
 
-    loaded["authentication"] = _authentication(doc, data.get("authentication"), plugins, errors)
-    loaded["conversation_cache"] = _cache(doc, data.get("conversation_cache"), plugins, errors)
+    loaded["authentication"] = _authentication(report, data.get("authentication"), plugins)
+    loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 
     valid_actions = frozenset(a.value for a in Action) | plugins.actions()
     authz = loaded.get("authorization")
     if authz:
-        authz["access_rules"] = list(authz["access_rules"]) + _rules_file(doc, authz, errors)
-        for i, rule in enumerate(authz["access_rules"]):
-            for j, action in enumerate(rule["actions"]):
-                if action not in valid_actions:
-                    errors.append(doc.error(
-                        ("authorization", "access_rules", i, "actions", j),
-                        f"unknown action {action!r}; valid actions: "
-                        f"{', '.join(sorted(valid_actions))}"))
+        _check_actions(report, ("authorization", "access_rules"), authz["access_rules"],
+                       valid_actions)
+        authz["access_rules"] = [*authz["access_rules"],
+                                 *_rules_file(report, authz, valid_actions)]
 
     if errors:
         raise ConfigErrors(errors)
@@ -130,46 +189,70 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     return config
 
 
-class ConfigErrors(ConfigError):
-    """Several configuration problems, one per line."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        self.errors = sorted(errors, key=lambda e: (e.line or 0, e.key or ""))
-        first = self.errors[0]
-        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
-
-    def __str__(self) -> str:
-        return "\n".join(ConfigError.__str__(e) for e in self.errors)
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _errors(doc: Document, base: KeyPath, messages: Any) -> list[ConfigError]:
-    out = []
-    for path, message in flatten_errors(messages, base):
-        if message == "Unknown field.":
-            message = "unknown key"
-        elif message == "Missing data for required field.":
-            message = "required key is missing"
-        out.append(doc.error(path, message))
-    return out
+def _matches(node: Any, pattern: tuple[str, ...], path: KeyPath = ()) -> Iterator[KeyPath]:
+    """Key paths in `node` matching `pattern` ("*" matches every list item)."""
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        items: list[tuple[str | int, Any]] = (list(enumerate(node)) if isinstance(node, list)
+                                              else [])
+    elif isinstance(node, dict) and head in node:
+        items = [(head, node[head])]
+    else:
+        items = []
+    for key, child in items:
+        if rest:
+            yield from _matches(child, rest, (*path, key))
+        else:
+            yield (*path, key)
 
 
-def _authentication(doc: Document, raw: Any, plugins: Plugins,
-                    errors: list[ConfigError]) -> Settings:
+def _refuse_unsupported_keys(data: dict[str, Any], report: _Report) -> None:
+    """Report and drop upstream keys LCore does not support, so they are not "unknown"."""
+    for pattern, what in core.UNSUPPORTED_KEYS.items():
+        for path in list(_matches(data, pattern)):
+            report.add(path, f"not supported by LCore: {what}; remove the key")
+            parent: Any = data
+            for part in path[:-1]:
+                parent = parent[part]
+            del parent[path[-1]]
+
+
+def _provider_hint(kind: str, name: Any, known: dict[str, str | None],
+                   installed: dict[str, Any]) -> str:
+    names = ", ".join(sorted(installed)) or "none"
+    if name in known and known[name] is None:
+        return (f"{kind} {name!r} exists upstream but is not supported by LCore; "
+                f"installed: {names}")
+    if name in known:
+        dist = known[name]
+        return (f"{kind} {name!r} is provided by the plugin {dist}, which is not installed "
+                f"(pip install {dist}); installed: {names}")
+    return f"unknown {kind} {name!r}; installed: {names} (is the plugin that provides it " \
+           f"installed?)"
+
+
+def _authentication(report: _Report, raw: Any, plugins: Plugins) -> Settings:
+    base: KeyPath = ("authentication",)
     raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
-        errors.append(doc.error(("authentication",), "must be a mapping"))
+        report.add(base, "must be a mapping")
         raw = {}
     providers = plugins.auth_providers()
-    common = {
+    common: dict[str, fields.Field] = {
         "module": fields.String(load_default="noop"),
         "skip_tls_verification": fields.Boolean(load_default=False),
         "skip_for_health_probes": fields.Boolean(load_default=False),
         "skip_for_metrics": fields.Boolean(load_default=False),
-        "k8s_cluster_api": fields.String(load_default=None, allow_none=True),
-        "k8s_ca_cert_path": fields.String(load_default=None, allow_none=True),
+        "k8s_cluster_api": fields.String(load_default=None, allow_none=True,
+                                         validate=core.HTTP_URL),
+        "k8s_ca_cert_path": fields.String(load_default=None, allow_none=True,
+                                          validate=core.existing_file),
     }
-    module = raw.get("module", "noop")
-    provider = providers.get(module)
     sub_keys = {p.config_key for p in providers.values() if p.config_key}
     sub_keys.update(UPSTREAM_AUTH_SUBSECTIONS)
     for key in sub_keys:
@@ -177,74 +260,117 @@ def _authentication(doc: Document, raw: Any, plugins: Plugins,
     try:
         loaded = Schema.from_dict(common, name="Authentication")().load(raw)
     except ValidationError as exc:
-        errors.extend(_errors(doc, ("authentication",), exc.messages))
-        return Settings(module=module, settings=None)
+        report.invalid(base, exc.messages)
+        return Settings(module=raw.get("module", "noop"), settings=None)
+    module = loaded["module"]
+    provider = providers.get(module)
     if provider is None:
-        installed = ", ".join(sorted(providers)) or "none"
-        errors.append(doc.error(("authentication", "module"),
-                                f"unknown authentication module {module!r}; installed: "
-                                f"{installed} (is the plugin that provides it installed?)"))
+        report.add((*base, "module"), _provider_hint("authentication module", module,
+                                                     core.KNOWN_AUTH_MODULES, providers))
         return Settings.wrap(loaded)
-    loaded["settings"] = _provider_settings(doc, ("authentication",), loaded, provider, errors)
+    loaded["settings"] = _provider_settings(report, base, loaded, provider)
     return Settings.wrap(loaded)
 
 
-def _cache(doc: Document, raw: Any, plugins: Plugins, errors: list[ConfigError]) -> Settings:
+def _cache(report: _Report, raw: Any, plugins: Plugins) -> Settings:
+    base: KeyPath = ("conversation_cache",)
     raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
-        errors.append(doc.error(("conversation_cache",), "must be a mapping"))
+        report.add(base, "must be a mapping")
         raw = {}
     backends = plugins.cache_backends()
-    kind = raw.get("type", "memory" if raw else "noop")
-    allowed = {"type"} | {b.key for b in backends.values()} | {"memory", "sqlite", "postgres"}
+    backend_keys = {b.key for b in backends.values()} | {"memory", "sqlite", "postgres"}
     for key in raw:
-        if key not in allowed:
-            errors.append(doc.error(("conversation_cache", key), "unknown key"))
+        if key != "type" and key not in backend_keys:
+            report.add((*base, key), f"unknown key{_did_you_mean(key, sorted(backend_keys))}")
+    kind = raw.get("type")
+    if kind is None:
+        given = [k for k in raw if k in backend_keys]
+        if given:
+            report.add((*base, "type"), f"type is required when a backend section is given "
+                                        f"(found {given[0]})", at=(*base, given[0]))
+        # As upstream: no type means no conversation cache.
+        return Settings(type="noop", settings=None)
+    if not isinstance(kind, str):
+        report.add((*base, "type"), "must be a string")
+        return Settings(type=str(kind), settings=None)
     backend = backends.get(kind)
     if backend is None:
-        installed = ", ".join(sorted(backends))
-        errors.append(doc.error(("conversation_cache", "type"),
-                                f"unknown conversation cache type {kind!r}; installed: "
-                                f"{installed} (is the plugin that provides it installed?)"))
+        report.add((*base, "type"), _provider_hint("conversation cache type", kind,
+                                                   core.KNOWN_CACHE_TYPES, backends))
         return Settings(type=kind, settings=None)
-    loaded = {"type": kind}
-    loaded["settings"] = _provider_settings(doc, ("conversation_cache",), raw, backend, errors)
+    for key in raw:
+        if key in backend_keys and key != backend.key:
+            report.add((*base, key), f"only the {backend.key} section may be given when "
+                                     f"type is {kind!r}")
+    loaded = {"type": kind, "settings": _provider_settings(report, base, raw, backend)}
     return Settings.wrap(loaded)
 
 
-def _provider_settings(doc: Document, base: KeyPath, raw: dict[str, Any], provider: Any,
-                       errors: list[ConfigError]) -> Any:
+def _provider_settings(report: _Report, base: KeyPath, raw: dict[str, Any],
+                       provider: Any) -> Any:
     key = getattr(provider, "key", None) or provider.config_key
     value = raw.get(key) if key else None
     if provider.schema is None:
         return value
+    selector = "module" if base == ("authentication",) else "type"
     if value is None:
         if provider.required:
-            errors.append(doc.error((*base, key), f"section {key} is required when "
-                                                  f"{dotted(base)} selects {provider.name!r}"))
+            report.add((*base, key), f"section {key} is required when {dotted(base)}."
+                                     f"{selector} is {provider.name!r}", at=(*base, selector))
             return None
         value = {}
     try:
         return provider.schema().load(value)
     except ValidationError as exc:
-        errors.extend(_errors(doc, (*base, key), exc.messages))
+        report.invalid((*base, key), exc.messages)
         return None
 
 
-def _rules_file(doc: Document, authz: dict[str, Any], errors: list[ConfigError]) -> list[Any]:
+def _check_actions(report: _Report, base: KeyPath, rules: list[dict[str, Any]],
+                   valid: frozenset[str]) -> None:
+    for i, rule in enumerate(rules):
+        for j, action in enumerate(rule["actions"]):
+            if action in valid:
+                continue
+            if action in core.PLUGIN_ACTIONS:
+                dist = core.PLUGIN_ACTIONS[action]
+                message = (f"action {action!r} needs the plugin {dist}, which is not "
+                           f"installed (pip install {dist})")
+            elif action in core.UPSTREAM_ACTIONS:
+                message = (f"action {action!r} is not supported by LCore: "
+                           f"{core.UPSTREAM_ACTIONS[action]}; remove it")
+            else:
+                message = (f"unknown action {action!r}"
+                           f"{_did_you_mean(action, sorted(valid))}; valid actions: "
+                           f"{', '.join(sorted(valid))}")
+            report.add((*base, i, "actions", j), message)
+
+
+def _rules_file(report: _Report, authz: dict[str, Any],
+                valid: frozenset[str]) -> list[dict[str, Any]]:
+    """The access rules of `authorization.rules_file` (relative to the configuration file)."""
     path = authz.get("rules_file")
     if not path:
         return []
-    base = Path(doc.file).parent if doc.file else Path.cwd()
-    file = (base / path) if not Path(path).is_absolute() else Path(path)
+    key: KeyPath = ("authorization", "rules_file")
+    doc = report.doc
+    base = Path(doc.file).parent if doc.file and not doc.file.startswith("<") else Path.cwd()
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() else base / file
+    if not file.is_file():
+        report.add(key, f"rules file {str(file)!r} does not exist")
+        return []
     try:
         rules_doc = read_document(file)
     except ConfigError as exc:
-        errors.append(exc)
+        report.errors.append(exc)
         return []
-    rules = rules_doc.data.get("access_rules", [])
+    rules = _Report(rules_doc, report.errors)
     try:
-        return core.AccessRuleSchema(many=True).load(rules)
+        loaded = core.RulesFileSchema().load(rules_doc.data)
     except ValidationError as exc:
-        errors.extend(_errors(rules_doc, ("access_rules",), exc.messages))
+        rules.invalid((), exc.messages)
         return []
+    _check_actions(rules, ("access_rules",), loaded["access_rules"], valid)
+    return list(loaded["access_rules"])

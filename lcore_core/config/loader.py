@@ -37,16 +37,18 @@ class Document:
         self.lines = lines
         self.file = file
 
-    def line_of(self, path: KeyPath) -> int | None:
-        """Line of `path`, or of its nearest ancestor present in the file."""
+    def line_of(self, path: KeyPath) -> int:
+        """Line of `path`, or of its nearest ancestor present in the file (1 for the top)."""
         while path:
             if path in self.lines:
                 return self.lines[path]
             path = path[:-1]
-        return None
+        return 1
 
-    def error(self, path: KeyPath, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=self.line_of(path), key=dotted(path))
+    def error(self, path: KeyPath, message: str, *, at: KeyPath | None = None) -> ConfigError:
+        """An error about `path`, reported at the line of `at` (default: of `path`)."""
+        line = self.line_of(path if at is None else at)
+        return ConfigError(message, file=self.file, line=line, key=dotted(path))
 
 
 def read_document(path: str | Path, *, text: str | None = None) -> Document:
@@ -62,13 +64,16 @@ def read_document(path: str | Path, *, text: str | None = None) -> Document:
     try:
         raw = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"invalid YAML: {exc.problem}", file=file, line=line) from None
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        context = f" ({exc.context})" if exc.context else ""
+        raise ConfigError(f"invalid YAML: {exc.problem}{context}", file=file,
+                          line=line) from None
     if raw is None:
         raw = CommentedMap()
     if not isinstance(raw, dict):
-        raise ConfigError("the top level must be a mapping of sections", file=file, line=1)
+        raise ConfigError("the top level must be a mapping of sections", file=file, line=1,
+                          key="<root>")
     lines: dict[KeyPath, int] = {}
     doc = Document(None, lines, file)
     doc.data = _plain(raw, (), lines, doc)
@@ -118,13 +123,10 @@ def _substitute(value: str, path: KeyPath, doc: Document) -> Any:
         raise doc.error(path, f"environment variable {var} is not set and has no default "
                               f"(write ${{env.{var}:=value}} to give one)")
 
-    result = _SUBST.sub(replace, value)
-    # A whole-value reference to a number or boolean keeps its YAML type.
-    if _SUBST.fullmatch(value):
-        loaded = YAML(typ="safe").load(result) if result else result
-        if isinstance(loaded, bool | int | float):
-            return loaded
-    return result
+    # The result stays a string: the schema converts it where it expects a number or a boolean
+    # (`port: ${env.PORT}` loads as an int) and keeps it where it expects text (a password of
+    # digits stays a string).
+    return _SUBST.sub(replace, value)
 
 
 def flatten_errors(messages: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:

@@ -1,12 +1,86 @@
-"""marshmallow schemas for the core's sections of lightspeed-stack.yaml (upstream's format)."""
+"""marshmallow schemas for the core's sections of lightspeed-stack.yaml (upstream's format).
+
+Compatibility with upstream Lightspeed Core Stack (`src/models/config.py`, audited up to the
+release that renamed `llama_stack` to `ogx`). "core" = validated here; "plugin" = validated by
+the named distribution's `lcore_config_sections` / provider schema; "refused" = a clear
+"not supported by LCore" error naming file, line and key (`UNSUPPORTED_SECTIONS`,
+`UNSUPPORTED_KEYS`).
+
+    upstream key                               LCore
+    ----------------------------------------   -------------------------------------------------
+    name                                       core (default "LCore"; upstream requires it)
+    config_format_version                      core: "legacy" only; "unified" refused
+    service.{host,port,base_url,auth_enabled,  core, same defaults
+      workers,color_log,access_log,root_path,
+      tls_config.*,cors.*}
+    service.max_concurrent_file_uploads,       refused (no /v1/files, no vector-store uploads)
+      max_concurrent_vector_store_attaches,
+      delete_file_after_vector_store_attach
+    llama_stack / ogx (alias)                  core: url, api_key, use_as_library_client,
+                                               library_client_config_path, timeout,
+                                               max_retries, retry_delay, allow_degraded_mode
+    llama_stack.config                         refused (unified run.yaml synthesis)
+    user_data_collection.{feedback_*,          core, same defaults
+      transcripts_*}
+    user_data_collection.{data_collector,      refused (older releases: ingress data collector,
+      config_enabled,config_storage}           configuration snapshots)
+    authentication.{module,skip_*,k8s_*}       core; module names a registered provider
+    authentication.api_key_config              core (builtin api-key-token)
+    authentication.jwk_config                  plugin lcore-auth-jwk (module jwk-token)
+    authentication.k8s_*                       plugin lcore-auth-k8s (module k8s)
+    authentication.rh_identity_config,         accepted while unused; selecting rh-identity or
+      trusted_proxy_config                     trusted-proxy is refused (no such provider)
+    authorization.access_rules[].{role,        core; LCore adds inherits and rules_file
+      actions}
+    database.{sqlite,postgres}                 core, same keys; postgres.namespace "public"
+    conversation_cache.type + memory           core (memory, noop)
+    conversation_cache.sqlite / .postgres      plugins lcore-cache-sqlite / lcore-cache-postgres
+    mcp_servers[].{name,provider_id,url,       core
+      authorization_headers,headers,timeout}
+    mcp_servers[].require_approval             refused (human-in-the-loop approvals)
+    customization.{disable_query_system_prompt core; system_prompt_path is read into
+      disable_shield_ids_override,             system_prompt, agent_card_path into
+      system_prompt, system_prompt_path,       agent_card_config (free-form mapping)
+      agent_card_path, agent_card_config}
+    customization.profile_path                 refused (Python custom profiles)
+    inference.{default_model,default_provider, core, same defaults (10, 30)
+      max_infer_iters,max_tool_calls}
+    inference.providers, context_windows       refused (unified synthesis, compaction)
+    quota_handlers                             plugin lcore-quota
+    a2a_state                                  plugin lcore-a2a
+    byok_rag, rag, okp, solr, vector_store,    refused (see UNSUPPORTED_SECTIONS)
+      compaction, conversation_history,
+      approvals, skills, saved_prompts,
+      shields, splunk, observability,
+      deployment_environment, rlsapi_v1,
+      azure_entra_id, a2a_agents, a2a
+    (LCore only) plugins.blocked,              core additions
+      service.max_request_size, log_format
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
-Port = fields.Integer(validate=validate.Range(1, 65535))
+
+def existing_file(value: str) -> None:
+    if not Path(value).expanduser().is_file():
+        raise ValidationError(f"file {value!r} does not exist")
+
+
+def positive(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(validate=validate.Range(min=1), **kwargs)
 
 
 class Base(Schema):
@@ -23,10 +97,15 @@ def optional(schema: type[Schema], **kwargs: Any) -> fields.Nested:
     return fields.Nested(schema, load_default=None, allow_none=True, **kwargs)
 
 
+def optional_file(**kwargs: Any) -> fields.String:
+    return fields.String(load_default=None, allow_none=True, validate=existing_file, **kwargs)
+
+
 class TLSSchema(Base):
-    tls_certificate_path = fields.String(load_default=None, allow_none=True)
-    tls_key_path = fields.String(load_default=None, allow_none=True)
-    tls_key_password = fields.String(load_default=None, allow_none=True)
+    tls_certificate_path = optional_file()
+    tls_key_path = optional_file()
+    # As upstream: the path of a file that holds the key's password, not the password itself.
+    tls_key_password = optional_file()
 
 
 class CORSSchema(Base):
@@ -42,15 +121,22 @@ class CORSSchema(Base):
                                   "allow_credentials")
 
 
+def _root_path(value: str) -> None:
+    if value and not value.startswith("/"):
+        raise ValidationError("root_path must start with '/'")
+    if value.endswith("/"):
+        raise ValidationError("root_path must not end with '/'")
+
+
 class ServiceSchema(Base):
     host = fields.String(load_default="localhost")
     port = fields.Integer(load_default=8080, validate=validate.Range(1, 65535))
     base_url = fields.String(load_default=None, allow_none=True)
     auth_enabled = fields.Boolean(load_default=False)
-    workers = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    workers = positive(load_default=1)
     color_log = fields.Boolean(load_default=True)
     access_log = fields.Boolean(load_default=True)
-    root_path = fields.String(load_default="")
+    root_path = fields.String(load_default="", validate=_root_path)
     tls_config = section(TLSSchema)
     cors = section(CORSSchema)
     # LCore additions
@@ -59,12 +145,19 @@ class ServiceSchema(Base):
     log_format = fields.String(load_default="json", validate=validate.OneOf(["json", "console"]))
 
 
+HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+
 class LlamaStackSchema(Base):
-    url = fields.String(load_default=None, allow_none=True)
+    url = fields.String(load_default=None, allow_none=True, validate=HTTP_URL)
     api_key = fields.String(load_default=None, allow_none=True)
     use_as_library_client = fields.Boolean(load_default=None, allow_none=True)
     library_client_config_path = fields.String(load_default=None, allow_none=True)
     timeout = fields.Float(load_default=180.0, validate=validate.Range(min=0, min_inclusive=False))
+    # Start-up connection attempts (a sidecar Llama Stack may still be starting).
+    max_retries = positive(load_default=5)
+    retry_delay = positive(load_default=2)
+    allow_degraded_mode = fields.Boolean(load_default=False)
 
     @validates_schema
     def _mode(self, data: dict[str, Any], **_: Any) -> None:
@@ -72,9 +165,12 @@ class LlamaStackSchema(Base):
         if library is None:
             library = data.get("library_client_config_path") is not None and not data.get("url")
             data["use_as_library_client"] = library
-        if library and not data.get("library_client_config_path"):
+        path = data.get("library_client_config_path")
+        if library and not path:
             raise ValidationError("library mode needs library_client_config_path",
                                   "library_client_config_path")
+        if library and path and not Path(path).expanduser().is_file():
+            raise ValidationError(f"file {path!r} does not exist", "library_client_config_path")
         if not library and not data.get("url"):
             raise ValidationError("give url (server mode) or use_as_library_client: true with "
                                   "library_client_config_path (library mode)", "url")
@@ -95,7 +191,7 @@ class UserDataCollectionSchema(Base):
 
 
 class AccessRuleSchema(Base):
-    role = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.Length(min=1))
     actions = fields.List(fields.String(), required=True)
     inherits = fields.List(fields.String(), load_default=list)
 
@@ -106,8 +202,14 @@ class AuthorizationSchema(Base):
     rules_file = fields.String(load_default=None, allow_none=True)
 
 
+class RulesFileSchema(Base):
+    """The content of `authorization.rules_file`."""
+
+    access_rules = fields.List(fields.Nested(AccessRuleSchema), required=True)
+
+
 class SQLiteSchema(Base):
-    db_path = fields.String(required=True)
+    db_path = fields.String(required=True, validate=validate.Length(min=1))
 
 
 class PostgresSchema(Base):
@@ -116,14 +218,16 @@ class PostgresSchema(Base):
     db = fields.String(required=True)
     user = fields.String(required=True)
     password = fields.String(load_default="")
-    password_path = fields.String(load_default=None, allow_none=True)
-    namespace = fields.String(load_default="lightspeed-stack")
+    # LCore addition: read the password from this file instead.
+    password_path = optional_file()
+    namespace = fields.String(load_default="public")
     ssl_mode = fields.String(load_default="prefer", validate=validate.OneOf(
         ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]))
     gss_encmode = fields.String(load_default="prefer",
                                 validate=validate.OneOf(["disable", "prefer", "require"]))
-    ca_cert_path = fields.String(load_default=None, allow_none=True)
-    max_connections = fields.Integer(load_default=10, validate=validate.Range(min=1))
+    ca_cert_path = optional_file()
+    # LCore addition: connection pool size per process.
+    max_connections = positive(load_default=10)
 
 
 def one_of_backends(data: dict[str, Any]) -> None:
@@ -133,6 +237,8 @@ def one_of_backends(data: dict[str, Any]) -> None:
 
 
 class DatabaseSchema(Base):
+    """Absent backends mean SQLite at /tmp/lightspeed-stack.db, as upstream (see userdb)."""
+
     sqlite = optional(SQLiteSchema)
     postgres = optional(PostgresSchema)
 
@@ -141,30 +247,70 @@ class DatabaseSchema(Base):
         one_of_backends(data)
 
 
+def _header_names(value: list[str]) -> None:
+    seen: set[str] = set()
+    for name in value:
+        if not name.strip():
+            raise ValidationError("header names must not be empty")
+        if name.lower() in seen:
+            raise ValidationError(f"header {name!r} is listed twice (names ignore case)")
+        seen.add(name.lower())
+
+
 class MCPServerSchema(Base):
     name = fields.String(required=True, validate=validate.Length(min=1))
     provider_id = fields.String(load_default="model-context-protocol")
-    url = fields.String(required=True, validate=validate.URL(schemes={"http", "https"},
-                                                             require_tld=False))
-    timeout = fields.Float(load_default=None, allow_none=True)
-    headers = fields.List(fields.String(), load_default=list)
+    url = fields.String(required=True, validate=HTTP_URL)
+    timeout = positive(load_default=None, allow_none=True)
+    headers = fields.List(fields.String(), load_default=list, validate=_header_names)
+    # header name -> secret file path, or one of: client, kubernetes, oauth
     authorization_headers = fields.Dict(keys=fields.String(), values=fields.String(),
                                         load_default=dict)
 
 
+def _unique_names(servers: list[dict[str, Any]]) -> None:
+    names = [str(s.get("name")) for s in servers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValidationError(f"MCP server names must be unique; repeated: {', '.join(twice)}")
+
+
 class CustomizationSchema(Base):
-    profile_path = fields.String(load_default=None, allow_none=True)
     disable_query_system_prompt = fields.Boolean(load_default=False)
     disable_shield_ids_override = fields.Boolean(load_default=False)
-    system_prompt_path = fields.String(load_default=None, allow_none=True)
+    system_prompt_path = optional_file()
     system_prompt = fields.String(load_default=None, allow_none=True)
-    agent_card_path = fields.String(load_default=None, allow_none=True)
+    agent_card_path = optional_file()
     agent_card_config = fields.Dict(load_default=None, allow_none=True)
+
+    @post_load
+    def _read_files(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        # As upstream: a prompt file wins over an inline prompt, a card file over an inline card.
+        if data["system_prompt_path"]:
+            data["system_prompt"] = Path(data["system_prompt_path"]).expanduser().read_text(
+                encoding="utf-8")
+        if data["agent_card_path"]:
+            from ruamel.yaml import YAML
+            from ruamel.yaml.error import YAMLError
+
+            path = Path(data["agent_card_path"]).expanduser()
+            try:
+                card = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+            except YAMLError as exc:
+                raise ValidationError(f"invalid YAML in {str(path)!r}: {exc}",
+                                      "agent_card_path") from None
+            if not isinstance(card, dict):
+                raise ValidationError(f"{str(path)!r} must hold a mapping", "agent_card_path")
+            data["agent_card_config"] = card
+        return data
 
 
 class InferenceSchema(Base):
     default_model = fields.String(load_default=None, allow_none=True)
     default_provider = fields.String(load_default=None, allow_none=True)
+    # Defaults for Responses calls; a request may override them; null disables the limit.
+    max_infer_iters = positive(load_default=10, allow_none=True)
+    max_tool_calls = positive(load_default=30, allow_none=True)
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
@@ -181,28 +327,95 @@ class PluginsSchema(Base):
 
 CORE_SECTIONS: dict[str, fields.Field] = {
     "name": fields.String(load_default="LCore"),
+    "config_format_version": fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.OneOf(["legacy"], error="only 'legacy' is supported: LCore reads "
+                                "Llama Stack's own run.yaml and does not synthesise one "
+                                "(unified configuration is not supported by LCore)")),
     "service": section(ServiceSchema),
     "llama_stack": fields.Nested(LlamaStackSchema, required=True),
     "user_data_collection": section(UserDataCollectionSchema),
     "authorization": optional(AuthorizationSchema),
     "database": section(DatabaseSchema),
-    "mcp_servers": fields.List(fields.Nested(MCPServerSchema), load_default=list),
+    "mcp_servers": fields.List(fields.Nested(MCPServerSchema), load_default=list,
+                               validate=_unique_names),
     "customization": optional(CustomizationSchema),
     "inference": section(InferenceSchema),
     "plugins": section(PluginsSchema),
 }
+
+# Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
+SECTION_ALIASES = {"ogx": "llama_stack"}
 
 # Sections of upstream's file that belong to an LCore plugin: a hint when it is not installed.
 PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 
 # Upstream features LCore does not have: refused by name rather than as "unknown key".
 UNSUPPORTED_SECTIONS = {
-    "byok_rag": "bring-your-own-knowledge RAG",
+    "byok_rag": "bring-your-own-knowledge RAG stores",
+    "rag": "LCore-side RAG configuration (BYOK, OKP, inline/tool retrieval)",
+    "okp": "OKP (Offline Knowledge Portal) search",
+    "solr": "Solr vector search",
+    "vector_store": "dynamic vector-store providers",
     "rlsapi_v1": "the RHEL Lightspeed rlsapi v1 endpoint",
     "splunk": "Splunk event forwarding",
-    "deployment_environment": "deployment environment tagging",
-    "solr": "Solr vector search",
-    "okp": "OKP search",
+    "observability": "OpenTelemetry settings in the configuration file",
+    "deployment_environment": "deployment environment tagging of telemetry events",
+    "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
     "conversation_history": "server-side conversation history compaction",
+    "compaction": "server-side conversation history compaction",
+    "approvals": "human-in-the-loop approval of MCP tool calls",
+    "skills": "agent skills",
+    "saved_prompts": "saved prompts",
+    "shields": "LCore-side guardrail shields (use Llama Stack shields)",
+    "a2a_agents": "delegating to remote A2A agents",
     "a2a": "the A2A client (LCore's A2A plugin serves A2A; see a2a_state)",
 }
+
+# Nested keys of upstream features LCore does not have; "*" stands for any list item.
+UNSUPPORTED_KEYS: dict[tuple[str, ...], str] = {
+    ("service", "max_concurrent_file_uploads"): "file uploads (/v1/files)",
+    ("service", "max_concurrent_vector_store_attaches"): "vector store file attachments",
+    ("service", "delete_file_after_vector_store_attach"): "vector store file attachments",
+    ("llama_stack", "config"): "unified mode (synthesising Llama Stack's run.yaml)",
+    ("user_data_collection", "data_collector"): "the ingress data collector",
+    ("user_data_collection", "config_enabled"): "storing configuration snapshots",
+    ("user_data_collection", "config_storage"): "storing configuration snapshots",
+    ("mcp_servers", "*", "require_approval"): "human-in-the-loop approval of MCP tool calls",
+    ("customization", "profile_path"): "Python custom profiles (use system_prompt or "
+                                       "system_prompt_path)",
+    ("customization", "custom_profile"): "Python custom profiles",
+    ("inference", "providers"): "unified mode (synthesising Llama Stack's run.yaml)",
+    ("inference", "context_windows"): "conversation history compaction",
+}
+
+# Upstream provider names and the LCore plugin that provides them (None: no LCore plugin).
+KNOWN_AUTH_MODULES: dict[str, str | None] = {
+    "k8s": "lcore-auth-k8s",
+    "jwk-token": "lcore-auth-jwk",
+    "rh-identity": None,
+    "trusted-proxy": None,
+}
+KNOWN_CACHE_TYPES: dict[str, str | None] = {
+    "sqlite": "lcore-cache-sqlite",
+    "postgres": "lcore-cache-postgres",
+}
+
+# Upstream authorization actions LCore's core does not know (plugins may add some of them).
+UPSTREAM_ACTIONS: dict[str, str] = {
+    "responses": "the /v1/responses pass-through endpoint",
+    "get_skills": "agent skills",
+    "rlsapi_v1_infer": "the RHEL Lightspeed rlsapi v1 endpoint",
+    "register_mcp_server": "registering MCP servers at run time",
+    "list_mcp_servers": "registering MCP servers at run time",
+    "delete_mcp_server": "registering MCP servers at run time",
+    "manage_vector_stores": "vector store management",
+    "read_vector_stores": "vector store management",
+    "manage_files": "file uploads",
+    "manage_prompts": "stored prompt templates",
+    "read_prompts": "stored prompt templates",
+    "manage_saved_prompts": "saved prompts",
+}
+# Upstream actions that an LCore plugin registers (`lcore_actions`) when installed.
+PLUGIN_ACTIONS = dict.fromkeys(
+    ("a2a_agent_card", "a2a_task_execution", "a2a_message", "a2a_jsonrpc"), "lcore-a2a")

@@ -1,0 +1,26 @@
+"""LCore apps wired to a real Llama Stack (server mode and library mode) and the scripted LLM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lcore_core.app import create_app
+from lcore_core.plugins import load_plugins
+
+from .support import MODES, Lcore, lcore_config
+
+
+@pytest.fixture(scope="session", params=MODES)
+async def lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                llama_stack_server: Any, llama_stack_library_config: Any) -> AsyncIterator[Lcore]:
+    """One started app per mode for the whole session (library mode initialises once)."""
+    mode = request.param
+    workdir = tmp_path_factory.mktemp(f"lcore-{mode}")
+    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    app = create_app(lcore_config(workdir, mode, llama),
+                     plugins=load_plugins(entrypoints=False))
+    async with app.test_app() as test_app:
+        yield Lcore(app, test_app.test_client(), mode, workdir)
