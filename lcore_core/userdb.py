@@ -127,17 +127,19 @@ class UserDB:
         """Create the conversation on its first turn, else bump count and last-used fields."""
 
         def upsert() -> None:
+            # One statement, so concurrent first turns cannot lose a count.
             now = utcnow()
-            with self.db.atomic():
-                updated = (UserConversation.update(
-                    message_count=UserConversation.message_count + 1, last_message_at=now,
-                    last_used_model=model, last_used_provider=provider)
-                    .where(UserConversation.id == conversation_id).execute())
-                if not updated:
-                    UserConversation.insert(
-                        id=conversation_id, user_id=user_id, topic_summary=topic_summary,
-                        last_used_model=model, last_used_provider=provider, created_at=now,
-                        last_message_at=now, message_count=1).on_conflict_ignore().execute()
+            UserConversation.insert(
+                id=conversation_id, user_id=user_id, topic_summary=topic_summary,
+                last_used_model=model, last_used_provider=provider, created_at=now,
+                last_message_at=now, message_count=1,
+            ).on_conflict(
+                conflict_target=[UserConversation.id],
+                update={UserConversation.message_count: UserConversation.message_count + 1,
+                        UserConversation.last_message_at: now,
+                        UserConversation.last_used_model: model,
+                        UserConversation.last_used_provider: provider},
+            ).execute()
 
         await self._run(upsert)
 

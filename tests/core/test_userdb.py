@@ -1,0 +1,80 @@
+"""The user DB on SQLite (temp dir) and on the machine's real PostgreSQL (its own schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import peewee
+import pytest
+
+from lcore_core.config import Settings
+from lcore_core.userdb import UserDB, open_database
+
+PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres", "password": "",
+      "password_path": None, "ssl_mode": "disable", "gss_encmode": "disable",
+      "ca_cert_path": None}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def userdb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UserDB]:
+    if request.param == "sqlite":
+        settings = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "user.db")}})
+    else:
+        namespace = f"lcore_test_{uuid.uuid4().hex[:8]}"
+        settings = Settings.wrap({"postgres": {**PG, "namespace": namespace}})
+    db = UserDB(open_database(settings))
+    await db.setup()
+    await db.setup()  # idempotent
+    yield db
+    if request.param == "postgres":
+        def drop() -> None:
+            with db.db.connection_context():
+                db.db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE')
+        await asyncio.to_thread(drop)
+    await db.close()
+
+
+async def test_turns_are_counted_and_listed_newest_first(userdb: UserDB) -> None:
+    await userdb.record_turn("conv_a", "alice", model="m1", provider="p", topic_summary="A")
+    await userdb.record_turn("conv_b", "alice", model="m1", provider="p", topic_summary="B")
+    await userdb.record_turn("conv_a", "alice", model="m2", provider="p", topic_summary="X")
+    await userdb.record_turn("conv_c", "bob", model="m1", provider="p")
+    mine = await userdb.list("alice")
+    assert [c["conversation_id"] for c in mine] == ["conv_a", "conv_b"]
+    first = mine[0]
+    assert first["message_count"] == 2
+    assert first["last_used_model"] == "m2"
+    assert first["topic_summary"] == "A"  # the summary is set on creation only
+    assert {c["conversation_id"] for c in await userdb.list(None)} == {"conv_a", "conv_b",
+                                                                       "conv_c"}
+
+
+async def test_get_delete_and_topic(userdb: UserDB) -> None:
+    assert await userdb.get("conv_x") is None
+    await userdb.record_turn("conv_x", "carol", model="m", provider="p")
+    assert (await userdb.get("conv_x"))["user_id"] == "carol"
+    assert await userdb.set_topic_summary("conv_x", "new topic")
+    assert (await userdb.get("conv_x"))["topic_summary"] == "new topic"
+    assert await userdb.delete("conv_x")
+    assert not await userdb.delete("conv_x")
+    assert await userdb.get("conv_x") is None
+
+
+async def test_concurrent_turns_lose_no_update(userdb: UserDB) -> None:
+    await asyncio.gather(*(userdb.record_turn("conv_c1", "dave", model="m", provider="p")
+                           for _ in range(20)))
+    assert (await userdb.get("conv_c1"))["message_count"] == 20
+
+
+async def test_unreachable_database_is_a_storage_error(tmp_path: Path) -> None:
+    from lcore_core.errors import StorageError
+
+    settings = Settings.wrap({"postgres": {**PG, "port": 1, "namespace": "x"}})
+    db = UserDB(open_database(settings))
+    with pytest.raises(StorageError) as caught:
+        await db.get("conv_1")
+    assert caught.value.status == 500
+    assert isinstance(caught.value.__cause__, peewee.PeeweeException)
