@@ -66,7 +66,7 @@ def open_database(settings: Any) -> peewee.Database:
             kwargs["options"] = options
         if pg.get("ca_cert_path"):
             kwargs["sslrootcert"] = pg["ca_cert_path"]
-        return peewee.PostgresqlDatabase(pg["db"], autorollback=True, **kwargs)
+        return peewee.PostgresqlDatabase(pg["db"], **kwargs)
     sqlite = (settings.get("sqlite") if settings else None) or {"db_path": DEFAULT_SQLITE_PATH}
     path = Path(sqlite["db_path"]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
