@@ -159,7 +159,7 @@ def plugins_list(args: argparse.Namespace) -> int:
                     "cache backend": config.conversation_cache.type}
     except ConfigError as exc:
         config_error = str(exc)
-    providers = {
+    providers: dict[str, dict[str, Any]] = {
         "auth provider": plugins.auth_providers(),
         "cache backend": plugins.cache_backends(),
         "config section": plugins.config_sections(),

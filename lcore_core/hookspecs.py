@@ -75,19 +75,27 @@ def lcore_actions() -> Iterable[str]:
 def lcore_blueprints(config: Config) -> Iterable[Blueprint]:
     """Return Quart blueprints with extra routes; they go through the same error handling.
 
-    Views protect themselves with `lcore_core.authorize(action)`; document a view for the OpenAPI
-    document with `lcore_core.doc(...)`.
+    `config` is the loaded configuration (return nothing to add no routes). Views protect themselves
+    with `lcore_core.authorize(action)`; document a view for the OpenAPI document with
+    `lcore_core.doc(...)`.
     """
 
 
 @hookspec
 def lcore_metrics(registry: CollectorRegistry, config: Config) -> None:
-    """Register this plugin's Prometheus collectors on `registry` (one registry per app)."""
+    """Register this plugin's Prometheus collectors on `registry` (one registry per app).
+
+    `config` is the loaded configuration. Called once per app, before serving; return nothing.
+    """
 
 
 @hookspec
 def lcore_readiness(runtime: Runtime) -> Iterable[ReadinessCheck]:
-    """Return readiness checks (name + async check) that `GET /readiness` runs."""
+    """Return readiness checks (name + async check) that `GET /readiness` runs.
+
+    `runtime` is the running service. Each check returns None when ready and a reason (or
+    raises) when not; the failing check's name is reported and the answer is 503.
+    """
 
 
 # --- lifecycle ------------------------------------------------------------------------------
@@ -97,14 +105,18 @@ def lcore_readiness(runtime: Runtime) -> Iterable[ReadinessCheck]:
 def lcore_startup(runtime: Runtime) -> Any:
     """Called once before serving, after the core's own start-up. May be async.
 
-    A stateful plugin builds its objects here and keeps them in `runtime.state`, or registers an
-    object with hook implementations via `runtime.plugins.register(obj)`. Raising stops start-up.
+    `runtime` is the running service. A stateful plugin builds its objects here and keeps them in
+    `runtime.state`, or registers an object with hook implementations via
+    `runtime.plugins.register(obj)`. Raising stops start-up.
     """
 
 
 @hookspec
 def lcore_shutdown(runtime: Runtime) -> Any:
-    """Called once at shutdown. May be async. Close what you opened; errors are logged."""
+    """Called once at shutdown with the same `runtime`. May be async.
+
+    Close what you opened; errors are logged, and the other plugins still shut down.
+    """
 
 
 # --- authorization --------------------------------------------------------------------------
@@ -114,8 +126,9 @@ def lcore_shutdown(runtime: Runtime) -> Any:
 def lcore_authorize(auth: AuthTuple, action: str, request: Request | None) -> bool | None:
     """Decide whether `auth` may perform `action`. Synchronous.
 
-    Return True (allow), False (deny) or None (no opinion: the next implementation decides). The
-    first non-None answer wins; the core's RBAC resolver (`authorization.access_rules`) runs last.
+    `request` is the current Quart request (None outside a request). Return True (allow), False
+    (deny) or None (no opinion: the next implementation decides). The first non-None answer wins;
+    the core's RBAC resolver (`authorization.access_rules`) runs last.
     """
 
 
@@ -124,20 +137,28 @@ def lcore_authorize(auth: AuthTuple, action: str, request: Request | None) -> bo
 
 @hookspec
 def lcore_quota_check(auth: AuthTuple, runtime: Runtime) -> Any:
-    """Called before every LLM call. May be async. Raise `QuotaExceeded` to refuse it (429)."""
+    """Called before every LLM call made for `auth`. May be async.
+
+    Raise `QuotaExceeded` to refuse it (429); return None to let it through. `runtime` is the
+    running service.
+    """
 
 
 @hookspec
 def lcore_quota_consume(auth: AuthTuple, usage: Usage, runtime: Runtime) -> Any:
-    """Called after a successful LLM call only, with its token usage. May be async.
+    """Called after a successful LLM call only, with its token `usage`. May be async.
 
-    Never called when the call failed or a stream was cut: nothing is spent for nothing.
+    `auth` is the caller, `runtime` the running service. Never called when the call failed or a
+    stream was cut: nothing is spent for nothing.
     """
 
 
 @hookspec
 def lcore_quota_status(auth: AuthTuple, runtime: Runtime) -> Any:
-    """Return (or, async, resolve to) `{limiter_name: available_tokens}` for `available_quotas`."""
+    """Return (or, async, resolve to) `{limiter_name: available_tokens}` for `available_quotas`.
+
+    `auth` is the caller, `runtime` the running service. The dicts of all plugins are merged.
+    """
 
 
 # --- MCP --------------------------------------------------------------------------------------
@@ -151,8 +172,8 @@ def lcore_mcp_header_value(
 
     `spec` is the configured source (a file path, `${env.VAR}` result, a literal, `client`,
     `kubernetes`, or a kind a plugin defines); `server` is the MCP server's config; `header` the
-    header name; `client_headers` the caller's `MCP-HEADERS` entry for this server. Return the
-    value, or None to let the next implementation try. Never log the value.
+    header name; `auth` the caller; `client_headers` the caller's `MCP-HEADERS` entry for this
+    server. Return the value, or None to let the next implementation try. Never log the value.
     """
 
 
@@ -161,6 +182,8 @@ def lcore_mcp_header_value(
 
 @hookspec
 def lcore_query_completed(event: QueryCompleted, runtime: Runtime) -> Any:
-    """Called after each query (success or failure) with who, model, tokens, duration and shield
-    outcome. May be async. For metrics, usage history and audit; exceptions are logged, not raised.
+    """Called after each query (success or failure). May be async.
+
+    `event` says who, which model, tokens, duration and shield outcome; `runtime` is the running
+    service. For metrics, usage history and audit; exceptions are logged, not raised.
     """

@@ -40,7 +40,10 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
                     structlog.processors.format_exc_info, renderer],
     ))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_lcore", False)]:
+    # Ours from an earlier call, and plain stderr handlers that a library's logging.basicConfig()
+    # added (they would print every line a second time, unformatted).
+    for old in [h for h in root.handlers
+                if getattr(h, "_lcore", False) or type(h) is logging.StreamHandler]:
         root.removeHandler(old)
     handler._lcore = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -477,10 +477,10 @@ async def stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent
             with contextlib.suppress(Exception):
                 await close()
     if completed is None:
-        exc = LCoreError("Llama Stack stream ended early", "no response.completed event")
-        await _failed(runtime, plan, exc, waiting)
-        yield StreamEvent("error", {"status_code": 503, "response": exc.response,
-                                    "cause": exc.cause})
+        cut = LCoreError("Llama Stack stream ended early", "no response.completed event")
+        await _failed(runtime, plan, cut, waiting)
+        yield StreamEvent("error", {"status_code": 503, "response": cut.response,
+                                    "cause": cut.cause})
         return
     final = summarise(completed)
     result.response = "".join(texts) or final.response

@@ -123,7 +123,7 @@ class Plugins:
         found: dict[str, Any] = {}
         owners: dict[str, str] = {}
         for impl in reversed(hook.get_hookimpls()):
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
+            result: Any = impl.function(*[kwargs[a] for a in impl.argnames])
             for entry in result or ():
                 if entry.name in found:
                     raise ConfigError(
@@ -184,18 +184,29 @@ class Plugins:
     def authorize(self, auth: AuthTuple, action: str, request: Request | None) -> bool:
         return bool(self.pm.hook.lcore_authorize(auth=auth, action=action, request=request))
 
+    async def _each(self, hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+        """Call and await one implementation at a time, in pluggy's order.
+
+        Calling them all first (`pm.hook...`) would leave the later coroutines un-awaited when an
+        earlier one raises.
+        """
+        results = []
+        for impl in reversed(hook.get_hookimpls()):
+            results.append(await _resolve(impl.function(*[kwargs[a] for a in impl.argnames])))
+        return results
+
     async def quota_check(self, auth: AuthTuple, runtime: Runtime) -> None:
-        for result in self.pm.hook.lcore_quota_check(auth=auth, runtime=runtime):
-            await _resolve(result)
+        await self._each(self.pm.hook.lcore_quota_check, auth=auth, runtime=runtime)
 
     async def quota_consume(self, auth: AuthTuple, usage: Usage, runtime: Runtime) -> None:
-        for result in self.pm.hook.lcore_quota_consume(auth=auth, usage=usage, runtime=runtime):
-            await _resolve(result)
+        await self._each(self.pm.hook.lcore_quota_consume, auth=auth, usage=usage,
+                         runtime=runtime)
 
     async def quota_status(self, auth: AuthTuple, runtime: Runtime) -> dict[str, int]:
         status: dict[str, int] = {}
-        for result in self.pm.hook.lcore_quota_status(auth=auth, runtime=runtime):
-            status.update(await _resolve(result) or {})
+        for result in await self._each(self.pm.hook.lcore_quota_status, auth=auth,
+                                       runtime=runtime):
+            status.update(result or {})
         return status
 
     def mcp_header_value(self, spec: str, server: Any, header: str, auth: AuthTuple,

@@ -1,0 +1,270 @@
+"""The app as a client sees it: error bodies, middleware, system endpoints, plugin hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields
+from openapi_spec_validator import validate
+from quart import Blueprint, jsonify, request
+
+from lcore_core import ReadinessCheck, authorize, doc, hookimpl, route
+
+bp = Blueprint("inline_test", __name__)
+
+
+class ItemSchema(Schema):
+    item_id = fields.String(required=True)
+
+
+@route(bp, "/v1/test/items/<item_id>")
+@doc(summary="One test item", tags=["test"], responses={200: ItemSchema})
+@authorize("info")
+async def item(item_id: str) -> Any:
+    return jsonify({"item_id": item_id})
+
+
+@bp.post("/v1/test/echo")
+async def echo() -> Any:
+    return jsonify({"size": len(await request.get_data())})
+
+
+@bp.get("/v1/test/boom")
+async def boom() -> Any:
+    raise RuntimeError("secret-internal-detail in boom()")
+
+
+class Inline:
+    """A plugin with routes, a readiness check and lifecycle hooks that records its calls."""
+
+    def __init__(self, ready_reason: str | None = None) -> None:
+        self.ready_reason = ready_reason
+        self.calls: list[str] = []
+
+    @hookimpl
+    def lcore_blueprints(self) -> list[Blueprint]:
+        return [bp]
+
+    @hookimpl
+    def lcore_readiness(self) -> list[ReadinessCheck]:
+        async def check() -> str | None:
+            if self.ready_reason:
+                raise ConnectionError(self.ready_reason)
+            return None
+
+        return [ReadinessCheck("inline-backend", check)]
+
+    @hookimpl
+    async def lcore_startup(self, runtime: Any) -> None:
+        self.calls.append("startup")
+        runtime.state["inline"] = "started"
+
+    @hookimpl
+    def lcore_shutdown(self, runtime: Any) -> None:
+        self.calls.append(f"shutdown:{runtime.state.get('inline')}")
+
+
+def assert_error_body(body: Any) -> None:
+    assert set(body) == {"detail"}
+    assert isinstance(body["detail"]["response"], str) and body["detail"]["response"]
+    assert isinstance(body["detail"]["cause"], str) and body["detail"]["cause"]
+
+
+API_KEY = {"authentication": {"module": "api-key-token",
+                              "api_key_config": {"api_key": "good-key-123"}}}
+
+
+# --- error bodies ---------------------------------------------------------------------------
+
+
+async def test_404_is_json(make_app: Any) -> None:
+    response = await make_app().test_client().get("/no/such/path")
+    assert response.status_code == 404
+    body = await response.get_json()
+    assert_error_body(body)
+    assert body["detail"]["response"] == "Not found"
+
+
+async def test_405_is_json_with_allow(make_app: Any) -> None:
+    response = await make_app().test_client().delete("/v1/info")
+    assert response.status_code == 405
+    assert_error_body(await response.get_json())
+    assert "GET" in response.headers["Allow"]
+
+
+async def test_413_body_over_max_request_size(make_app: Any) -> None:
+    client = make_app({"service": {"max_request_size": 2048}}, Inline()).test_client()
+    small = await client.post("/v1/test/echo", data=b"x" * 1000)
+    assert small.status_code == 200
+    response = await client.post("/v1/test/echo", data=b"x" * 4096)
+    assert response.status_code == 413
+    body = await response.get_json()
+    assert_error_body(body)
+    assert "2048" in body["detail"]["cause"]
+
+
+async def test_unexpected_exception_is_500_json_without_traceback(make_app: Any) -> None:
+    client = make_app({}, Inline()).test_client()
+    response = await client.get("/v1/test/boom", headers={"X-Request-ID": "boom-1"})
+    assert response.status_code == 500
+    text = await response.get_data(as_text=True)
+    assert "Traceback" not in text
+    assert "secret-internal-detail" not in text
+    assert "boom()" not in text
+    body = await response.get_json()
+    assert_error_body(body)
+    assert "boom-1" in body["detail"]["cause"]  # the request id to find it in the log
+
+
+async def test_401_api_key_missing_and_wrong(make_app: Any) -> None:
+    client = make_app(API_KEY).test_client()
+    missing = await client.get("/v1/info")
+    assert missing.status_code == 401
+    assert_error_body(await missing.get_json())
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = await client.get("/v1/info", headers={"Authorization": "Bearer bad-key-123"})
+    assert wrong.status_code == 401
+    assert_error_body(await wrong.get_json())
+    good = await client.get("/v1/info", headers={"Authorization": "Bearer good-key-123"})
+    assert good.status_code == 200
+
+
+async def test_403_without_the_action(make_app: Any) -> None:
+    rules = {"authorization": {"access_rules": [{"role": "*", "actions": ["get_models"]}]}}
+    client = make_app(rules).test_client()
+    response = await client.get("/v1/info")
+    assert response.status_code == 403
+    body = await response.get_json()
+    assert_error_body(body)
+    assert "'info'" in body["detail"]["cause"]
+    granted = {"authorization": {"access_rules": [{"role": "*", "actions": ["info"]}]}}
+    assert (await make_app(granted).test_client().get("/v1/info")).status_code == 200
+
+
+# --- middleware -----------------------------------------------------------------------------
+
+
+async def test_request_id_echoed_and_generated(make_app: Any) -> None:
+    client = make_app().test_client()
+    echoed = await client.get("/health", headers={"X-Request-ID": "my-request-42"})
+    assert echoed.headers["X-Request-ID"] == "my-request-42"
+    first = (await client.get("/health")).headers["X-Request-ID"]
+    second = (await client.get("/health")).headers["X-Request-ID"]
+    assert first and second and first != second
+    # An unusable id (too long) is replaced, not echoed.
+    replaced = await client.get("/health", headers={"X-Request-ID": "x" * 500})
+    assert replaced.headers["X-Request-ID"] != "x" * 500
+    # Error responses carry it too.
+    assert (await client.get("/nope", headers={"X-Request-ID": "e-1"})).headers[
+        "X-Request-ID"] == "e-1"
+
+
+async def test_cors_preflight_returns_configured_headers(make_app: Any) -> None:
+    cors = {"service": {"cors": {"allow_origins": ["https://ui.example"],
+                                 "allow_methods": ["GET", "POST"],
+                                 "allow_headers": ["X-Custom", "Authorization"]}}}
+    client = make_app(cors).test_client()
+    preflight = {"Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "X-Custom"}
+    response = await client.options("/v1/info", headers={"Origin": "https://ui.example",
+                                                          **preflight})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    assert "x-custom" in response.headers["Access-Control-Allow-Headers"].lower()
+    methods = response.headers["Access-Control-Allow-Methods"]
+    assert "GET" in methods and "POST" in methods
+    other = await client.options("/v1/info", headers={"Origin": "https://evil.example",
+                                                       **preflight})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+# --- system endpoints -----------------------------------------------------------------------
+
+
+async def test_readiness_ok_then_503_naming_failing_plugin(make_app: Any, serving: Any) -> None:
+    async with serving(make_app({}, Inline())) as client:
+        response = await client.get("/readiness")
+        body = await response.get_json()
+        assert response.status_code == 200, body
+        assert body["ready"] is True
+        assert {p["provider_id"] for p in body["providers"]} >= {"inline-backend", "cache"}
+    async with serving(make_app({}, Inline("inline backend is down"))) as client:
+        response = await client.get("/readiness")
+        assert response.status_code == 503
+        body = await response.get_json()
+        assert body["ready"] is False
+        assert "inline-backend" in body["reason"]
+        failing = [p for p in body["providers"] if p["status"] != "ok"]
+        assert [p["provider_id"] for p in failing] == ["inline-backend"]
+        assert "inline backend is down" in failing[0]["message"]
+
+
+async def test_info_lists_plugins(make_app: Any) -> None:
+    response = await make_app({}, Inline()).test_client().get("/v1/info")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["name"] == "LCore test"
+    by_name = {p["name"]: p for p in body["plugins"]}
+    assert by_name["lcore_core.builtins"]["distribution"] == "lcore-core"
+    assert "lcore_auth_providers" in by_name["lcore_core.builtins"]["hooks"]
+    inline = [p for p in body["plugins"] if "lcore_readiness" in p["hooks"]
+              and "lcore_startup" in p["hooks"]]
+    assert len(inline) == 1 and inline[0]["distribution"] == "(given)"
+
+
+async def test_metrics_count_by_path_template(make_app: Any) -> None:
+    client = make_app({}, Inline()).test_client()
+    for item_id in ("a", "b", "c"):
+        assert (await client.get(f"/v1/test/items/{item_id}")).status_code == 200
+    await client.get("/no/such/path")
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    assert 'ls_rest_api_calls_total{path="/v1/test/items/<item_id>",status_code="200"} 3.0' \
+        in text
+    assert 'path="<unmatched>",status_code="404"' in text
+    assert "/v1/test/items/a" not in text
+
+
+async def test_openapi_valid_and_documents_plugin_routes(make_app: Any) -> None:
+    client = make_app({}, Inline()).test_client()
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    document = await response.get_json()
+    validate(document)
+    operation = document["paths"]["/v1/test/items/{item_id}"]["get"]
+    assert operation["summary"] == "One test item"
+    assert operation["x-lcore-action"] == "info"
+    assert {"401", "403", "200"} <= set(operation["responses"])
+    assert "/health" in document["paths"] and "/v1/info" in document["paths"]
+    # Undocumented views stay out of the document.
+    assert "/v1/test/boom" not in document["paths"]
+
+
+async def test_docs_page_is_html(make_app: Any) -> None:
+    response = await make_app({}, Inline()).test_client().get("/docs")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/html")
+    text = await response.get_data(as_text=True)
+    assert text.lstrip().lower().startswith("<!doctype html>")
+    assert "/v1/test/items/{item_id}" in text
+
+
+async def test_startup_and_shutdown_hooks_called(make_app: Any, serving: Any) -> None:
+    plugin = Inline()
+    app = make_app({}, plugin)
+    assert plugin.calls == []
+    async with serving(app) as client:
+        assert plugin.calls == ["startup"]
+        assert (await client.get("/health")).status_code == 200
+    assert plugin.calls == ["startup", "shutdown:started"]
+
+
+async def test_skip_for_health_probes(make_app: Any, serving: Any) -> None:
+    async with serving(make_app(API_KEY)) as client:
+        assert (await client.get("/readiness")).status_code == 401
+        assert (await client.get("/health")).status_code == 401
+    skip = {"authentication": {**API_KEY["authentication"], "skip_for_health_probes": True}}
+    async with serving(make_app(skip)) as client:
+        assert (await client.get("/readiness")).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+        # Only the probes are let through.
+        assert (await client.get("/v1/info")).status_code == 401
