@@ -30,6 +30,12 @@ from lcore_core.errors import (
 
 log = structlog.get_logger("lcore.llama")
 
+# Library mode raises Llama Stack's own exceptions where server mode answers with a status.
+try:
+    from llama_stack_api.common.errors import LlamaStackError as _LibraryError
+except ImportError:  # server mode only: llama-stack is not installed
+    _LibraryError = None
+
 _STATUS_ERRORS: dict[int, type[LCoreError]] = {
     400: BadRequest, 404: NotFound, 413: PayloadTooLarge, 422: UnprocessableEntity,
     429: QuotaExceeded,
@@ -99,6 +105,12 @@ def llama_errors() -> Iterator[None]:
         raise from_status(exc.status_code, _message(exc)) from exc
     except (ConnectionError, OSError) as exc:
         raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+    except Exception as exc:
+        if _LibraryError is not None and isinstance(exc, _LibraryError):
+            raise from_status(int(getattr(exc, "status_code", 500)), str(exc)) from exc
+        if isinstance(exc, ValueError):  # library mode's validation errors
+            raise BadRequest("Llama Stack rejected the request", str(exc)) from exc
+        raise
 
 
 def from_status(status: int, message: str) -> LCoreError:

@@ -126,21 +126,28 @@ async def list_models(runtime: Runtime) -> list[dict[str, Any]]:
     if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
         return cached[1]
     with llama_errors():
-        models = [_model_info(m) for m in await runtime.llama.client.models.list()]
+        models = [model_entry(m) for m in await runtime.llama.client.models.list()]
     runtime.state["models"] = (time.monotonic(), models)
     return models
 
 
-def _model_info(model: Any) -> dict[str, Any]:
+def model_entry(model: Any) -> dict[str, Any]:
+    """Llama Stack's OpenAI-style model as upstream's model dict (also used by `/v1/models`)."""
     data = _dump(model)
-    meta = data.get("custom_metadata") or data.get("metadata") or {}
-    model_type = meta.get("model_type") or data.get("model_type") or data.get("api_model_type")
-    identifier = data.get("identifier") or data.get("id")
-    provider = meta.get("provider_id") or data.get("provider_id") or identifier.split("/")[0]
-    resource = (meta.get("provider_resource_id") or data.get("provider_resource_id")
-                or identifier.split("/", 1)[-1])
-    return {"identifier": identifier, "provider_id": provider, "provider_resource_id": resource,
-            "model_type": model_type or "llm", "metadata": meta}
+    custom = data.get("custom_metadata") or {}
+    identifier = str(data.get("id") or data.get("identifier") or "")
+    model_type = str(custom.get("model_type") or "unknown")
+    return {
+        "identifier": identifier,
+        "metadata": {k: v for k, v in custom.items()
+                     if k not in ("provider_id", "provider_resource_id", "model_type")},
+        "api_model_type": model_type,
+        "provider_id": str(custom.get("provider_id") or identifier.split("/")[0]),
+        "type": data.get("object") or "model",
+        "provider_resource_id": str(custom.get("provider_resource_id")
+                                    or identifier.split("/", 1)[-1]),
+        "model_type": model_type,
+    }
 
 
 async def select_model(runtime: Runtime, auth: AuthTuple,
@@ -483,7 +490,10 @@ async def stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent
                                     "cause": cut.cause})
         return
     final = summarise(completed)
-    result.response = "".join(texts) or final.response
+    # An output shield replaces the streamed text: the completed response carries the refusal.
+    result.response = final.response if final.shield_violations else (
+        "".join(texts) or final.response)
+    result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
     if not result.tool_calls:
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results

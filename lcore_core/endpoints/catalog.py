@@ -1,7 +1,305 @@
-"""Models, providers, tools, shields, RAGs (mapped from Llama Stack)."""
+"""Models, providers, tools, shields, RAGs (mapped from Llama Stack, upstream's JSON shapes)."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from marshmallow import Schema, fields
+from quart import Blueprint, current_app, jsonify, request
+
+from lcore_core.auth import Action, authorize
+from lcore_core.config import SECRET_KEYS
+from lcore_core.errors import BadRequest, NotFound
+from lcore_core.llama import llama_errors
+from lcore_core.pipeline import model_entry
+from lcore_core.web import doc, route
 
 bp = Blueprint("catalog", __name__)
+log = structlog.get_logger("lcore.catalog")
+
+#: What `/v1/tools` reports as the source of a tool Llama Stack itself provides (as upstream).
+BUILTIN_SOURCE = "builtin"
+MCP_SOURCE = "mcp"
+
+
+class ModelSchema(Schema):
+    identifier = fields.String(required=True)
+    metadata = fields.Dict(required=True)
+    api_model_type = fields.String(required=True)
+    provider_id = fields.String(required=True)
+    type = fields.String(required=True)
+    provider_resource_id = fields.String(required=True)
+    model_type = fields.String(required=True)
+
+
+class ModelsSchema(Schema):
+    models = fields.List(fields.Nested(ModelSchema), required=True)
+
+
+class ProviderSummarySchema(Schema):
+    provider_id = fields.String(required=True)
+    provider_type = fields.String(required=True)
+
+
+class ProvidersSchema(Schema):
+    providers = fields.Dict(keys=fields.String(),
+                            values=fields.List(fields.Nested(ProviderSummarySchema)),
+                            required=True)
+
+
+class ProviderSchema(Schema):
+    api = fields.String(required=True)
+    config = fields.Dict(required=True)
+    health = fields.Dict(required=True)
+    provider_id = fields.String(required=True)
+    provider_type = fields.String(required=True)
+
+
+class ToolParameterSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String()
+    parameter_type = fields.String()
+    required = fields.Boolean()
+    default = fields.Raw(allow_none=True)
+
+
+class ToolSchema(Schema):
+    identifier = fields.String(required=True)
+    description = fields.String()
+    parameters = fields.List(fields.Nested(ToolParameterSchema))
+    provider_id = fields.String()
+    toolgroup_id = fields.String()
+    server_source = fields.String(metadata={"description": "'builtin' or the MCP server URL"})
+    type = fields.String()
+    source = fields.String(metadata={"description": "LCore: 'builtin' or 'mcp'"})
+
+
+class ToolsSchema(Schema):
+    tools = fields.List(fields.Nested(ToolSchema), required=True)
+
+
+class ShieldSchema(Schema):
+    identifier = fields.String(required=True)
+    provider_resource_id = fields.String(allow_none=True)
+    provider_id = fields.String(required=True)
+    type = fields.String()
+    params = fields.Dict()
+
+
+class ShieldsSchema(Schema):
+    shields = fields.List(fields.Nested(ShieldSchema), required=True)
+
+
+class RAGListSchema(Schema):
+    rags = fields.List(fields.String(), required=True)
+
+
+class FileCountsSchema(Schema):
+    cancelled = fields.Integer()
+    completed = fields.Integer()
+    failed = fields.Integer()
+    in_progress = fields.Integer()
+    total = fields.Integer()
+
+
+class RAGInfoSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(allow_none=True)
+    created_at = fields.Integer(required=True)
+    last_active_at = fields.Integer(allow_none=True)
+    usage_bytes = fields.Integer(required=True)
+    expires_at = fields.Integer(allow_none=True)
+    object = fields.String(required=True)
+    status = fields.String(required=True)
+    file_counts = fields.Nested(FileCountsSchema)
+
+
+def _client() -> Any:
+    return current_app.runtime.llama.client  # type: ignore[attr-defined]
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "model_dump"):
+        return dict(obj.model_dump())
+    return dict(obj) if isinstance(obj, dict) else {}
+
+
+@contextlib.contextmanager
+def _lookup(resource: str, resource_id: str) -> Iterator[None]:
+    """`llama_errors()` where an unknown id (400/404 in server mode) is upstream's 404."""
+    try:
+        with llama_errors():
+            yield
+    except (BadRequest, NotFound) as exc:
+        raise _not_found(resource, resource_id) from exc
+
+
+def _not_found(resource: str, resource_id: str) -> NotFound:
+    return NotFound(f"{resource} not found", f"{resource} with ID {resource_id} does not exist")
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@route(bp, "/v1/models", "/models")
+@doc(summary="Models Llama Stack serves; `?model_type=llm` (or embedding) filters",
+     tags=["models"], responses={200: ModelsSchema, 503: "Llama Stack unavailable"})
+@authorize(Action.GET_MODELS)
+async def models() -> Any:
+    with llama_errors():
+        listed = await _client().models.list()
+    entries = [model_entry(m) for m in listed]
+    wanted = request.args.get("model_type")
+    if wanted:
+        entries = [m for m in entries if m["model_type"] == wanted]
+    return jsonify({"models": entries})
+
+
+# --- providers ---------------------------------------------------------------------------
+
+
+async def _providers() -> list[dict[str, Any]]:
+    with llama_errors():
+        listed = await _client().providers.list()
+    return [_dump(p) for p in getattr(listed, "data", listed)]
+
+
+@route(bp, "/v1/providers", "/providers")
+@doc(summary="Llama Stack's providers grouped by API", tags=["providers"],
+     responses={200: ProvidersSchema, 503: "Llama Stack unavailable"})
+@authorize(Action.LIST_PROVIDERS)
+async def list_providers() -> Any:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for p in await _providers():
+        grouped.setdefault(str(p.get("api")), []).append(
+            {"provider_id": p.get("provider_id"), "provider_type": p.get("provider_type")})
+    return jsonify({"providers": grouped})
+
+
+@route(bp, "/v1/providers/<provider_id>", "/providers/<provider_id>")
+@doc(summary="One provider: API, configuration (secrets masked) and health",
+     tags=["providers"], responses={200: ProviderSchema, 404: "Unknown provider",
+                                    503: "Llama Stack unavailable"})
+@authorize(Action.GET_PROVIDER)
+async def get_provider(provider_id: str) -> Any:
+    # Looked up in the listing: `providers.retrieve` fails differently in server and library
+    # mode for an unknown id (400 vs a raw ValueError).
+    for p in await _providers():
+        if p.get("provider_id") == provider_id:
+            return jsonify({"api": p.get("api"), "config": _mask(p.get("config") or {}),
+                            "health": p.get("health") or {},
+                            "provider_id": p.get("provider_id"),
+                            "provider_type": p.get("provider_type")})
+    raise _not_found("Provider", provider_id)
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    """Llama Stack redacts its own secrets; mask again by key name in case a provider did not."""
+    if isinstance(value, dict):
+        return {k: _mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if value and isinstance(value, str) and any(s in key.lower() for s in SECRET_KEYS):
+        return "*****"
+    return value
+
+
+# --- tools -------------------------------------------------------------------------------
+
+
+def _parameters(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
+    schema = schema or {}
+    required = set(schema.get("required") or [])
+    params = []
+    for name, spec in (schema.get("properties") or {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type") or "string"
+        params.append({"name": name, "description": spec.get("description") or "",
+                       "parameter_type": kind if isinstance(kind, str) else "/".join(kind),
+                       "required": name in required, "default": spec.get("default")})
+    return params
+
+
+def builtin_tool_entry(tool: dict[str, Any]) -> dict[str, Any]:
+    meta = tool.get("metadata") or {}
+    return {"identifier": tool.get("name") or "", "description": tool.get("description") or "",
+            "parameters": _parameters(tool.get("input_schema")),
+            "provider_id": str(meta.get("provider_id") or tool.get("provider_id") or ""),
+            "toolgroup_id": tool.get("toolgroup_id") or "", "server_source": BUILTIN_SOURCE,
+            "type": "tool", "source": BUILTIN_SOURCE}
+
+
+def mcp_server_entry(server: Any) -> dict[str, Any]:
+    return {"identifier": server.name, "description": f"MCP server {server.name}",
+            "parameters": [], "provider_id": server.provider_id, "toolgroup_id": server.name,
+            "server_source": server.url, "type": "mcp_server", "source": MCP_SOURCE}
+
+
+@route(bp, "/v1/tools", "/tools")
+@doc(summary="Llama Stack's built-in tools and the configured MCP servers", tags=["tools"],
+     responses={200: ToolsSchema, 503: "Llama Stack unavailable"})
+@authorize(Action.GET_TOOLS)
+async def tools() -> Any:
+    # The 0.7 client has no `tools` resource; the route is still served (both modes).
+    with llama_errors():
+        listed = await _client().get("/v1/tools", cast_to=object)
+    raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
+    entries = [builtin_tool_entry(_dump(t)) for t in raw]
+    entries.extend(mcp_server_entry(s) for s in current_app.runtime.config.mcp_servers)  # type: ignore[attr-defined]
+    return jsonify({"tools": entries})
+
+
+# --- shields -----------------------------------------------------------------------------
+
+
+@route(bp, "/v1/shields", "/shields")
+@doc(summary="Llama Stack's shields (guardrails)", tags=["shields"],
+     responses={200: ShieldsSchema, 503: "Llama Stack unavailable"})
+@authorize(Action.GET_SHIELDS)
+async def shields() -> Any:
+    with llama_errors():
+        listed = await _client().shields.list()
+    entries = []
+    for shield in getattr(listed, "data", listed):
+        data = _dump(shield)
+        entries.append({"identifier": data.get("identifier"),
+                        "provider_resource_id": data.get("provider_resource_id"),
+                        "provider_id": data.get("provider_id"),
+                        "type": data.get("type") or "shield",
+                        "params": data.get("params") or {}})
+    return jsonify({"shields": entries})
+
+
+# --- RAGs (vector stores) ----------------------------------------------------------------
+
+
+@route(bp, "/v1/rags", "/rags")
+@doc(summary="Vector store ids usable for RAG", tags=["rags"],
+     responses={200: RAGListSchema, 503: "Llama Stack unavailable"})
+@authorize(Action.LIST_RAGS)
+async def list_rags() -> Any:
+    ids: list[str] = []
+    with llama_errors():
+        async for store in _client().vector_stores.list():
+            ids.append(store.id)
+    return jsonify({"rags": ids})
+
+
+@route(bp, "/v1/rags/<rag_id>", "/rags/<rag_id>")
+@doc(summary="One vector store's details", tags=["rags"],
+     responses={200: RAGInfoSchema, 404: "Unknown RAG", 503: "Llama Stack unavailable"})
+@authorize(Action.GET_RAG)
+async def get_rag(rag_id: str) -> Any:
+    with _lookup("Rag", rag_id):
+        store = _dump(await _client().vector_stores.retrieve(rag_id))
+    return jsonify({"id": store.get("id"), "name": store.get("name"),
+                    "created_at": store.get("created_at"),
+                    "last_active_at": store.get("last_active_at"),
+                    "usage_bytes": store.get("usage_bytes") or 0,
+                    "expires_at": store.get("expires_at"),
+                    "object": store.get("object") or "vector_store",
+                    "status": store.get("status") or "unknown",
+                    "file_counts": store.get("file_counts") or {}})

@@ -260,7 +260,7 @@ class ScriptedLLM:
         self.model = model
         self.embedding_model = embedding_model
         self.embedding_dimension = embedding_dimension
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: rule callables may read .requests
         self._rules: list[Rule] = []
         self._requests: list[RecordedRequest] = []
         self._server = ThreadedASGIServer(self._app, host=host, port=port, name="scripted-llm")

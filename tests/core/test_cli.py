@@ -149,3 +149,14 @@ def test_plugins_list_reports_a_bad_configuration(tmp_path):
     assert listing["config_error"].startswith(f"{path}:3: bogus: unknown section")
     [builtins] = [p for p in listing["plugins"] if p["name"] == "lcore_core.builtins"]
     assert not any(p["selected"] for p in builtins["provides"])
+
+
+def test_plugins_list_shows_the_six_installed_plugins():
+    # `make test` installs every plugin under plugins/; each must be discovered by entry point.
+    result = lcore("plugins", "list", "--json", "-c", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    listing = {p["distribution"]: p for p in json.loads(result.stdout)["plugins"]}
+    for dist in ("lcore-auth-k8s", "lcore-auth-jwk", "lcore-cache-sqlite",
+                 "lcore-cache-postgres", "lcore-quota", "lcore-a2a"):
+        assert dist in listing, f"{dist} is not discovered"
+        assert listing[dist]["error"] is None

@@ -10,7 +10,7 @@ import pytest
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 
-from .support import MODES, Lcore, lcore_config
+from .support import MODES, Lcore, lcore_config, started
 
 
 @pytest.fixture(scope="session", params=MODES)
@@ -22,5 +22,5 @@ async def lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
     app = create_app(lcore_config(workdir, mode, llama),
                      plugins=load_plugins(entrypoints=False))
-    async with app.test_app() as test_app:
+    async with started(app) as test_app:
         yield Lcore(app, test_app.test_client(), mode, workdir)

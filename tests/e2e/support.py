@@ -62,3 +62,12 @@ def lcore_config(workdir: Path, mode: str, llama: Any, **overrides: Any) -> Path
     path = workdir / "lightspeed-stack.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# Library mode can take longer than Quart's default 6 s start-up allowance on a busy machine.
+STARTUP_TIMEOUT_S = 120
+
+
+def started(app: Any) -> Any:
+    """`app.test_app()` with a start-up allowance that fits library mode."""
+    return app.test_app_class(app, startup_timeout=STARTUP_TIMEOUT_S)

@@ -13,7 +13,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
 
-from .support import lcore_config, parse_sse
+from .support import lcore_config, parse_sse, started
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def test_llama_stack_down_then_back(tmp_path: Path, own_stack: LlamaStackS
                                           llm: Any) -> None:
     app = create_app(lcore_config(tmp_path / "lcore", "server", own_stack.url),
                      plugins=load_plugins(entrypoints=False))
-    async with app.test_app() as test_app:
+    async with started(app) as test_app:
         client = test_app.test_client()
         first = await client.post("/v2/query", json={"query": "before the outage"})
         assert first.status_code == 200
@@ -64,7 +64,7 @@ async def test_llama_stack_killed_mid_stream(tmp_path: Path, own_stack: LlamaSta
     app = create_app(lcore_config(tmp_path / "lcore", "server", own_stack.url),
                      plugins=load_plugins(entrypoints=False))
     llm.script("long stream", text=" ".join(f"w{i}" for i in range(40)), chunk_delay=0.25)
-    async with app.test_app() as test_app:
+    async with started(app) as test_app:
         client = test_app.test_client()
         task = asyncio.create_task(client.post("/v2/streaming_query",
                                                json={"query": "long stream"}))

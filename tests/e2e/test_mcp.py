@@ -13,7 +13,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import weather_report
 
-from .support import MODES, Lcore, lcore_config
+from .support import MODES, Lcore, lcore_config, started
 
 SECRET = "file-secret-4711"
 
@@ -32,7 +32,7 @@ async def mcp_lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
     app = create_app(lcore_config(workdir, mode, llama, mcp_servers=servers),
                      plugins=load_plugins(entrypoints=False))
-    async with app.test_app() as test_app:
+    async with started(app) as test_app:
         yield Lcore(app, test_app.test_client(), mode, workdir)
 
 

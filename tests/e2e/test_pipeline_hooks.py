@@ -12,7 +12,7 @@ from lcore_core import QueryCompleted, QuotaExceeded, Usage, hookimpl
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 
-from .support import Lcore, lcore_config
+from .support import Lcore, lcore_config, started
 
 
 class RecordingQuota:
@@ -50,7 +50,7 @@ async def hooked(tmp_path_factory: pytest.TempPathFactory,
     workdir: Path = tmp_path_factory.mktemp("hooks")
     app = create_app(lcore_config(workdir, "server", llama_stack_server.url),
                      plugins=load_plugins(entrypoints=False, extra=[quota]))
-    async with app.test_app() as test_app:
+    async with started(app) as test_app:
         yield Lcore(app, test_app.test_client(), "server", workdir), quota
 
 

@@ -213,3 +213,18 @@ async def test_client_disconnect_cancels_stream_and_stores_nothing(lcore: Lcore,
     await asyncio.sleep(1.0)
     conversation_id = start["data"]["conversation_id"]
     assert (await lcore.client.get(f"/v1/conversations/{conversation_id}")).status_code == 404
+
+
+async def test_attachments_reach_the_model(lcore: Lcore, llm: Any) -> None:
+    attachment = {"attachment_type": "log", "content_type": "text/plain",
+                  "content": "ERROR disk-full-7731 on node-3"}
+    response = await lcore.query("why did it fail", attachments=[attachment],
+                                 generate_topic_summary=False)
+    assert response.status_code == 200
+    sent = [r for r in llm.chat_requests if "disk-full-7731" in r.text]
+    assert sent, "the attachment was not sent to the model"
+    conversation_id = (await response.get_json())["conversation_id"]
+    entries = await lcore.runtime.cache.get("00000000-0000-0000-0000-000", conversation_id)
+    assert entries[0].attachments == [attachment]
+    bad = await lcore.query("x", attachments=[{"attachment_type": "log"}])
+    assert bad.status_code == 422

@@ -19,9 +19,10 @@ from lcore_core.testing.llama_stack import (
     LLM_MODEL_ID,
     SHIELD_ID,
     LlamaStackServer,
+    library_client_config,
     write_run_yaml,
 )
-from lcore_core.testing.llm import UNSAFE_MARKER, ScriptedLLM, ToolCall, embed
+from lcore_core.testing.llm import UNSAFE_MARKER, ScriptedLLM, ToolCall, count_words, embed
 from lcore_core.testing.mcp_server import MCPTestServer, weather_report
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,10 @@ async def test_scripted_llm_default_reply_usage_and_rules(llm: ScriptedLLM) -> N
         # the one-shot rule is used up by its final answer
         third = (await http.post("/chat/completions", json={"messages": ask})).json()
         assert third["choices"][0]["message"]["content"].startswith("Scripted answer to: weather?")
+
+        legacy = (await http.post("/completions", json={"prompt": "plain prompt"})).json()
+        assert legacy["choices"][0]["text"] == "Scripted answer to: plain prompt (user turns: 1)"
+        assert legacy["usage"]["prompt_tokens"] == 2
 
         llm.script(lambda msgs: len(msgs) > 1, status=503, error="overloaded")
         failed = await http.post("/chat/completions", json={"messages": follow})
@@ -144,6 +149,9 @@ async def test_responses_non_streaming(client: AsyncLlamaStackClient, llm: Scrip
     (sent,) = llm.chat_requests
     assert sent.body["model"] == "scripted-llm"
     assert sent.messages == [{"role": "user", "content": "hello"}]
+    # the stack always streams from the LLM, even for a non-streaming response
+    assert sent.body["stream"] is True
+    assert sent.body["stream_options"] == {"include_usage": True}
 
 
 async def test_responses_streaming(client: AsyncLlamaStackClient, llm: ScriptedLLM) -> None:
@@ -276,6 +284,21 @@ async def test_guardrails_refuse_flagged_input(client: AsyncLlamaStackClient,
     assert moderation.results[0].flagged is True
 
 
+async def test_guardrails_check_output_after_streaming_it(client: AsyncLlamaStackClient,
+                                                          llm: ScriptedLLM) -> None:
+    llm.script("leak", text=f"here is {UNSAFE_MARKER}")
+    stream = await client.responses.create(
+        model=LLM_MODEL_ID, input="leak it", guardrails=[SHIELD_ID], stream=True
+    )
+    events = [event async for event in stream]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    # the text went out as deltas before the output check replaced it with a refusal
+    assert "".join(deltas).startswith("here is")
+    assert events[-1].type == "response.completed"
+    (message,) = events[-1].response.output
+    assert message.content[0].type == "refusal"
+
+
 async def test_llm_errors_surface(client: AsyncLlamaStackClient, llm: ScriptedLLM) -> None:
     llm.script("boom", status=500, error="kaboom")
     with pytest.raises(llama_stack_client.InternalServerError) as raised:
@@ -323,6 +346,10 @@ async def test_mcp_tool_runs_with_headers(client: AsyncLlamaStackClient, llm: Sc
     assert output_text(response) == f"MCP says: {weather_report('Paris')}"
 
     assert llm.chat_requests[0].tool_names == ["get_weather"]
+    # usage sums both LLM calls: the words of both prompts in, tool arguments (2) + answer (11) out
+    assert response.usage is not None
+    prompts = sum(count_words(r.text) for r in llm.chat_requests)
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (prompts, 13)
     (ran,) = mcp_server.tool_calls
     assert ran.arguments == {"city": "Paris"}
     assert ran.headers["x-test"] == "v"
@@ -334,10 +361,14 @@ async def test_mcp_tool_runs_with_headers(client: AsyncLlamaStackClient, llm: Sc
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def library_client(llama_stack_library_config: Path) -> AsyncIterator[Any]:
+async def library_client(tmp_path_factory: pytest.TempPathFactory, scripted_llm: ScriptedLLM,
+                         llama_stack_library_config: Path) -> AsyncIterator[Any]:
     from llama_stack.core.library_client import AsyncLlamaStackAsLibraryClient
 
-    client = AsyncLlamaStackAsLibraryClient(str(llama_stack_library_config))
+    assert llama_stack_library_config.is_file()
+    # state of its own: other tests may run a library stack on the shared config in this process
+    config = library_client_config(tmp_path_factory.mktemp("library"), scripted_llm.base_url)
+    client = AsyncLlamaStackAsLibraryClient(str(config))
     await client.initialize()
     yield client
     await client.shutdown()
