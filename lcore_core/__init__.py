@@ -26,7 +26,7 @@ from lcore_core.errors import (
     Unauthorized,
     UnprocessableEntity,
 )
-from lcore_core.events import QueryCompleted, Usage
+from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
 from lcore_core.providers import (
     AuthProvider,
@@ -41,7 +41,7 @@ __all__ = [
     "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection", "ConversationCache",
     "ConversationInfo", "Forbidden", "LCoreError", "MemoryCache", "NoopCache", "NotFound",
-    "PluginLoadError", "QueryCompleted", "QuotaExceeded", "ReadinessCheck", "Runtime",
-    "Settings", "StorageError", "Unauthorized", "UnprocessableEntity", "Usage", "__version__",
-    "authorize", "doc", "hookimpl", "load_body", "may", "route",
+    "PluginLoadError", "QueryCompleted", "QuotaExceeded", "QuotaTicket", "ReadinessCheck",
+    "Runtime", "Settings", "StorageError", "Unauthorized", "UnprocessableEntity", "Usage",
+    "__version__", "authorize", "doc", "hookimpl", "load_body", "may", "route",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,17 @@ class QueryCompleted:
     streaming: bool = False
     shield_violations: tuple[str, ...] = field(default_factory=tuple)
     error: str | None = None
+
+
+@dataclass
+class QuotaTicket:
+    """One query's quota bookkeeping, from the check to the consume or release.
+
+    `query` and `endpoint` help a plugin estimate what to reserve; `reservations` is where each
+    quota plugin keeps what it reserved (keyed by its own name), to settle or refund it later.
+    """
+
+    query: str
+    endpoint: str
+    reservations: dict[str, Any] = field(default_factory=dict)
+    settled: bool = False

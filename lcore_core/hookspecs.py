@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from lcore_core.auth import AuthTuple
     from lcore_core.config import Config
-    from lcore_core.events import QueryCompleted, Usage
+    from lcore_core.events import QueryCompleted, QuotaTicket, Usage
     from lcore_core.providers import AuthProvider, CacheBackend, ConfigSection, ReadinessCheck
     from lcore_core.runtime import Runtime
 
@@ -136,20 +136,32 @@ def lcore_authorize(auth: AuthTuple, action: str, request: Request | None) -> bo
 
 
 @hookspec
-def lcore_quota_check(auth: AuthTuple, runtime: Runtime) -> Any:
+def lcore_quota_check(auth: AuthTuple, ticket: QuotaTicket, runtime: Runtime) -> Any:
     """Called before every LLM call made for `auth`. May be async.
 
-    Raise `QuotaExceeded` to refuse it (429); return None to let it through. `runtime` is the
+    Raise `QuotaExceeded` to refuse it (429); return None to let it through. To avoid the
+    check-then-charge race, reserve an estimate here and note it in `ticket.reservations`; the
+    same `ticket` comes back to `lcore_quota_consume` or `lcore_quota_release`. `runtime` is the
     running service.
     """
 
 
 @hookspec
-def lcore_quota_consume(auth: AuthTuple, usage: Usage, runtime: Runtime) -> Any:
+def lcore_quota_consume(auth: AuthTuple, usage: Usage, ticket: QuotaTicket,
+                        runtime: Runtime) -> Any:
     """Called after a successful LLM call only, with its token `usage`. May be async.
 
-    `auth` is the caller, `runtime` the running service. Never called when the call failed or a
-    stream was cut: nothing is spent for nothing.
+    `auth` is the caller, `ticket` the one given to the check (settle the reservation to the real
+    usage), `runtime` the running service. Never called when the call failed or a stream was cut.
+    """
+
+
+@hookspec
+def lcore_quota_release(auth: AuthTuple, ticket: QuotaTicket, runtime: Runtime) -> Any:
+    """Called instead of consume when the LLM call failed or the stream was cut. May be async.
+
+    `auth` is the caller, `ticket` the one given to the check: refund what it reserved, so
+    nothing is spent for nothing. `runtime` is the running service.
     """
 
 

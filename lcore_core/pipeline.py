@@ -8,6 +8,7 @@ consumes nothing and stores no half turn.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -21,7 +22,7 @@ import structlog
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.errors import Forbidden, LCoreError, NotFound
-from lcore_core.events import QueryCompleted, Usage
+from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.llama import llama_errors
 from lcore_core.runtime import Runtime
 
@@ -62,6 +63,7 @@ class QueryPlan:
     media_type: str
     endpoint: str
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    ticket: QuotaTicket = field(default_factory=lambda: QuotaTicket("", ""))
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
 
@@ -87,13 +89,31 @@ class QueryResult:
 async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   endpoint: str, client_mcp_headers: dict[str, Any] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
-    await runtime.plugins.quota_check(auth, runtime)
+    ticket = QuotaTicket(query=body["query"], endpoint=endpoint)
+    await runtime.plugins.quota_check(auth, ticket, runtime)
+    try:
+        return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {})
+    except BaseException:
+        await _release(runtime, auth, ticket)
+        raise
+
+
+async def _release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> None:
+    if ticket.settled:
+        return
+    ticket.settled = True
+    # Shielded: a cancelled request must still give its reservation back.
+    await asyncio.shield(runtime.plugins.quota_release(auth, ticket, runtime))
+
+
+async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpoint: str,
+                  ticket: QuotaTicket, client_mcp_headers: dict[str, Any]) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
     conversation_id, new = await resolve_conversation(runtime, auth, body.get("conversation_id"))
     tools = [] if body.get("no_tools") else await select_tools(
-        runtime, auth, body.get("vector_store_ids"), client_mcp_headers or {})
+        runtime, auth, body.get("vector_store_ids"), client_mcp_headers)
     attachments = body.get("attachments") or []
-    return QueryPlan(
+    return QueryPlan(ticket=ticket,
         auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
         model_id=model_id, provider=provider, model=model,
         instructions=system_prompt(runtime, body.get("system_prompt")),
@@ -334,6 +354,9 @@ def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> N
 async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict[str, int]:
     """Store the turn, consume quota, report; returns the remaining quota per limiter."""
     usage = Usage(result.input_tokens, result.output_tokens, plan.provider, plan.model)
+    # The tokens are spent once the LLM answered, whatever happens to storage below.
+    plan.ticket.settled = True
+    await runtime.plugins.quota_consume(plan.auth, usage, plan.ticket, runtime)
     topic = None
     if plan.new_conversation and plan.generate_topic_summary:
         topic = await topic_summary(runtime, plan)
@@ -351,7 +374,6 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
             await runtime.cache.set_topic_summary(plan.auth.user_id, plan.conversation_id, topic)
     except Exception as exc:  # the cache is a copy; the user DB and Llama Stack hold the turn
         log.error("cache insert failed", error=f"{type(exc).__name__}: {exc}")
-    await runtime.plugins.quota_consume(plan.auth, usage, runtime)
     _metrics(runtime, plan, result)
     await runtime.plugins.query_completed(QueryCompleted(
         user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
@@ -374,6 +396,7 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
 
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
+    await _release(runtime, plan.auth, plan.ticket)
     runtime.metrics.llm_failures.labels(plan.provider, plan.model).inc()
     await runtime.plugins.query_completed(QueryCompleted(
         user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
@@ -408,9 +431,18 @@ class StreamEvent:
 async def stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent]:
     """Streaming: yields upstream's SSE events; `finish` runs only after a complete stream.
 
-    If the client goes away the generator is closed: the upstream stream is closed with it and
-    nothing is stored or consumed.
+    If the client goes away the generator is closed: the upstream stream is closed with it,
+    nothing is stored and the quota reservation is released.
     """
+    try:
+        async for event in _stream(runtime, plan):
+            yield event
+    finally:
+        if not plan.ticket.settled:
+            await _release(runtime, plan.auth, plan.ticket)
+
+
+async def _stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent]:
     result = QueryResult()
     waiting = 0.0
     yield StreamEvent("start", {"conversation_id": plan.conversation_id})

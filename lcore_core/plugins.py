@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from lcore_core.auth import AuthTuple
     from lcore_core.config import Config
-    from lcore_core.events import QueryCompleted, Usage
+    from lcore_core.events import QueryCompleted, QuotaTicket, Usage
     from lcore_core.providers import AuthProvider, CacheBackend, ConfigSection, ReadinessCheck
     from lcore_core.runtime import Runtime
 
@@ -195,12 +195,24 @@ class Plugins:
             results.append(await _resolve(impl.function(*[kwargs[a] for a in impl.argnames])))
         return results
 
-    async def quota_check(self, auth: AuthTuple, runtime: Runtime) -> None:
-        await self._each(self.pm.hook.lcore_quota_check, auth=auth, runtime=runtime)
-
-    async def quota_consume(self, auth: AuthTuple, usage: Usage, runtime: Runtime) -> None:
-        await self._each(self.pm.hook.lcore_quota_consume, auth=auth, usage=usage,
+    async def quota_check(self, auth: AuthTuple, ticket: QuotaTicket, runtime: Runtime) -> None:
+        await self._each(self.pm.hook.lcore_quota_check, auth=auth, ticket=ticket,
                          runtime=runtime)
+
+    async def quota_consume(self, auth: AuthTuple, usage: Usage, ticket: QuotaTicket,
+                            runtime: Runtime) -> None:
+        await self._each(self.pm.hook.lcore_quota_consume, auth=auth, usage=usage,
+                         ticket=ticket, runtime=runtime)
+
+    async def quota_release(self, auth: AuthTuple, ticket: QuotaTicket,
+                            runtime: Runtime) -> None:
+        """Refund reservations; every plugin is asked even if one fails."""
+        for impl in reversed(self.pm.hook.lcore_quota_release.get_hookimpls()):
+            args = {"auth": auth, "ticket": ticket, "runtime": runtime}
+            try:
+                await _resolve(impl.function(*[args[a] for a in impl.argnames]))
+            except Exception:
+                log.exception("lcore_quota_release of plugin %s failed", impl.plugin_name)
 
     async def quota_status(self, auth: AuthTuple, runtime: Runtime) -> dict[str, int]:
         status: dict[str, int] = {}

@@ -17,19 +17,11 @@ from lcore_core.errors import StorageError
 SCHEMA_VERSION = 1
 DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
 
-_proxy = peewee.DatabaseProxy()
-
-
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-class _Model(peewee.Model):
-    class Meta:
-        database = _proxy
-
-
-class UserConversation(_Model):
+class UserConversation(peewee.Model):
     id = peewee.CharField(primary_key=True, max_length=128)
     user_id = peewee.CharField(index=True, max_length=256)
     topic_summary = peewee.TextField(null=True)
@@ -43,12 +35,25 @@ class UserConversation(_Model):
         table_name = "lcore_user_conversation"
 
 
-class SchemaVersion(_Model):
+class SchemaVersion(peewee.Model):
     component = peewee.CharField(primary_key=True, max_length=64)
     version = peewee.IntegerField()
 
     class Meta:
         table_name = "lcore_schema_version"
+
+
+def bind_models(database: peewee.Database, *models: type[peewee.Model]) -> list[Any]:
+    """Copies of `models` bound to `database`.
+
+    peewee's `bind_ctx` rebinds the classes process-wide, which races between threads and
+    between two apps in one process; a copy per database has no shared state.
+    """
+    bound = []
+    for model in models:
+        meta = type("Meta", (), {"database": database, "table_name": model._meta.table_name})
+        bound.append(type(model.__name__, (model,), {"Meta": meta, "__module__": __name__}))
+    return bound
 
 
 def open_database(settings: Any) -> peewee.Database:
@@ -79,16 +84,15 @@ class UserDB:
 
     def __init__(self, database: peewee.Database) -> None:
         self.db = database
-        self._models = [UserConversation, SchemaVersion]
+        self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         def call() -> Any:
-            with self.db.bind_ctx(self._models):
-                try:
-                    with self.db.connection_context():
-                        return fn(*args)
-                except peewee.PeeweeException as exc:
-                    raise StorageError("Database error", f"{type(exc).__name__}: {exc}") from exc
+            try:
+                with self.db.connection_context():
+                    return fn(*args)
+            except peewee.PeeweeException as exc:
+                raise StorageError("Database error", f"{type(exc).__name__}: {exc}") from exc
 
         return await asyncio.to_thread(call)
 
@@ -102,10 +106,10 @@ class UserDB:
                 if "search_path=" in options:
                     pg_namespace = options.split("search_path=")[1].split(",")[0]
                     self.db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{pg_namespace}"')
-            self.db.create_tables(self._models, safe=True)
-            SchemaVersion.insert(component="userdb", version=SCHEMA_VERSION).on_conflict(
-                conflict_target=[SchemaVersion.component],
-                update={SchemaVersion.version: SCHEMA_VERSION}).execute()
+            self.db.create_tables([self.Conversation, self.Version], safe=True)
+            self.Version.insert(component="userdb", version=SCHEMA_VERSION).on_conflict(
+                conflict_target=[self.Version.component],
+                update={self.Version.version: SCHEMA_VERSION}).execute()
 
         await self._run(create)
 
@@ -117,7 +121,7 @@ class UserDB:
 
     async def get(self, conversation_id: str) -> dict[str, Any] | None:
         def fetch() -> dict[str, Any] | None:
-            row = UserConversation.get_or_none(UserConversation.id == conversation_id)
+            row = self.Conversation.get_or_none(self.Conversation.id == conversation_id)
             return _row(row) if row else None
 
         return await self._run(fetch)
@@ -129,41 +133,41 @@ class UserDB:
         def upsert() -> None:
             # One statement, so concurrent first turns cannot lose a count.
             now = utcnow()
-            UserConversation.insert(
+            self.Conversation.insert(
                 id=conversation_id, user_id=user_id, topic_summary=topic_summary,
                 last_used_model=model, last_used_provider=provider, created_at=now,
                 last_message_at=now, message_count=1,
             ).on_conflict(
-                conflict_target=[UserConversation.id],
-                update={UserConversation.message_count: UserConversation.message_count + 1,
-                        UserConversation.last_message_at: now,
-                        UserConversation.last_used_model: model,
-                        UserConversation.last_used_provider: provider},
+                conflict_target=[self.Conversation.id],
+                update={self.Conversation.message_count: self.Conversation.message_count + 1,
+                        self.Conversation.last_message_at: now,
+                        self.Conversation.last_used_model: model,
+                        self.Conversation.last_used_provider: provider},
             ).execute()
 
         await self._run(upsert)
 
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:
         def fetch() -> list[dict[str, Any]]:
-            query = UserConversation.select().order_by(UserConversation.last_message_at.desc())
+            query = self.Conversation.select().order_by(self.Conversation.last_message_at.desc())
             if user_id is not None:
-                query = query.where(UserConversation.user_id == user_id)
+                query = query.where(self.Conversation.user_id == user_id)
             return [_row(r) for r in query]
 
         return await self._run(fetch)
 
     async def delete(self, conversation_id: str) -> bool:
         return bool(await self._run(
-            lambda: UserConversation.delete().where(UserConversation.id == conversation_id)
+            lambda: self.Conversation.delete().where(self.Conversation.id == conversation_id)
             .execute()))
 
     async def set_topic_summary(self, conversation_id: str, summary: str) -> bool:
         return bool(await self._run(
-            lambda: UserConversation.update(topic_summary=summary)
-            .where(UserConversation.id == conversation_id).execute()))
+            lambda: self.Conversation.update(topic_summary=summary)
+            .where(self.Conversation.id == conversation_id).execute()))
 
 
-def _row(row: UserConversation) -> dict[str, Any]:
+def _row(row: Any) -> dict[str, Any]:
     return {
         "conversation_id": row.id, "user_id": row.user_id, "topic_summary": row.topic_summary,
         "last_used_model": row.last_used_model, "last_used_provider": row.last_used_provider,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lcore_core import QueryCompleted, QuotaExceeded, Usage, hookimpl
+from lcore_core import QueryCompleted, QuotaExceeded, QuotaTicket, Usage, hookimpl
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 
@@ -23,16 +24,26 @@ class RecordingQuota:
         self.consumed: list[Usage] = []
         self.events: list[QueryCompleted] = []
         self.refuse = False
+        self.reserved = 0
+        self.released = 0
 
     @hookimpl
-    async def lcore_quota_check(self, auth: Any) -> None:
+    async def lcore_quota_check(self, auth: Any, ticket: QuotaTicket) -> None:
         if self.refuse or self.budget <= 0:
             raise QuotaExceeded("The quota has been exceeded", f"user {auth.user_id} has none")
+        ticket.reservations["recording"] = 100
+        self.reserved += 1
 
     @hookimpl
-    async def lcore_quota_consume(self, usage: Usage) -> None:
+    async def lcore_quota_consume(self, usage: Usage, ticket: QuotaTicket) -> None:
+        assert ticket.reservations["recording"] == 100
         self.consumed.append(usage)
         self.budget -= usage.total
+
+    @hookimpl
+    async def lcore_quota_release(self, ticket: QuotaTicket) -> None:
+        assert ticket.reservations.pop("recording") == 100
+        self.released += 1
 
     @hookimpl
     def lcore_quota_status(self) -> dict[str, int]:
@@ -72,13 +83,42 @@ async def test_success_consumes_exactly_the_usage(hooked: Any, llm: Any) -> None
 async def test_failure_consumes_nothing_but_is_observed(hooked: Any, llm: Any) -> None:
     lcore, quota = hooked
     llm.script("fail for quota", status=500)
-    spent = len(quota.consumed)
+    spent, released = len(quota.consumed), quota.released
     assert (await lcore.query("fail for quota")).status_code >= 500
     status, events = await lcore.stream("fail for quota")
     assert status == 200
     assert events[-1]["event"] == "error"
     assert len(quota.consumed) == spent
+    assert quota.released == released + 2
     assert quota.events[-1].error is not None
+
+
+async def test_unknown_model_releases_the_reservation(hooked: Any, llm: Any) -> None:
+    lcore, quota = hooked
+    released = quota.released
+    response = await lcore.query("x", model="missing", provider="openai")
+    assert response.status_code == 404
+    assert quota.released == released + 1
+
+
+async def test_client_disconnect_releases_and_consumes_nothing(hooked: Any, llm: Any) -> None:
+    lcore, quota = hooked
+    spent, released = len(quota.consumed), quota.released
+    llm.script("slow hooked stream", text=" ".join(f"t{i}" for i in range(20)), chunk_delay=0.5)
+    async with lcore.client.request("/v2/streaming_query", method="POST",
+                                    headers={"Content-Type": "application/json"}) as conn:
+        await conn.send(b'{"query": "slow hooked stream"}')
+        await conn.send_complete()
+        received = b""
+        while b"token" not in received:
+            received += await asyncio.wait_for(conn.receive(), 30)
+        await conn.disconnect()
+    for _ in range(50):
+        if quota.released > released:
+            break
+        await asyncio.sleep(0.1)
+    assert quota.released == released + 1
+    assert len(quota.consumed) == spent
 
 
 async def test_streaming_end_carries_quota(hooked: Any, llm: Any) -> None:
