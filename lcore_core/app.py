@@ -76,9 +76,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
 
     _install_middleware(app, runtime)
     _install_error_handlers(app)
-    from lcore_core.endpoints import catalog, conversations, feedback, query, system
+    from lcore_core.endpoints import catalog, conversations, feedback, mcp_auth, query, system
 
-    for module in (system, query, conversations, catalog, feedback):
+    for module in (system, query, conversations, catalog, feedback, mcp_auth):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from lcore_core.auth import AuthTuple
 from lcore_core.errors import BadRequest
 from lcore_core.hookspecs import hookimpl
@@ -16,6 +18,7 @@ from lcore_core.runtime import Runtime
 MCP_HEADERS = "MCP-HEADERS"
 CLIENT = "client"
 KUBERNETES = "kubernetes"
+log = structlog.get_logger("lcore.mcp")
 _ENV = re.compile(r"^\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -41,13 +44,36 @@ def parse_mcp_headers(raw: str | None, servers: list[Any]) -> dict[str, dict[str
     return data
 
 
-def mcp_tools(runtime: Runtime, auth: AuthTuple,
-              client_headers: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """One `{"type": "mcp", ...}` tool per configured server, headers resolved for this caller."""
+def client_header_names(server: Any) -> list[str]:
+    """The authorization headers of `server` that the client supplies per request."""
+    return [name for name, spec in server.authorization_headers.items()
+            if spec.strip() == CLIENT]
+
+
+def mcp_tools(runtime: Runtime, auth: AuthTuple, client_headers: dict[str, dict[str, str]],
+              request_headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One `{"type": "mcp", ...}` tool per configured server, headers resolved for this caller.
+
+    A server that needs client-supplied headers is left out when the client sent no entry for it
+    in `MCP-HEADERS`; an entry that lacks one of them is a 400, not a tool failing later.
+    `request_headers` are the incoming headers, of which each server's `headers` are forwarded.
+    """
+    incoming = {k.lower(): v for k, v in (request_headers or {}).items()}
     tools = []
     for server in runtime.config.mcp_servers:
-        given = client_headers.get(server.name, {})
-        headers: dict[str, str] = {}
+        given = client_headers.get(server.name)
+        needed = client_header_names(server)
+        if needed and given is None:
+            log.info("mcp server skipped: no client headers", server=server.name)
+            continue
+        given = given or {}
+        missing = [h for h in needed if h.lower() not in {g.lower() for g in given}]
+        if missing:
+            raise BadRequest("Missing MCP client headers",
+                             f"MCP server {server.name!r} needs the client header(s) "
+                             f"{', '.join(missing)} in MCP-HEADERS")
+        headers: dict[str, str] = {name: incoming[name.lower()] for name in server.headers
+                                   if name.lower() in incoming}
         authorization = None
         for name, spec in server.authorization_headers.items():
             value = runtime.plugins.mcp_header_value(spec, server, name, auth, given)

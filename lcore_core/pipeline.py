@@ -87,12 +87,14 @@ class QueryResult:
 
 
 async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
-                  endpoint: str, client_mcp_headers: dict[str, Any] | None = None) -> QueryPlan:
+                  endpoint: str, client_mcp_headers: dict[str, Any] | None = None,
+                  request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
     ticket = QuotaTicket(query=body["query"], endpoint=endpoint)
     await runtime.plugins.quota_check(auth, ticket, runtime)
     try:
-        return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {})
+        return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {},
+                             request_headers or {})
     except BaseException:
         await _release(runtime, auth, ticket)
         raise
@@ -107,11 +109,12 @@ async def _release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> No
 
 
 async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpoint: str,
-                  ticket: QuotaTicket, client_mcp_headers: dict[str, Any]) -> QueryPlan:
+                  ticket: QuotaTicket, client_mcp_headers: dict[str, Any],
+                  request_headers: dict[str, str]) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
     conversation_id, new = await resolve_conversation(runtime, auth, body.get("conversation_id"))
     tools = [] if body.get("no_tools") else await select_tools(
-        runtime, auth, body.get("vector_store_ids"), client_mcp_headers)
+        runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers)
     attachments = body.get("attachments") or []
     return QueryPlan(ticket=ticket,
         auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
@@ -221,7 +224,8 @@ async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[
 
 
 async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list[str] | None,
-                       client_headers: dict[str, Any]) -> list[dict[str, Any]]:
+                       client_headers: dict[str, Any],
+                       request_headers: dict[str, str]) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
     stores = vector_store_ids
     if stores is None:
@@ -230,7 +234,7 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
         tools.append({"type": "file_search", "vector_store_ids": stores})
     from lcore_core.mcp import mcp_tools
 
-    tools.extend(mcp_tools(runtime, auth, client_headers))
+    tools.extend(mcp_tools(runtime, auth, client_headers, request_headers))
     return tools
 
 

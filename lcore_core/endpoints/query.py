@@ -30,7 +30,8 @@ async def _plan(endpoint: str) -> pipeline.QueryPlan:
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
                                        runtime.config.mcp_servers)
     return await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
-                                  client_mcp_headers=client_headers)
+                                  client_mcp_headers=client_headers,
+                                  request_headers=dict(request.headers))
 
 
 @route(bp, "/v2/query", "/v1/query", methods=["POST"], deprecated_aliases=["/query"])

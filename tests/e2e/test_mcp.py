@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import weather_report
 
-from .support import MODES, Lcore, lcore_config, started
+from .support import MODES, Lcore, lcore_config, parse_sse, started
 
 SECRET = "file-secret-4711"
 
@@ -27,11 +28,18 @@ async def mcp_lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     secret_file = workdir / "api-key"
     secret_file.write_text(SECRET + "\n")
     servers = [{"name": "weather", "url": mcp_test_server.url,
+                "headers": ["X-Forward-Me"],
                 "authorization_headers": {"X-Api-Key": str(secret_file),
-                                          "Authorization": "client"}}]
+                                          "Authorization": "client",
+                                          "X-Env-Token": "${env.LCORE_TEST_MCP_TOKEN}",
+                                          "X-Literal": "literal-value"}}]
     llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
-    app = create_app(lcore_config(workdir, mode, llama, mcp_servers=servers),
-                     plugins=load_plugins(entrypoints=False))
+    os.environ["LCORE_TEST_MCP_TOKEN"] = "env-token-99"
+    try:
+        app = create_app(lcore_config(workdir, mode, llama, mcp_servers=servers),
+                         plugins=load_plugins(entrypoints=False))
+    finally:
+        del os.environ["LCORE_TEST_MCP_TOKEN"]
     async with started(app) as test_app:
         yield Lcore(app, test_app.test_client(), mode, workdir)
 
@@ -40,7 +48,8 @@ async def test_mcp_tool_runs_with_resolved_headers(mcp_lcore: Lcore, llm: Any,
                                                    mcp_server: Any) -> None:
     llm.script("weather in brno", tool_call=("get_weather", {"city": "Brno"}),
                then="Weather: {tool_output}")
-    headers = {"MCP-HEADERS": json.dumps({"weather": {"Authorization": "Bearer client-tok"}})}
+    headers = {"MCP-HEADERS": json.dumps({"weather": {"Authorization": "Bearer client-tok"}}),
+               "X-Forward-Me": "forwarded-1", "X-Not-Listed": "private"}
     response = await mcp_lcore.client.post(
         "/v2/query", json={"query": "weather in brno", "generate_topic_summary": False},
         headers=headers)
@@ -54,8 +63,50 @@ async def test_mcp_tool_runs_with_resolved_headers(mcp_lcore: Lcore, llm: Any,
     calls = [c for c in mcp_server.tool_calls if c.name == "get_weather"]
     assert calls and calls[-1].arguments == {"city": "Brno"}
     sent = {k.lower(): v for k, v in calls[-1].headers.items()}
-    assert sent["x-api-key"] == SECRET
-    assert sent["authorization"] == "Bearer client-tok"
+    assert sent["x-api-key"] == SECRET  # from a file
+    assert sent["authorization"] == "Bearer client-tok"  # from the client
+    assert sent["x-env-token"] == "env-token-99"  # from the environment
+    assert sent["x-literal"] == "literal-value"  # a literal
+    assert sent["x-forward-me"] == "forwarded-1"  # an incoming header listed in `headers`
+    assert "x-not-listed" not in sent
+
+
+async def test_streaming_reports_mcp_tool_events(mcp_lcore: Lcore, llm: Any,
+                                                 mcp_server: Any) -> None:
+    llm.script("stream weather", tool_call=("get_weather", {"city": "Oslo"}),
+               then="Weather: {tool_output}")
+    headers = {"MCP-HEADERS": json.dumps({"weather": {"Authorization": "Bearer t"}})}
+    response = await mcp_lcore.client.post(
+        "/v2/streaming_query", json={"query": "stream weather", "generate_topic_summary": False},
+        headers=headers)
+    events = parse_sse(await response.get_data(as_text=True))
+    calls = [e["data"] for e in events if e["event"] == "tool_call"]
+    results = [e["data"] for e in events if e["event"] == "tool_result"]
+    assert [c["name"] for c in calls] == ["get_weather"]
+    assert weather_report("Oslo") in results[0]["content"]
+    tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
+    assert weather_report("Oslo") in tokens
+
+
+async def test_client_options_lists_client_headers(mcp_lcore: Lcore) -> None:
+    body = await (await mcp_lcore.client.get("/v1/mcp-auth/client-options")).get_json()
+    assert body == {"servers": [{"name": "weather", "client_auth_headers": ["Authorization"]}]}
+
+
+async def test_missing_client_header_is_a_clear_400(mcp_lcore: Lcore, llm: Any) -> None:
+    response = await mcp_lcore.client.post(
+        "/v2/query", json={"query": "hi"}, headers={"MCP-HEADERS": json.dumps({"weather": {}})})
+    assert response.status_code == 400
+    cause = (await response.get_json())["detail"]["cause"]
+    assert "weather" in cause and "Authorization" in cause
+
+
+async def test_server_without_client_entry_is_not_offered(mcp_lcore: Lcore, llm: Any) -> None:
+    body = await (await mcp_lcore.client.post(
+        "/v2/query", json={"query": "no mcp entry", "generate_topic_summary": False})).get_json()
+    assert body["response"].startswith("Scripted answer to: no mcp entry")
+    asked = [r for r in llm.chat_requests if "no mcp entry" in r.text]
+    assert asked and not any("get_weather" in r.tool_names for r in asked)
 
 
 async def test_malformed_mcp_headers_is_400(mcp_lcore: Lcore, llm: Any) -> None:
