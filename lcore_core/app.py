@@ -20,7 +20,7 @@ from lcore_core.errors import ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
 from lcore_core.logs import configure_logging
-from lcore_core.mcp import CoreHeaderValues
+from lcore_core.mcp import CoreHeaderValues, McpReadiness, check_reachable
 from lcore_core.metrics import CoreMetrics
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import ReadinessCheck
@@ -73,6 +73,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     )
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
+    if config.mcp_servers:
+        plugins.register(McpReadiness(config.mcp_servers), "mcp-readiness",
+                         distribution="lcore-core")
 
     _install_middleware(app, runtime)
     _install_error_handlers(app)
@@ -87,6 +90,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     async def startup() -> None:
         await runtime.userdb.setup()
         await runtime.llama.open()
+        if config.mcp_servers and not config.service.skip_unreachable_mcp:
+            await check_reachable(config.mcp_servers)
         await plugins.startup(runtime)
         log.info("started", name=config.name, auth=config.authentication.module,
                  cache=config.conversation_cache.type)

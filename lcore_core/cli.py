@@ -17,6 +17,7 @@ from lcore_core.errors import ConfigError
 from lcore_core.plugins import Plugins, load_plugins
 
 EXIT_CONFIG = 2
+EXIT_STARTUP = 3
 
 
 def _config_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -109,7 +110,13 @@ def serve(args: argparse.Namespace) -> int:
 
     app = create_app(config, plugins=plugins)
     print(f"lcore {__version__}: serving on http://{host}:{port}", file=sys.stderr)
-    asyncio.run(_serve_one(app, hyper))
+    from hypercorn.utils import LifespanFailureError
+
+    try:
+        asyncio.run(_serve_one(app, hyper))
+    except LifespanFailureError as exc:
+        print(f"lcore: start-up failed: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from lcore_core.auth import AuthTuple
-from lcore_core.errors import BadRequest
+from lcore_core.errors import BackendUnavailable, BadRequest
 from lcore_core.hookspecs import hookimpl
+from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
 
 MCP_HEADERS = "MCP-HEADERS"
@@ -114,3 +117,40 @@ class CoreHeaderValues:
         if spec.startswith(("/", "./", "~")) and path.expanduser().is_file():
             return path.expanduser().read_text(encoding="utf-8").strip()
         return spec
+
+
+async def probe(url: str, timeout: float = 5.0) -> str | None:
+    """None when something answers HTTP at `url` (any status); the reason otherwise."""
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            await client.get(url)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+async def check_reachable(servers: list[Any]) -> None:
+    """Refuse to start when a configured MCP server does not answer (names each one)."""
+    reasons = await asyncio.gather(*(probe(s.url, s.timeout or 5.0) for s in servers))
+    down = [f"{s.name} ({s.url}): {r}" for s, r in zip(servers, reasons, strict=True) if r]
+    if down:
+        raise BackendUnavailable(
+            "MCP server unreachable",
+            "; ".join(down) + " (set service.skip_unreachable_mcp: true to start anyway)")
+
+
+class McpReadiness:
+    """One readiness check per configured MCP server."""
+
+    def __init__(self, servers: list[Any]) -> None:
+        self.servers = servers
+
+    @hookimpl
+    def lcore_readiness(self) -> list[ReadinessCheck]:
+        def check_for(url: str) -> Any:
+            async def check() -> str | None:
+                return await probe(url)
+
+            return check
+
+        return [ReadinessCheck(f"mcp:{s.name}", check_for(s.url)) for s in self.servers]

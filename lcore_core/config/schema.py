@@ -143,6 +143,8 @@ class ServiceSchema(Base):
     max_request_size = fields.Integer(load_default=10 * 1024 * 1024,
                                       validate=validate.Range(min=1024))
     log_format = fields.String(load_default="json", validate=validate.OneOf(["json", "console"]))
+    # LCore addition: start even when a configured MCP server does not answer.
+    skip_unreachable_mcp = fields.Boolean(load_default=False)
 
 
 HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)

@@ -36,6 +36,8 @@ def write_config(workdir: Path, llama_stack: dict[str, Any], **extra: Any) -> Pa
         "llama_stack": llama_stack,
         "database": {"sqlite": {"db_path": str(workdir / "user.db")}},
         "mcp_servers": [{"name": MCP_NAME, "url": MCP_URL}],
+        # The MCP server is only listed here, never running.
+        "service": {"skip_unreachable_mcp": True},
         **extra,
     }
     path = workdir / "lightspeed-stack.yaml"

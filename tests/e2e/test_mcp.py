@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from quart.testing.app import LifespanError
 
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
@@ -116,3 +117,29 @@ async def test_malformed_mcp_headers_is_400(mcp_lcore: Lcore, llm: Any) -> None:
                                                headers={"MCP-HEADERS": raw})
         assert response.status_code == 400
         assert text in (await response.get_json())["detail"]["cause"]
+
+
+async def test_unreachable_mcp_server_stops_startup(tmp_path: Path, llama_stack_server: Any,
+                                                   mcp_test_server: Any) -> None:
+    servers = [{"name": "gone", "url": "http://127.0.0.1:9/mcp"},
+               {"name": "weather", "url": mcp_test_server.url}]
+    app = create_app(lcore_config(tmp_path, "server", llama_stack_server.url,
+                                  mcp_servers=servers),
+                     plugins=load_plugins(entrypoints=False))
+    with pytest.raises(LifespanError) as caught:
+        async with started(app):
+            pass
+    message = str(caught.value)
+    assert "MCP server unreachable: gone (http://127.0.0.1:9/mcp)" in message
+    assert "weather" not in message
+
+    relaxed = create_app(lcore_config(tmp_path / "relaxed", "server", llama_stack_server.url,
+                                      mcp_servers=servers,
+                                      service={"skip_unreachable_mcp": True}),
+                         plugins=load_plugins(entrypoints=False))
+    async with started(relaxed) as test_app:
+        ready = await test_app.test_client().get("/readiness")
+        body = await ready.get_json()
+    assert ready.status_code == 503
+    status = {p["provider_id"]: p["status"] for p in body["providers"]}
+    assert status["mcp:gone"] == "error" and status["mcp:weather"] == "ok"
