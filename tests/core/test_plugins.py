@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lcore_core import AuthProvider, AuthTuple, ConfigError, QuotaExceeded, hookimpl
+from lcore_core import AuthProvider, AuthTuple, ConfigError, QuotaExceeded, QuotaTicket, hookimpl
 from lcore_core.builtins import NoopAuth
 from lcore_core.events import QueryCompleted
 from lcore_core.plugins import load_plugins
@@ -133,7 +133,7 @@ async def test_async_quota_hooks_are_awaited() -> None:
     sync, ok, refusing = SyncCheck(), AsyncQuota(10), AsyncQuota(0, refuse=True)
     plugins = load_plugins(entrypoints=False, extra=[sync, ok, refusing, SyncQuota()])
     with pytest.raises(QuotaExceeded, match="alice-id has no tokens"):
-        await plugins.quota_check(ALICE, runtime=None)  # type: ignore[arg-type]
+        await plugins.quota_check(ALICE, QuotaTicket("q", "/v2/query"), runtime=None)  # type: ignore[arg-type]
     assert refusing.checked == ["alice-id"]
     # A refusal stops the chain: nothing after it runs (or is left un-awaited).
     assert ok.checked == [] and sync.checked == 0
@@ -144,7 +144,7 @@ async def test_async_quota_hooks_are_awaited() -> None:
 async def test_quota_check_passes_when_no_plugin_refuses() -> None:
     first, second = AsyncQuota(5), AsyncQuota(6)
     plugins = load_plugins(entrypoints=False, extra=[first, second])
-    await plugins.quota_check(ALICE, runtime=None)  # type: ignore[arg-type]
+    await plugins.quota_check(ALICE, QuotaTicket("q", "/v2/query"), runtime=None)  # type: ignore[arg-type]
     assert first.checked == second.checked == ["alice-id"]
 
 
