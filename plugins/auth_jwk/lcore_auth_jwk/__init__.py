@@ -1,1 +1,1 @@
-"""LCore plugin lcore-auth-jwk."""
+"""LCore plugin lcore-auth-jwk: `authentication.module: jwk-token`."""

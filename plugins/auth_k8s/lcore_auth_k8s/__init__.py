@@ -1,1 +1,1 @@
-"""LCore plugin lcore-auth-k8s."""
+"""LCore plugin lcore-auth-k8s: `authentication.module: k8s`."""
