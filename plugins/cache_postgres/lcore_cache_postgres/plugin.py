@@ -1,3 +1,38 @@
-"""Hook implementations of lcore-cache-postgres (filled in by its own issue)."""
+"""Hook implementations of lcore-cache-postgres: `conversation_cache.type: postgres`."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lcore_cache_postgres.cache import PostgresCache
+
+# PostgresSchema: upstream's keys {host, port, db, user, password, namespace, ssl_mode,
+# gss_encmode, ca_cert_path} plus LCore's password_path and max_connections (pool size).
+from lcore_core import CacheBackend, PostgresSchema, ReadinessCheck, hookimpl
+
+if TYPE_CHECKING:
+    from lcore_core import Config, Runtime
+
+
+def _factory(settings: Any, config: Config) -> PostgresCache:
+    return PostgresCache(settings)
+
+
+@hookimpl
+def lcore_cache_backends() -> list[CacheBackend]:
+    return [CacheBackend("postgres", _factory, schema=PostgresSchema, required=True,
+                         description="PostgreSQL, shared by replicas "
+                                     "(conversation_cache.postgres)")]
+
+
+@hookimpl
+async def lcore_startup(runtime: Runtime) -> None:
+    if isinstance(runtime.cache, PostgresCache):
+        await runtime.cache.setup()
+
+
+@hookimpl
+def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
+    if not isinstance(runtime.cache, PostgresCache):
+        return []
+    return [ReadinessCheck("conversation-cache", runtime.cache.ready)]

@@ -1,3 +1,34 @@
-"""Hook implementations of lcore-cache-sqlite (filled in by its own issue)."""
+"""Hook implementations of lcore-cache-sqlite: `conversation_cache.type: sqlite`."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lcore_cache_sqlite.cache import SqliteCache
+from lcore_core import CacheBackend, ReadinessCheck, SQLiteSchema, hookimpl
+
+if TYPE_CHECKING:
+    from lcore_core import Config, Runtime
+
+
+def _factory(settings: Any, config: Config) -> SqliteCache:
+    return SqliteCache(settings["db_path"])
+
+
+@hookimpl
+def lcore_cache_backends() -> list[CacheBackend]:
+    return [CacheBackend("sqlite", _factory, schema=SQLiteSchema, required=True,
+                         description="one SQLite file (conversation_cache.sqlite.db_path)")]
+
+
+@hookimpl
+async def lcore_startup(runtime: Runtime) -> None:
+    if isinstance(runtime.cache, SqliteCache):
+        await runtime.cache.setup()
+
+
+@hookimpl
+def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
+    if not isinstance(runtime.cache, SqliteCache):
+        return []
+    return [ReadinessCheck("conversation-cache", runtime.cache.ready)]
