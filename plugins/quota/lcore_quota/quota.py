@@ -1,0 +1,226 @@
+"""The quota service: reserve before the LLM call, settle after it, report what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lcore_core import BackendUnavailable, QuotaExceeded
+from lcore_quota.store import Hold, Limiter, QuotaDatabaseError, QuotaStore, Refused
+
+if TYPE_CHECKING:
+    from lcore_core import AuthTuple, QuotaTicket, Usage
+    from lcore_quota.metrics import QuotaMetrics
+
+log = logging.getLogger("lcore.quota")
+TICKET_KEY = "lcore-quota"
+T = TypeVar("T")
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    """What one limiter leaves a caller: for the response, the headers and the CLI."""
+
+    limiter: Limiter
+    subject_id: str
+    quota_limit: int
+    available: int
+    resets_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+class Quota:
+    """Token budgets of the configured limiters, shared through the quota database.
+
+    `clock` returns the current time (aware UTC); tests drive it. Every database call runs in a
+    worker thread; a database failure denies the request with 503 (quota fails closed).
+    """
+
+    def __init__(self, settings: Any, *, clock: Clock = utcnow,
+                 metrics: QuotaMetrics | None = None) -> None:
+        self.settings = settings
+        self.limiters = [Limiter.from_settings(s) for s in settings["limiters"]]
+        self.store = QuotaStore(settings)
+        self.clock = clock
+        self.metrics = metrics
+        self.history = bool(settings["enable_token_history"])
+        self.reservation_tokens = int(settings["reservation_tokens"])
+        self.chars_per_token = int(settings["reservation_chars_per_token"])
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except QuotaDatabaseError as exc:
+            raise BackendUnavailable("Quota database unavailable", str(exc)) from exc
+
+    def limiter(self, name: str) -> Limiter:
+        for lim in self.limiters:
+            if lim.name == name:
+                return lim
+        raise KeyError(name)
+
+    # --- the request path -------------------------------------------------------------------
+
+    def estimate(self, query: str) -> int:
+        """Tokens to reserve for a query: the configured allowance plus the prompt's size."""
+        prompt = math.ceil(len(query) / self.chars_per_token) if self.chars_per_token else 0
+        return self.reservation_tokens + prompt
+
+    @staticmethod
+    def _share(limiter: Limiter, estimate: int) -> int:
+        # Never ask a limiter for more than its whole budget, or a small quota could never
+        # serve a query; the settlement charges the real usage anyway.
+        cap = limiter.initial_quota or limiter.quota_increase
+        return min(estimate, cap) if cap else estimate
+
+    async def check(self, auth: AuthTuple, ticket: QuotaTicket) -> None:
+        """Reserve the estimate on every limiter at once, or raise `QuotaExceeded` (429)."""
+        if not self.limiters:
+            return
+        estimate = self.estimate(ticket.query)
+        wanted = [(lim, lim.subject(auth.user_id), self._share(lim, estimate))
+                  for lim in self.limiters]
+        now = self.clock()
+        try:
+            holds = await self._run(self.store.reserve, wanted, now)
+        except Refused as refused:
+            log.info("quota exceeded: user %s refused by %s %r (%d available, %d needed)",
+                     auth.user_id, refused.limiter.type, refused.limiter.name,
+                     refused.available, refused.needed)
+            if self.metrics:
+                self.metrics.refused.labels(refused.limiter.name).inc()
+            raise self._exceeded(auth, refused, now) from None
+        ticket.reservations[TICKET_KEY] = holds
+
+    def _exceeded(self, auth: AuthTuple, refused: Refused, now: dt.datetime) -> QuotaExceeded:
+        lim = refused.limiter
+        resets = lim.period.next_start(now)
+        whose = "the cluster" if lim.is_cluster else f"user {auth.user_id}"
+        return QuotaExceeded(
+            "The quota has been exceeded",
+            f"{lim.type} {lim.name!r} leaves {whose} {max(refused.available, 0)} tokens, "
+            f"{refused.needed} are needed; it resets at {iso(resets)}",
+            headers={"Retry-After": str(max(math.ceil((resets - now).total_seconds()), 1))},
+            extra={"limiter": lim.name, "limiter_type": lim.type,
+                   "available": refused.available, "needed": refused.needed,
+                   "resets_at": iso(resets)})
+
+    async def consume(self, auth: AuthTuple, usage: Usage, ticket: QuotaTicket) -> None:
+        """Settle the reservation to `usage` (refund the rest, or charge the excess)."""
+        holds: list[Hold] = ticket.reservations.pop(TICKET_KEY, None) or []
+        if not self.limiters:
+            return
+        fresh = not holds
+        if fresh:  # a call this plugin did not reserve for: charge it all the same
+            holds = [Hold(lim.name, lim.subject_type, lim.subject(auth.user_id), 0, -1)
+                     for lim in self.limiters]
+        history = None
+        if self.history:
+            history = {"user_id": auth.user_id, "provider": usage.provider,
+                       "model": usage.model, "input_tokens": usage.input_tokens,
+                       "output_tokens": usage.output_tokens}
+        try:
+            if fresh:
+                await self._run(self.store.ensure_rows, self.limiters, auth.user_id,
+                                self.clock())
+            await self._run(self.store.settle, holds, usage.total, self.clock(), history)
+        except BackendUnavailable as exc:
+            # The answer is already given: the reservation stays charged as the best estimate.
+            log.error("quota settlement failed; the reservation stays charged: %s", exc.cause)
+            return
+        if self.metrics:
+            for hold in holds:
+                self.metrics.consumed.labels(hold.limiter, _subject_label(hold.subject_type)
+                                             ).inc(usage.total)
+
+    async def release(self, ticket: QuotaTicket) -> None:
+        """Refund the whole reservation (the call failed or was cut)."""
+        holds: list[Hold] = ticket.reservations.pop(TICKET_KEY, None) or []
+        if holds:
+            await self._run(self.store.settle, holds, 0, self.clock())
+
+    def read_states(self, user_id: str) -> list[LimiterState]:
+        """Every limiter's budget for `user_id` (a limiter not used yet has its full quota).
+
+        Synchronous (for the CLI); raises `QuotaDatabaseError`.
+        """
+        rows = self.store.available(self.limiters, user_id)
+        now = self.clock()
+        states = []
+        for lim in self.limiters:
+            row = rows.get(lim.name)
+            states.append(LimiterState(
+                lim, lim.subject(user_id),
+                row["quota_limit"] if row else lim.initial_quota,
+                row["available"] if row else lim.initial_quota,
+                lim.period.next_start(now), _aware(row["revoked_at"]) if row else None))
+        return states
+
+    async def states(self, user_id: str) -> list[LimiterState]:
+        return await self._run(self.read_states, user_id)
+
+    async def status(self, user_id: str) -> dict[str, int]:
+        return {s.limiter.name: s.available for s in await self.states(user_id)}
+
+    async def ready(self) -> None:
+        await self._run(self.store.ping)
+
+    # --- lifecycle and the scheduler's work ------------------------------------------------------
+
+    async def setup(self, attempts: int = 1, delay_s: float = 1.0) -> bool:
+        """Create the tables, retrying `attempts` times; False when the database stayed down
+        (requests then answer 503 until it is back; the scheduler keeps trying)."""
+        for attempt in range(attempts):
+            try:
+                await self._run(self.store.setup)
+                now = self.clock()
+                await self._run(self.store.ensure_rows,
+                                [lim for lim in self.limiters if lim.is_cluster], "", now)
+                return True
+            except BackendUnavailable as exc:
+                log.warning("quota database not available (attempt %d of %d): %s",
+                            attempt + 1, attempts, exc.cause)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(delay_s)
+        return False
+
+    async def apply_periods(self) -> int:
+        """Apply the current period of every limiter; the rows changed. Raises on DB errors."""
+        now = self.clock()
+        changed = 0
+        for lim in self.limiters:
+            changed += await self._run(self.store.apply_period, lim, now)
+        return changed
+
+    async def refresh_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        for limiter, subject_type, subjects, available in await self._run(self.store.summary):
+            label = _subject_label(subject_type)
+            self.metrics.available.labels(limiter, label).set(available or 0)
+            self.metrics.subjects.labels(limiter, label).set(subjects)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+
+def _subject_label(subject_type: str) -> str:
+    return "cluster" if subject_type == "c" else "user"

@@ -1,0 +1,397 @@
+"""Quota state in SQLite or PostgreSQL (peewee). Synchronous: the async layer calls it in threads.
+
+Every change of a budget is one SQL `UPDATE` computed by the database (`available = available -
+:n`), never a value read into Python and written back, so any number of threads and LCore
+processes sharing the database add up exactly. A reservation is a conditional update (`WHERE
+available >= :n`): it cannot overdraw, however many requests race for the last tokens.
+
+Tables (in `postgres.namespace` on PostgreSQL):
+
+- `lcore_quota_limit`: one row per (limiter, subject type `u`/`c`, subject id; `""` for the
+  cluster) with `quota_limit`, `available`, `epoch` (bumped whenever `available` is overwritten,
+  so a reservation made before a reset is not refunded into the new period), `reset_at` (start of
+  the last period applied), `updated_at` and `revoked_at`.
+- `lcore_quota_token_usage`: one row per successful LLM call (user, provider, model, input and
+  output tokens, time) when `enable_token_history` is on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import peewee
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from lcore_core import install_schema
+from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
+from lcore_quota.periods import Period
+
+SCHEMA_VERSION = 1
+COMPONENT = "quota"
+CONNECT_TIMEOUT_S = 5
+POOL_WAIT_S = 30
+CLUSTER_SUBJECT = ""
+RESERVE_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+class QuotaDatabaseError(Exception):
+    """The quota database failed; `where` names it (path or host:port/db)."""
+
+    def __init__(self, where: str, error: BaseException) -> None:
+        self.where = where
+        self.error = error
+        super().__init__(f"{where}: {type(error).__name__}: {str(error).strip()}")
+
+
+@dataclass(frozen=True)
+class Limiter:
+    """One configured limiter."""
+
+    name: str
+    type: str
+    initial_quota: int
+    quota_increase: int
+    period: Period
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limiter:
+        return cls(settings["name"], settings["type"], settings["initial_quota"],
+                   settings["quota_increase"], Period.parse(settings["period"]))
+
+    @property
+    def subject_type(self) -> str:
+        return SUBJECT_TYPES[self.type]
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.type == CLUSTER_LIMITER
+
+    def subject(self, user_id: str) -> str:
+        return CLUSTER_SUBJECT if self.is_cluster else user_id
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Tokens reserved on one limiter's row; `epoch` is the row's epoch when they were taken."""
+
+    limiter: str
+    subject_type: str
+    subject_id: str
+    tokens: int
+    epoch: int
+
+
+class Refused(Exception):
+    """A reservation did not fit in `limiter`'s available tokens; nothing was reserved."""
+
+    def __init__(self, limiter: Limiter, available: int, needed: int) -> None:
+        super().__init__(limiter.name)
+        self.limiter = limiter
+        self.available = available
+        self.needed = needed
+
+
+def _naive(moment: dt.datetime) -> dt.datetime:
+    """UTC without tzinfo, as stored (SQLite has no time zones)."""
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _models(database: peewee.Database, namespace: str | None) -> tuple[Any, Any, Any]:
+    """Model classes bound to `database` (one set per store: no process-wide binding)."""
+
+    class Base(peewee.Model):
+        class Meta:
+            schema = namespace
+
+    Base._meta.set_database(database)
+
+    class QuotaLimit(Base):
+        limiter = peewee.TextField()
+        subject_type = peewee.CharField(max_length=1)
+        subject_id = peewee.TextField()
+        quota_limit = peewee.BigIntegerField()
+        available = peewee.BigIntegerField()
+        epoch = peewee.IntegerField(default=0)
+        reset_at = peewee.DateTimeField()
+        updated_at = peewee.DateTimeField()
+        revoked_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "lcore_quota_limit"
+            primary_key = peewee.CompositeKey("limiter", "subject_type", "subject_id")
+
+    class TokenUsage(Base):
+        id = peewee.BigAutoField()
+        user_id = peewee.TextField()
+        provider = peewee.TextField()
+        model = peewee.TextField()
+        input_tokens = peewee.BigIntegerField()
+        output_tokens = peewee.BigIntegerField()
+        created_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "lcore_quota_token_usage"
+            indexes = ((("user_id", "created_at"), False),)
+
+    class Version(Base):
+        component = peewee.CharField(primary_key=True, max_length=64)
+        version = peewee.IntegerField()
+
+        class Meta:
+            table_name = "lcore_schema_version"
+
+    return QuotaLimit, TokenUsage, Version
+
+
+def open_database(settings: Any) -> tuple[peewee.Database, str, str | None]:
+    """The database of a validated `quota_handlers` section, its description and namespace."""
+    pg = settings.get("postgres")
+    if pg:
+        password = pg.get("password") or ""
+        if pg.get("password_path"):
+            password = Path(pg["password_path"]).expanduser().read_text(
+                encoding="utf-8").strip()
+        params: dict[str, Any] = {
+            "host": pg["host"], "port": pg["port"], "user": pg["user"], "password": password,
+            "sslmode": pg["ssl_mode"], "gssencmode": pg["gss_encmode"],
+            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "lcore-quota"}
+        if pg.get("ca_cert_path"):
+            params["sslrootcert"] = pg["ca_cert_path"]
+        database = PooledPostgresqlDatabase(pg["db"], max_connections=pg["max_connections"],
+                                            timeout=POOL_WAIT_S, **params)
+        return database, f"PostgreSQL {pg['host']}:{pg['port']}/{pg['db']}", pg["namespace"]
+    path = Path(settings["sqlite"]["db_path"]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # IMMEDIATE: a transaction takes the write lock first, so it waits (busy_timeout) instead
+    # of failing when another connection writes in between.
+    database = peewee.SqliteDatabase(str(path), lock_type="IMMEDIATE", pragmas={
+        "journal_mode": "wal", "busy_timeout": 30000, "synchronous": "normal"})
+    return database, f"SQLite {path}", None
+
+
+class QuotaStore:
+    """The quota tables of one database."""
+
+    def __init__(self, settings: Any) -> None:
+        self.db, self.where, self.namespace = open_database(settings)
+        self.is_postgres = isinstance(self.db, peewee.PostgresqlDatabase)
+        self.Limit, self.Usage, self.Version = _models(self.db, self.namespace)
+        self._setup_lock = threading.Lock()
+        self.ready = False
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[], T], *, atomic: bool = False) -> T:
+        """Run `fn` on a connection (in a transaction if `atomic`); errors become
+        `QuotaDatabaseError`."""
+        try:
+            if not self.ready:
+                self._setup()
+            with self.db.connection_context():
+                if atomic:
+                    with self.db.atomic():
+                        return fn()
+                return fn()
+        except (peewee.PeeweeException, MaxConnectionsExceeded, OSError) as exc:
+            lost = isinstance(exc, peewee.OperationalError | peewee.InterfaceError)
+            if self.is_postgres and lost:
+                # The server went away: the idle pooled connections are dead as well; drop
+                # them so that one request, not one per pooled connection, learns of it.
+                self.db.close_idle()  # type: ignore[attr-defined]
+            raise QuotaDatabaseError(self.where, exc) from exc
+
+    def setup(self) -> None:
+        """Create the schema and tables (idempotent; replicas may run it side by side)."""
+        self.call(lambda: None)
+
+    def _setup(self) -> None:
+        with self._setup_lock:
+            if self.ready:
+                return
+            with self.db.connection_context():
+                install_schema(self.db, [self.Limit, self.Usage], self.Version, COMPONENT,
+                               SCHEMA_VERSION,
+                               namespace=self.namespace if self.is_postgres else None)
+            self.ready = True
+
+    def close(self) -> None:
+        if self.is_postgres:
+            self.db.close_all()  # type: ignore[attr-defined]
+        else:
+            self.db.close()
+
+    def ping(self) -> None:
+        self.call(lambda: self.db.execute_sql("SELECT 1").fetchone())
+
+    def _key(self, limiter: str, subject_type: str, subject_id: str) -> Any:
+        L = self.Limit
+        return (L.limiter == limiter) & (L.subject_type == subject_type) & (
+            L.subject_id == subject_id)
+
+    def _create_row(self, limiter: Limiter, subject_id: str, now: dt.datetime) -> None:
+        self.Limit.insert(
+            limiter=limiter.name, subject_type=limiter.subject_type, subject_id=subject_id,
+            quota_limit=limiter.initial_quota, available=limiter.initial_quota, epoch=0,
+            reset_at=_naive(limiter.period.start(now)), updated_at=_naive(now),
+        ).on_conflict_ignore().execute()
+
+    # --- the request path -----------------------------------------------------------------
+
+    def reserve(self, wanted: Iterable[tuple[Limiter, str, int]], now: dt.datetime) -> list[Hold]:
+        """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`.
+
+        A limiter needs at least `max(tokens, 1)` available. Rows are taken in the order given
+        (the configuration's), so concurrent reservations never wait on each other in a cycle.
+        """
+        wanted = list(wanted)
+        L = self.Limit
+
+        def take() -> list[Hold]:
+            holds = []
+            for limiter, subject_id, tokens in wanted:
+                key = self._key(limiter.name, limiter.subject_type, subject_id)
+                need = max(tokens, 1)
+                for _ in range(RESERVE_ATTEMPTS):
+                    taken = list(L.update(available=L.available - tokens, updated_at=_naive(now))
+                                 .where(key & (L.available >= need))
+                                 .returning(L.epoch).tuples().execute())
+                    if taken:
+                        holds.append(Hold(limiter.name, limiter.subject_type, subject_id,
+                                          tokens, taken[0][0]))
+                        break
+                    row = L.select(L.available).where(key).tuples().first()
+                    if row is None:
+                        self._create_row(limiter, subject_id, now)
+                    elif row[0] < need:
+                        # Raising rolls back the holds already taken on other limiters.
+                        raise Refused(limiter, row[0], need)
+                    # Else the row was created by a transaction that committed after the
+                    # update's snapshot (PostgreSQL): the next update sees it.
+                else:
+                    raise Refused(limiter, 0, need)
+            return holds
+
+        return self.call(take, atomic=True)
+
+    def settle(self, holds: Iterable[Hold], used: int, now: dt.datetime,
+               usage: dict[str, Any] | None = None) -> None:
+        """Give back each hold's tokens and charge `used` (0 for a release), in one transaction.
+
+        A hold taken before the row's budget was overwritten (a reset, `set`, `revoke`: the
+        epoch moved on) refunds nothing: that budget is gone; `used` is still charged.
+        `usage` (user_id, provider, model, input_tokens, output_tokens) adds a history row.
+        """
+        holds = list(holds)
+        L = self.Limit
+
+        def apply() -> None:
+            for hold in holds:
+                delta = peewee.Case(None, [(L.epoch == hold.epoch, hold.tokens - used)], -used)
+                (L.update(available=L.available + delta, updated_at=_naive(now))
+                 .where(self._key(hold.limiter, hold.subject_type, hold.subject_id)).execute())
+            if usage is not None:
+                self.Usage.insert(created_at=_naive(now), **usage).execute()
+
+        self.call(apply, atomic=True)
+
+    def available(self, limiters: Iterable[Limiter], user_id: str) -> dict[str, Any]:
+        """The rows of `user_id` and the cluster for `limiters`, by limiter name (None: no row)."""
+        limiters = list(limiters)
+        L = self.Limit
+
+        def fetch() -> dict[str, Any]:
+            found: dict[str, Any] = dict.fromkeys(lim.name for lim in limiters)
+            where = None
+            for lim in limiters:
+                cond = self._key(lim.name, lim.subject_type, lim.subject(user_id))
+                where = cond if where is None else where | cond
+            if where is None:
+                return found
+            for row in L.select().where(where).dicts():
+                found[row["limiter"]] = row
+            return found
+
+        return self.call(fetch)
+
+    # --- the scheduler -----------------------------------------------------------------------
+
+    def apply_period(self, limiter: Limiter, now: dt.datetime) -> int:
+        """Reset (or, with `quota_increase`, top up) every row of `limiter` not yet done for the
+        period containing `now`; returns the rows changed.
+
+        Idempotent: `WHERE reset_at < period_start` matches a row once per period, so replicas
+        sharing the database never apply one period twice.
+        """
+        L = self.Limit
+        start = _naive(limiter.period.start(now))
+        changes: dict[Any, Any] = {L.reset_at: start, L.updated_at: _naive(now)}
+        if limiter.quota_increase:
+            changes[L.available] = L.available + limiter.quota_increase
+        else:
+            changes.update({L.available: limiter.initial_quota, L.epoch: L.epoch + 1,
+                            L.revoked_at: None})
+        changes[L.quota_limit] = limiter.initial_quota
+        return self.call(lambda: L.update(changes).where(
+            (L.limiter == limiter.name) & (L.reset_at < start)).execute())
+
+    def summary(self) -> list[tuple[str, str, int, int]]:
+        """(limiter, subject type, subjects, total available) for every limiter with rows."""
+        L = self.Limit
+        return self.call(lambda: list(
+            L.select(L.limiter, L.subject_type, peewee.fn.COUNT(L.subject_id),
+                     peewee.fn.SUM(L.available))
+            .group_by(L.limiter, L.subject_type).tuples()))
+
+    # --- administration ------------------------------------------------------------------------
+
+    def ensure_rows(self, limiters: Iterable[Limiter], subject_id: str, now: dt.datetime) -> None:
+        limiters = list(limiters)
+
+        def create() -> None:
+            for lim in limiters:
+                self._create_row(lim, lim.subject(subject_id), now)
+
+        self.call(create, atomic=True)
+
+    def set_available(self, limiter: Limiter, subject_id: str, tokens: int, now: dt.datetime,
+                      *, revoke: bool = False) -> int:
+        """Overwrite the available tokens (revoke: 0 and `revoked_at`) until the next reset."""
+        L = self.Limit
+
+        def update() -> int:
+            self._create_row(limiter, subject_id, now)
+            changes: dict[Any, Any] = {L.available: tokens, L.epoch: L.epoch + 1,
+                                       L.updated_at: _naive(now),
+                                       L.revoked_at: _naive(now) if revoke else None}
+            return L.update(changes).where(
+                self._key(limiter.name, limiter.subject_type, subject_id)).execute()
+
+        return self.call(update, atomic=True)
+
+    def increase(self, limiter: Limiter, subject_id: str, tokens: int, now: dt.datetime) -> int:
+        """Add `tokens` to the available tokens (one atomic update)."""
+        L = self.Limit
+
+        def update() -> int:
+            self._create_row(limiter, subject_id, now)
+            return L.update(available=L.available + tokens, updated_at=_naive(now)).where(
+                self._key(limiter.name, limiter.subject_type, subject_id)).execute()
+
+        return self.call(update, atomic=True)
+
+    def usage_totals(self, user_id: str) -> list[dict[str, Any]]:
+        """Token usage history of `user_id` summed per (provider, model)."""
+        U = self.Usage
+        return self.call(lambda: list(
+            U.select(U.provider, U.model, peewee.fn.SUM(U.input_tokens).alias("input_tokens"),
+                     peewee.fn.SUM(U.output_tokens).alias("output_tokens"),
+                     peewee.fn.COUNT(U.id).alias("calls"),
+                     peewee.fn.MAX(U.created_at).alias("last_at"))
+            .where(U.user_id == user_id).group_by(U.provider, U.model)
+            .order_by(U.provider, U.model).dicts()))

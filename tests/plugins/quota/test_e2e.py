@@ -1,0 +1,137 @@
+"""lcore-quota in the real pipeline: a real Llama Stack server driving the scripted LLM.
+
+The plugin is loaded from its entry point, as an installed distribution is for a user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lcore_core.app import create_app
+from lcore_core.plugins import load_plugins
+from tests.e2e.support import lcore_config, parse_sse, started
+
+pytestmark = pytest.mark.e2e
+
+RESERVE = 50
+
+
+@pytest.fixture(scope="module")
+async def app(tmp_path_factory: pytest.TempPathFactory,
+              llama_stack_server: Any) -> AsyncIterator[Any]:
+    workdir: Path = tmp_path_factory.mktemp("quota-e2e")
+    quota = {"sqlite": {"db_path": str(workdir / "quota.db")},
+             "limiters": [{"name": "daily", "type": "user_limiter", "initial_quota": 2000,
+                           "quota_increase": 0, "period": "1 day"},
+                          {"name": "cluster", "type": "cluster_limiter",
+                           "initial_quota": 1_000_000, "quota_increase": 0,
+                           "period": "1 month"}],
+             "enable_token_history": True, "reservation_tokens": RESERVE,
+             "reservation_chars_per_token": 0}
+    plugins = load_plugins()
+    assert plugins.distribution_of("quota") == "lcore-quota"
+    app = create_app(lcore_config(workdir, "server", llama_stack_server.url,
+                                  quota_handlers=quota), plugins=plugins)
+    async with started(app) as test_app:
+        app.client = test_app.test_client()  # type: ignore[attr-defined]
+        yield app
+
+
+def quota_of(app: Any) -> Any:
+    return app.runtime.state["lcore-quota"]
+
+
+async def query(app: Any, user: str, text: str) -> Any:
+    return await app.client.post(f"/v2/query?user_id={user}",
+                                 json={"query": text, "generate_topic_summary": False})
+
+
+async def stream(app: Any, user: str, text: str) -> tuple[int, list[dict[str, Any]]]:
+    response = await app.client.post(f"/v2/streaming_query?user_id={user}",
+                                     json={"query": text, "generate_topic_summary": False})
+    return response.status_code, parse_sse(await response.get_data(as_text=True))
+
+
+async def test_query_consumes_its_tokens_and_reports_what_is_left(app: Any, llm: Any) -> None:
+    response = await query(app, "e2e-ann", "how many tokens does this take")
+    assert response.status_code == 200, await response.get_json()
+    body = await response.get_json()
+    spent = body["input_tokens"] + body["output_tokens"]
+    assert body["output_tokens"] > 0 and spent > 0
+    assert body["available_quotas"]["daily"] == 2000 - spent
+    assert await quota_of(app).status("e2e-ann") == body["available_quotas"]
+    assert response.headers["X-Quota-Remaining"].startswith(f"daily={2000 - spent}, ")
+    [usage] = quota_of(app).store.usage_totals("e2e-ann")
+    assert (usage["provider"], usage["model"]) == ("openai", "scripted-llm")
+    assert (usage["input_tokens"], usage["output_tokens"], usage["calls"]) == (
+        body["input_tokens"], body["output_tokens"], 1)
+
+
+async def test_streaming_end_event_carries_the_quotas(app: Any, llm: Any) -> None:
+    status, events = await stream(app, "e2e-sam", "stream a few words please")
+    assert status == 200
+    end = events[-1]
+    assert end["event"] == "end", events
+    spent = end["data"]["input_tokens"] + end["data"]["output_tokens"]
+    assert spent > 0
+    assert end["data"]["available_quotas"]["daily"] == 2000 - spent
+    assert await quota_of(app).status("e2e-sam") == end["data"]["available_quotas"]
+
+
+async def test_failed_llm_call_consumes_nothing(app: Any, llm: Any) -> None:
+    quota = quota_of(app)
+    before = await quota.status("e2e-fay")
+    cluster_before = before["cluster"]
+    llm.script("quota failing call", status=500)
+    response = await query(app, "e2e-fay", "quota failing call")
+    assert response.status_code >= 500
+    status, events = await stream(app, "e2e-fay", "quota failing call")
+    assert status == 200 and events[-1]["event"] == "error"
+    after = await quota.status("e2e-fay")
+    assert after["daily"] == before["daily"] == 2000
+    # Other users' calls may run on the cluster limiter meanwhile; here nobody else does.
+    assert after["cluster"] == cluster_before
+    assert quota.store.usage_totals("e2e-fay") == []
+
+
+async def test_exhausted_quota_is_a_429_before_any_llm_call(app: Any, llm: Any) -> None:
+    quota = quota_of(app)
+    quota.store.set_available(quota.limiter("daily"), "e2e-max", RESERVE - 1, quota.clock())
+    response = await query(app, "e2e-max", "too expensive")
+    assert response.status_code == 429
+    detail = (await response.get_json())["detail"]
+    assert (detail["limiter"], detail["available"], detail["needed"]) == (
+        "daily", RESERVE - 1, RESERVE)
+    assert detail["resets_at"].endswith("T00:00:00Z")
+    status, _ = await stream(app, "e2e-max", "too expensive")
+    assert status == 429
+    assert not [r for r in llm.chat_requests if "too expensive" in r.text]
+    assert await quota.status("e2e-max") == {"daily": RESERVE - 1,
+                                             "cluster": (await quota.status("x"))["cluster"]}
+
+
+async def test_cut_stream_consumes_nothing(app: Any, llm: Any) -> None:
+    quota = quota_of(app)
+    llm.script("slow quota stream", text=" ".join(f"w{i}" for i in range(40)), chunk_delay=0.2)
+    async with app.client.request("/v2/streaming_query?user_id=e2e-cut", method="POST",
+                                  headers={"Content-Type": "application/json"}) as conn:
+        await conn.send(b'{"query": "slow quota stream", "generate_topic_summary": false}')
+        await conn.send_complete()
+        received = b""
+        while b"token" not in received:
+            received += await asyncio.wait_for(conn.receive(), 30)
+        assert (await quota.status("e2e-cut"))["daily"] == 2000 - RESERVE  # held meanwhile
+        await conn.disconnect()
+    # The release runs as the stream's generator closes: wait for it, not for a fixed time.
+    for _ in range(300):
+        if (await quota.status("e2e-cut"))["daily"] == 2000:
+            break
+        await asyncio.sleep(0.01)
+    assert await quota.status("e2e-cut") == {"daily": 2000,
+                                             "cluster": (await quota.status("x"))["cluster"]}
+    assert quota.store.usage_totals("e2e-cut") == []
