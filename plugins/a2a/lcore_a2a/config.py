@@ -1,0 +1,24 @@
+"""The `a2a_state` section (upstream's keys): where A2A contexts and tasks are kept.
+
+    a2a_state:                    # absent or {}: in memory (one process, lost at restart)
+      sqlite: {db_path: ...}      # one SQLite file (restarts; processes sharing the file)
+      postgres: {host, port, db, user, password, namespace, ssl_mode, ...}   # replicas
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import validates_schema
+
+# Not exported from lcore_core's root (asked for); the same keys as `database.sqlite/postgres`.
+from lcore_core.config.schema import Base, PostgresSchema, SQLiteSchema, one_of_backends, optional
+
+
+class A2AStateSchema(Base):
+    sqlite = optional(SQLiteSchema)
+    postgres = optional(PostgresSchema)
+
+    @validates_schema
+    def _one(self, data: dict[str, Any], **_: Any) -> None:
+        one_of_backends(data)

@@ -1,0 +1,173 @@
+"""The A2A context store: one contract for memory, SQLite and PostgreSQL, and multi-turn A2A
+conversations that survive an LCore restart (sqlite) and span two replicas (postgres).
+
+PostgreSQL is the machine's (127.0.0.1:5432, user postgres, database `test`); each test run uses
+a schema of its own, dropped at the end. PostgreSQL missing is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from a2a.types import TaskQueryParams
+from lcore_a2a.store import (
+    ContextRecord,
+    ContextStore,
+    MemoryStore,
+    TaskRecord,
+    open_store,
+)
+
+from lcore_core import StorageError
+from lcore_core.config.schema import PostgresSchema
+
+from .conftest import ConfigWriter, answer, serving, user_message
+from .test_a2a import scripted, send
+
+PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
+      "ssl_mode": "disable", "gss_encmode": "disable"}
+
+
+def _connect() -> Any:
+    return psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
+                            connect_timeout=5)
+
+
+@pytest.fixture(scope="module")
+def namespace() -> Iterator[str]:
+    """A schema for this test run; fails (never skips) when PostgreSQL cannot be reached."""
+    name = f"lcore_a2a_test_{uuid.uuid4().hex[:10]}"
+    try:
+        _connect().close()
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"PostgreSQL on {PG['host']}:{PG['port']} is required: {exc}")
+    yield name
+    conn = _connect()
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    conn.close()
+
+
+def pg_settings(namespace: str, **overrides: Any) -> dict[str, Any]:
+    return PostgresSchema().load({**PG, "namespace": namespace, **overrides})
+
+
+def _task(task_id: str, context_id: str, state: str) -> dict[str, Any]:
+    return {"id": task_id, "contextId": context_id, "kind": "task",
+            "status": {"state": state}, "history": [{"kind": "message", "role": "user",
+                                                     "messageId": "m", "parts": [
+                                                         {"kind": "text", "text": "hé"}]}]}
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path,
+                namespace: str) -> AsyncIterator[ContextStore]:
+    settings: dict[str, Any] | None = {
+        "memory": None, "sqlite": {"sqlite": {"db_path": str(tmp_path / "a2a.db")}},
+        "postgres": {"postgres": pg_settings(namespace)}}[request.param]
+    opened = open_store(settings)
+    await opened.setup()
+    await opened.setup()  # idempotent
+    yield opened
+    await opened.close()
+
+
+async def test_store_contract(store: ContextStore) -> None:
+    context_id, task_id = uuid.uuid4().hex, str(uuid.uuid4())
+    assert await store.get_context(context_id) is None
+    assert await store.get_task(task_id) is None
+    await store.save_context(ContextRecord(context_id, "alice", "conv_1"))
+    assert await store.get_context(context_id) == ContextRecord(context_id, "alice", "conv_1")
+    await store.save_context(ContextRecord(context_id, "alice", "conv_2"))  # last one wins
+    assert (await store.get_context(context_id)).conversation_id == "conv_2"  # type: ignore[union-attr]
+
+    await store.save_task(TaskRecord(task_id, context_id, "alice",
+                                     _task(task_id, context_id, "working")))
+    await store.save_task(TaskRecord(task_id, context_id, "alice",
+                                     _task(task_id, context_id, "completed")))
+    got = await store.get_task(task_id)
+    assert got == TaskRecord(task_id, context_id, "alice", _task(task_id, context_id,
+                                                                 "completed"))
+    await store.ready()
+
+
+async def test_concurrent_writers_do_not_fail(store: ContextStore) -> None:
+    context_id = uuid.uuid4().hex
+    await asyncio.gather(*(store.save_task(TaskRecord(f"{context_id}-{i}", context_id, "bob",
+                                                      _task(f"{context_id}-{i}", context_id,
+                                                            "completed")))
+                           for i in range(10)))
+    for i in range(10):
+        assert await store.get_task(f"{context_id}-{i}") is not None
+
+
+def test_memory_store_forgets_the_oldest_tasks() -> None:
+    async def run() -> None:
+        memory = MemoryStore(max_tasks=2)
+        for i in range(3):
+            await memory.save_task(TaskRecord(str(i), "c", "u", _task(str(i), "c", "working")))
+        assert await memory.get_task("0") is None and await memory.get_task("2") is not None
+
+    asyncio.run(run())
+
+
+async def test_unreachable_postgres_is_a_storage_error(namespace: str) -> None:
+    broken = open_store({"postgres": pg_settings(namespace, port=1)})
+    with pytest.raises(StorageError, match="A2A state store"):
+        await broken.get_context("x")
+    await broken.close()
+
+
+# --- through LCore --------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+async def test_sqlite_context_survives_a_restart(write_config: ConfigWriter, tmp_path: Path,
+                                                 llm: Any) -> None:
+    config = write_config(a2a_state={"sqlite": {"db_path": str(tmp_path / "a2a.db")}})
+    first_q = f"remember sqlite-{uuid.uuid4().hex[:6]}"
+    async with serving(config) as lcore:
+        first = await send(await lcore.client(streaming=False), first_q)
+        assert first.status.state.value == "completed"
+    # A new process would start from the same file: a fresh app, the same configuration.
+    async with serving(config) as lcore:
+        client = await lcore.client(streaming=False)
+        second = await send(client, "who am I?", first.context_id)
+        assert answer(second) == scripted("who am I?", 2, first_q)
+        old = await client.get_task(TaskQueryParams(id=first.id))
+        assert old.status.state.value == "completed"
+        assert answer(old) == scripted(first_q)
+        ready = await lcore.http.get(f"{lcore.url}/readiness")
+        assert ready.status_code == 200, ready.text
+
+
+@pytest.mark.e2e
+async def test_postgres_context_spans_replicas(write_config: ConfigWriter, namespace: str,
+                                               llm: Any) -> None:
+    config = write_config(a2a_state={"postgres": {**PG, "namespace": namespace}})
+    first_q = f"remember postgres-{uuid.uuid4().hex[:6]}"
+    async with serving(config) as one, serving(config) as two:
+        first = await send(await one.client(streaming=False), first_q)
+        other = await two.client(streaming=True)
+        events: list[Any] = [e async for e in other.send_message(
+            user_message("and me?", first.context_id))]
+        done = events[-1][0]
+        assert done.context_id == first.context_id
+        assert answer(done) == scripted("and me?", 2, first_q)
+        # Either replica answers tasks/get for a task the other ran.
+        seen = await (await two.client(streaming=False)).get_task(TaskQueryParams(id=first.id))
+        assert seen.status.state.value == "completed"
+    conn = _connect()
+    with conn.cursor() as cursor:
+        cursor.execute(f'SELECT count(*) FROM "{namespace}".lcore_a2a_context '
+                       f"WHERE context_id = %s", (first.context_id,))
+        assert cursor.fetchone()[0] == 1
+    conn.close()
+
