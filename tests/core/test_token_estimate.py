@@ -1,0 +1,58 @@
+"""Providers that report no usage (llama.cpp streams): LCore estimates tokens and says so."""
+
+from __future__ import annotations
+
+from lcore_core.auth import AuthTuple
+from lcore_core.pipeline import (
+    CHARS_PER_TOKEN,
+    QueryPlan,
+    QueryResult,
+    estimate_tokens,
+    estimate_usage,
+    summarise,
+)
+
+
+def _plan(query: str = "What is Kubernetes?", instructions: str = "Be brief.") -> QueryPlan:
+    return QueryPlan(auth=AuthTuple("u", "u", frozenset()), query=query, conversation_id="c",
+                     new_conversation=True, model_id="local/m", provider="local", model="m",
+                     instructions=instructions, tools=[], guardrails=[], input=query,
+                     generate_topic_summary=False, media_type="application/json",
+                     endpoint="query")
+
+
+def test_estimate_tokens_rounds_up_and_is_zero_for_nothing():
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("a") == 1
+    assert estimate_tokens("x" * CHARS_PER_TOKEN) == 1
+    assert estimate_tokens("x" * (CHARS_PER_TOKEN + 1)) == 2
+
+
+def test_missing_usage_is_estimated_and_marked():
+    response = {"usage": None, "output": [
+        {"type": "message", "content": [{"type": "output_text", "text": "A" * 40}]}]}
+    result = summarise(response)
+    assert (result.input_tokens, result.output_tokens, result.tokens_estimated) == (0, 0, False)
+    plan = _plan()
+    estimate_usage(plan, result)
+    assert result.tokens_estimated is True
+    assert result.output_tokens == 40 // CHARS_PER_TOKEN
+    assert result.input_tokens == (estimate_tokens(plan.instructions)
+                                   + estimate_tokens(plan.query))
+
+
+def test_tool_output_counts_as_input_and_arguments_as_output():
+    result = QueryResult(response="ok",
+                         tool_calls=[{"id": "1", "name": "file_search",
+                                      "args": {"queries": ["kubernetes pods"]}}],
+                         tool_results=[{"id": "1", "content": "P" * 400}])
+    plan = _plan(instructions="")
+    estimate_usage(plan, result)
+    assert result.input_tokens == estimate_tokens(plan.query) + 100
+    assert result.output_tokens == 1 + estimate_tokens('{"queries": ["kubernetes pods"]}')
+
+
+def test_reported_usage_is_kept():
+    result = QueryResult(response="x" * 400, input_tokens=7, output_tokens=0)
+    estimate_usage(_plan(), result)
+    assert (result.input_tokens, result.output_tokens, result.tokens_estimated) == (7, 0, False)
