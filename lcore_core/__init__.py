@@ -12,7 +12,8 @@ from lcore_core.cache import (
     MemoryCache,
     NoopCache,
 )
-from lcore_core.config import Config, Settings
+from lcore_core.config import Config, Settings, load_config
+from lcore_core.config.schema import PostgresSchema, SQLiteSchema
 from lcore_core.errors import (
     BackendUnavailable,
     BadRequest,
@@ -28,6 +29,7 @@ from lcore_core.errors import (
 )
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
+from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import (
     AuthProvider,
     CacheBackend,
@@ -35,13 +37,15 @@ from lcore_core.providers import (
     ReadinessCheck,
 )
 from lcore_core.runtime import Runtime
+from lcore_core.userdb import install_schema
 from lcore_core.web import doc, load_body, route
 
 __all__ = [
     "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection", "ConversationCache",
     "ConversationInfo", "Forbidden", "LCoreError", "MemoryCache", "NoopCache", "NotFound",
-    "PluginLoadError", "QueryCompleted", "QuotaExceeded", "QuotaTicket", "ReadinessCheck",
-    "Runtime", "Settings", "StorageError", "Unauthorized", "UnprocessableEntity", "Usage",
-    "__version__", "authorize", "doc", "hookimpl", "load_body", "may", "route",
+    "PluginLoadError", "Plugins", "PostgresSchema", "QueryCompleted", "QuotaExceeded",
+    "QuotaTicket", "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError",
+    "Unauthorized", "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
+    "install_schema", "load_body", "load_config", "load_plugins", "may", "route",
 ]

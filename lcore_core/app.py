@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 import traceback
 import uuid
 from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
 from quart import Quart, g, jsonify, request
+from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
@@ -19,9 +18,18 @@ from lcore_core.config import Config, load_config
 from lcore_core.errors import ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
+from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging
 from lcore_core.mcp import CoreHeaderValues, McpReadiness, check_reachable
-from lcore_core.metrics import CoreMetrics
+from lcore_core.metrics import (
+    CoreMetrics,
+    MetricsRegistry,
+    RequestStats,
+    begin_request,
+    count_cache_calls,
+    observe_request,
+    timed_body,
+)
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
@@ -29,6 +37,9 @@ from lcore_core.userdb import UserDB, open_database
 
 log = structlog.get_logger("lcore.app")
 
+# Response headers a browser client may read (CORS); the quota ones come from lcore-quota.
+EXPOSED_HEADERS = ["X-Request-ID", "X-LCore-Overhead-Ms", "Retry-After", "X-Quota-Limit",
+                   "X-Quota-Remaining", "X-Quota-Reset"]
 _HTTP_TEXT = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
               400: "Bad request"}
 
@@ -58,7 +69,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     app.config["MAX_CONTENT_LENGTH"] = config.service.max_request_size
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     plugins.register(Rbac(config), "rbac", distribution="lcore-core")
-    registry = CollectorRegistry(auto_describe=True)
+    registry = MetricsRegistry()
     metrics = CoreMetrics(registry)
     plugins.register_metrics(registry, config)
     auth_provider = plugins.auth_providers()[config.authentication.module]
@@ -67,12 +78,17 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     runtime = Runtime(
         config=config, plugins=plugins, registry=registry, metrics=metrics,
         authenticator=auth_provider.factory(config.authentication.get("settings"), config),
-        cache=backend.factory(config.conversation_cache.settings, config),
+        cache=count_cache_calls(backend.factory(config.conversation_cache.settings, config),
+                                config.conversation_cache.type, metrics),
         app=app, llama=LlamaStack(config.llama_stack),
         userdb=UserDB(open_database(config.database)),
     )
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
+    local_model = LocalModel(config.local_model) if config.get("local_model") else None
+    if local_model is not None:
+        # Its hooks: readiness, indexing documents at start-up, stopping the server at shutdown.
+        plugins.register(local_model, "local-model", distribution="lcore-core")
     if config.mcp_servers:
         plugins.register(McpReadiness(config.mcp_servers), "mcp-readiness",
                          distribution="lcore-core")
@@ -89,15 +105,20 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     @app.before_serving
     async def startup() -> None:
         await runtime.userdb.setup()
+        if local_model is not None:
+            # Before Llama Stack: its run.yaml reads the model server's URL from the environment.
+            await local_model.start()
         await runtime.llama.open()
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
             await check_reachable(config.mcp_servers)
         await plugins.startup(runtime)
+        await _publish_models(runtime)
         log.info("started", name=config.name, auth=config.authentication.module,
                  cache=config.conversation_cache.type)
 
     @app.after_serving
     async def shutdown() -> None:
+        await runtime.drain()
         await plugins.shutdown(runtime)
         await runtime.cache.close()
         await runtime.llama.close()
@@ -108,7 +129,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
                 allow_credentials=cors_settings.allow_credentials,
                 allow_methods=cors_settings.allow_methods,
                 allow_headers=cors_settings.allow_headers,
-                expose_headers=["X-Request-ID", "X-LCore-Overhead-Ms"])
+                expose_headers=EXPOSED_HEADERS)
 
 
 class CoreReadiness:
@@ -149,8 +170,8 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
 
     @app.before_request
     async def begin() -> None:
-        g.started = time.perf_counter()
-        g.llm_seconds = 0.0
+        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        g.stats = begin_request(rule)
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if 0 < len(rid) <= 128 and rid.isprintable() else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
@@ -160,26 +181,52 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         rid = getattr(g, "request_id", None)
         if rid:
             response.headers["X-Request-ID"] = rid
-        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
-        if rule in getattr(view, "lcore_deprecated_aliases", ()):
+        stats: RequestStats | None = getattr(g, "stats", None)
+        if stats is not None and stats.path in getattr(view, "lcore_deprecated_aliases", ()):
             response.headers["Deprecation"] = "true"
-        started = getattr(g, "started", None)
-        if started is not None:
-            elapsed = time.perf_counter() - started
-            metrics.rest_api_calls.labels(rule, str(response.status_code)).inc()
-            if not getattr(g, "streaming", False):
-                metrics.response_duration.labels(rule).observe(elapsed)
-                overhead = max(elapsed - g.llm_seconds, 0.0)
-                if g.llm_seconds:
-                    metrics.overhead.labels(rule).observe(overhead)
-                response.headers["X-LCore-Overhead-Ms"] = f"{overhead * 1000:.2f}"
+        if stats is not None:
+            status = response.status_code
+            metrics.rest_api_calls.labels(stats.path, str(status)).inc()
+            if status in (400, 422):
+                metrics.request_validation_errors.labels(stats.path).inc()
             auth = getattr(g, "auth", None)
-            log.info("request", method=request.method, path=request.path,
-                     status=response.status_code, duration_ms=round(elapsed * 1000, 2),
-                     user_id=auth.user_id if auth else None)
+            line = {"method": request.method, "path": request.path, "status": status,
+                    "user_id": auth.user_id if auth else None, "request_id": rid}
+            if isinstance(response.response, IterableBody):
+                # A stream is timed and logged when its last event has gone out.
+                def ended() -> None:
+                    _request_done(metrics, stats, line, streamed=True)
+
+                response.response = IterableBody(timed_body(response.response.iter, ended))
+            else:
+                overhead = stats.freeze_overhead()  # the header and the histogram agree
+                response.headers["X-LCore-Overhead-Ms"] = f"{overhead * 1000:.2f}"
+                _request_done(metrics, stats, line, streamed=False)
         structlog.contextvars.unbind_contextvars("request_id")
         return response
+
+
+def _request_done(metrics: CoreMetrics, stats: RequestStats, line: dict[str, Any], *,
+                  streamed: bool) -> None:
+    elapsed = observe_request(metrics, stats)
+    extra = {"overhead_ms": round(stats.overhead() * 1000, 2)} if stats.llama_calls else {}
+    log.info("request", **line, duration_ms=round(elapsed * 1000, 2), streamed=streamed,
+             **stats.log_fields(), **extra)
+
+
+async def _publish_models(runtime: Runtime) -> None:
+    """Set `ls_provider_model_configuration`; Llama Stack being down must not stop start-up."""
+    from lcore_core.pipeline import list_models
+
+    inference = runtime.config.inference
+    try:
+        models = await list_models(runtime)
+    except Exception as exc:  # degraded start-up: the gauge stays empty
+        log.warning("model list unavailable for metrics", error=type(exc).__name__)
+        return
+    runtime.metrics.set_models(models, (inference.default_provider or "",
+                                        inference.default_model or ""))
 
 
 def _install_error_handlers(app: Quart) -> None:

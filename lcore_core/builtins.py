@@ -1,5 +1,5 @@
-"""The core's own providers, registered like any plugin: noop / noop-with-token / api-key-token
-authentication, the memory and noop caches, and RBAC authorization."""
+"""The core's own providers, registered like any plugin: noop / noop-with-token / api-key-token /
+rh-identity authentication, the memory and noop caches, and RBAC authorization."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lcore_core.cache import MemoryCache, NoopCache
 from lcore_core.errors import Unauthorized
 from lcore_core.hookspecs import hookimpl
 from lcore_core.providers import AuthProvider, CacheBackend
+from lcore_core.rh_identity import RhIdentityAuth, RhIdentitySchema
 
 if TYPE_CHECKING:
     from quart import Request
@@ -99,6 +100,9 @@ def lcore_auth_providers() -> list[AuthProvider]:
         AuthProvider("api-key-token", lambda settings, config: ApiKeyAuth(settings),
                      config_key="api_key_config", schema=ApiKeySchema, required=True,
                      description="a Bearer token that must match a configured API key"),
+        AuthProvider("rh-identity", lambda settings, config: RhIdentityAuth(settings),
+                     config_key="rh_identity_config", schema=RhIdentitySchema,
+                     description="the X-RH-Identity header of Red Hat's API gateway"),
     ]
 
 

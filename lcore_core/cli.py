@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,20 +21,21 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
 
-def _config_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def config_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("-c", "--config", required=required,
                         default=os.environ.get("LCORE_CONFIG"),
                         help="lightspeed-stack.yaml (default: $LCORE_CONFIG, else the embedded "
                              "default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(installed: Plugins | None = None) -> argparse.ArgumentParser:
+    """The `lcore` parser; `installed` plugins may add subcommands through `lcore_cli_commands`."""
     parser = argparse.ArgumentParser(prog="lcore", description="LCore: middleware for Llama Stack")
     parser.add_argument("--version", action="version", version=f"lcore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service with Hypercorn")
-    _config_arg(serve)
+    config_arg(serve)
     serve.add_argument("--host", help="override service.host")
     serve.add_argument("--port", type=int, help="override service.port")
     serve.add_argument("--workers", type=int, help="override service.workers")
@@ -43,21 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen = csub.add_parser("generate", help="print a complete commented default configuration")
     gen.add_argument("-o", "--output", help="write to this file instead of standard output")
     dump = csub.add_parser("dump", help="print the effective configuration, secrets masked")
-    _config_arg(dump)
+    config_arg(dump)
     check = csub.add_parser("check", help="validate a configuration file")
-    _config_arg(check, required=True)
+    config_arg(check, required=True)
 
     plugins = sub.add_parser("plugins", help="inspect plugins")
     psub = plugins.add_subparsers(dest="plugins_command", required=True)
     plist = psub.add_parser("list", help="installed plugins, their hooks and providers")
-    _config_arg(plist)
+    config_arg(plist)
     plist.add_argument("--json", action="store_true", help="machine-readable output")
+    if installed is not None:
+        installed.cli_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_cli_plugins(argv)).parse_args(argv)
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args) or 0)
         if args.command == "serve":
             return serve(args)
         if args.command == "config":
@@ -67,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lcore: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _cli_plugins(argv: list[str] | None) -> Plugins | None:
+    """Installed plugins, for their subcommands; skipped for the core's own commands."""
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    if first in ("serve", "config", "plugins"):
+        return None
+    return load_plugins()
 
 
 def _load(path: str | None) -> tuple[Config, Plugins]:
@@ -89,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
     hyper = HypercornConfig()
     hyper.bind = [f"{host}:{port}"]
     hyper.accesslog = None
-    hyper.graceful_timeout = 5
+    hyper.graceful_timeout = service.graceful_shutdown_seconds
     tls = service.tls_config
     if tls.tls_certificate_path and tls.tls_key_path:
         hyper.certfile = tls.tls_certificate_path
@@ -100,34 +116,79 @@ def serve(args: argparse.Namespace) -> int:
     if workers > 1:
         from hypercorn.run import run
 
+        from lcore_core.metrics import (
+            MULTIPROC_ENV,
+            prepare_multiprocess_dir,
+            remove_multiprocess_dir,
+        )
+
         if args.config:
             os.environ["LCORE_CONFIG"] = str(Path(args.config).resolve())
         hyper.application_path = "lcore_core.asgi:app"
         hyper.workers = workers
-        print(f"lcore {__version__}: serving on http://{host}:{port} with {workers} workers",
-              file=sys.stderr)
-        return run(hyper)
+        # The workers inherit the environment: each writes its metrics there, /metrics adds up.
+        created = prepare_multiprocess_dir(workers)
+        print(f"lcore {__version__}: serving on http://{host}:{port} with {workers} workers "
+              f"(metrics of all workers in {os.environ[MULTIPROC_ENV]})", file=sys.stderr)
+        try:
+            return run(hyper)
+        finally:
+            remove_multiprocess_dir(created)
 
     app = create_app(config, plugins=plugins)
     print(f"lcore {__version__}: serving on http://{host}:{port}", file=sys.stderr)
     from hypercorn.utils import LifespanFailureError
 
     try:
-        asyncio.run(_serve_one(app, hyper))
+        asyncio.run(_serve_one(app, hyper, service.graceful_shutdown_seconds))
     except LifespanFailureError as exc:
         print(f"lcore: start-up failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return 0
 
 
-async def _serve_one(app: Any, hyper: Any) -> None:
+async def _serve_one(app: Any, hyper: Any, grace: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT, then let requests in flight finish for `grace` seconds.
+
+    Hypercorn alone waits for every open connection however long it takes; past the grace
+    period open streams end at their next event (their quota reservations released), and what
+    still runs 5 s later is cancelled; the app's shutdown runs either way, so state is flushed
+    and connections closed.
+    """
     from hypercorn.asyncio import serve as hypercorn_serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait)
+    server = asyncio.ensure_future(hypercorn_serve(app, hyper, shutdown_trigger=stop.wait))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([server, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if server.done():
+        server.result()
+        return
+    print(f"lcore: stopping; requests in flight may finish within {grace:g} s",
+          file=sys.stderr)
+    done, _ = await asyncio.wait([server], timeout=grace)
+    if done:
+        server.result()
+        return
+    print("lcore: grace period over, cutting the requests still open", file=sys.stderr)
+    # Streams end cleanly at their next event (reservations released, nothing half-stored);
+    # whatever is still running after that is cancelled.
+    app.runtime.cutting_streams = True
+    done, _ = await asyncio.wait([server], timeout=5)
+    if done:
+        server.result()
+        return
+    server.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await server
+    try:
+        await app.shutdown()
+    except Exception as exc:  # best effort: the process is exiting
+        print(f"lcore: shutdown after the grace period failed: {exc}", file=sys.stderr)
 
 
 def config_generate(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ class Usage:
     output_tokens: int = 0
     provider: str = ""
     model: str = ""
+    # The provider reported no usage: the counts are LCore's estimate (see pipeline).
+    estimated: bool = False
 
     @property
     def total(self) -> int:
@@ -31,6 +33,7 @@ class QueryCompleted:
     endpoint: str
     input_tokens: int = 0
     output_tokens: int = 0
+    tokens_estimated: bool = False
     duration_s: float = 0.0
     llm_duration_s: float = 0.0
     streaming: bool = False

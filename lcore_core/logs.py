@@ -8,14 +8,15 @@ import sys
 import structlog
 
 _configured: str | None = None
+_level = logging.INFO
 
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     """Idempotent: structlog's configuration is process-wide."""
-    global _configured
+    global _configured, _level
     if _configured == fmt:
         return
-    _configured = fmt
+    _configured, _level = fmt, level
     renderer: structlog.typing.Processor
     if fmt == "console" or (fmt == "auto" and sys.stderr.isatty()):
         renderer = structlog.dev.ConsoleRenderer()
@@ -50,3 +51,24 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("hypercorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def reclaim_logging() -> None:
+    """Undo what Llama Stack's library mode does to logging when it initialises.
+
+    Its `setup_logging()` replaces the root handlers with its own console handler and sets every
+    existing logger (ours included) to its root level, which would silence LCore's INFO lines and
+    print the rest twice. Put our handler, root level and logger levels back.
+    """
+    global _configured
+    if _configured is None:
+        return
+    fmt, _configured = _configured, None
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if type(h).__module__.startswith(("llama_stack", "rich"))]:
+        root.removeHandler(old)
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and (name == "lcore"
+                                                   or name.startswith(("lcore.", "lcore_"))):
+            logger.setLevel(logging.NOTSET)
+    configure_logging(fmt, _level)

@@ -139,6 +139,39 @@ async def check_reachable(servers: list[Any]) -> None:
             "; ".join(down) + " (set service.skip_unreachable_mcp: true to start anyway)")
 
 
+async def list_server_tools(tool: dict[str, Any], timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The tools one MCP server offers (`name`, `description`, `inputSchema`), asked with the
+    same headers and token the Responses call would carry (`tool` as built by `mcp_tools`).
+
+    Raises `BackendUnavailable` when the server cannot be asked (or the `mcp` SDK is missing).
+    """
+    try:
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+    except ImportError as exc:
+        raise BackendUnavailable("MCP client not installed",
+                                 f"{exc}; install it with: pip install 'lcore-core[mcp]'") from exc
+    headers = dict(tool.get("headers") or {})
+    if tool.get("authorization"):
+        headers["Authorization"] = f"Bearer {tool['authorization']}"
+
+    async def ask() -> list[dict[str, Any]]:
+        async with (httpx.AsyncClient(headers=headers, timeout=timeout) as http,
+                    streamable_http_client(tool["server_url"], http_client=http) as streams,
+                    ClientSession(streams[0], streams[1]) as session):
+            await session.initialize()
+            listed = await session.list_tools()
+        return [t.model_dump(exclude_none=True) for t in listed.tools]
+
+    try:
+        return await asyncio.wait_for(ask(), timeout)
+    except Exception as exc:  # anyio wraps transport errors in exception groups
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise BackendUnavailable("MCP server unavailable",
+                                 f"{tool['server_label']} ({tool['server_url']}): "
+                                 f"{reason}") from exc
+
+
 class McpReadiness:
     """One readiness check per configured MCP server."""
 

@@ -9,12 +9,14 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from quart import Quart
 
-from lcore_core.schemas import ErrorSchema
+from lcore_core.schemas import CONVERSATION_ID_PATTERN, ErrorSchema
 
 _PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 _STATUS_TEXT = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
                 413: "Request too large", 422: "Invalid body", 429: "Quota exceeded",
                 500: "Internal error", 503: "Backend unavailable"}
+# Path parameters the views validate (a malformed value is a 400): documented with their shape.
+_PARAM_SCHEMAS = {"conversation_id": {"type": "string", "pattern": CONVERSATION_ID_PATTERN}}
 
 
 def build_openapi(app: Quart, *, title: str, version: str) -> dict[str, Any]:
@@ -49,7 +51,8 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
     if aliases:
         op["x-aliases"] = [_PARAM.sub(r"{\1}", a) for a in aliases]
         op["description"] = "Also served at: " + ", ".join(op["x-aliases"])
-    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+    params = [{"name": p, "in": "path", "required": True,
+               "schema": _PARAM_SCHEMAS.get(p, {"type": "string"})}
               for p in _PARAM.findall(rule.rule)]
     if params:
         op["parameters"] = params
@@ -69,6 +72,8 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
         op["x-lcore-action"] = view.lcore_action
         for status in (401, 403):
             op["responses"].setdefault(str(status), _error_ref(status))
+    if any(p["name"] in _PARAM_SCHEMAS for p in params):
+        op["responses"].setdefault("400", _error_ref(400))
     if meta["body"] is not None:
         for status in (400, 413, 422):
             op["responses"].setdefault(str(status), _error_ref(status))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from lcore_core.cache import CacheEntry
 from lcore_core.errors import Forbidden, LCoreError, NotFound
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.llama import llama_errors
+from lcore_core.metrics import current_request
 from lcore_core.runtime import Runtime
 
 log = structlog.get_logger("lcore.pipeline")
@@ -32,6 +34,9 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TOPIC_SUMMARY_PROMPT = ("Give a short topic summary (at most 8 words, no punctuation at the end) "
                         "of this question: ")
 MODEL_CACHE_SECONDS = 30.0
+# Token estimate when the provider reports no usage (llama.cpp's stream carries none): about four
+# characters of English per token, the usual rule of thumb for BPE tokenizers.
+CHARS_PER_TOKEN = 4
 
 
 def now_iso() -> str:
@@ -63,6 +68,7 @@ class QueryPlan:
     media_type: str
     endpoint: str
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    streaming: bool = False
     ticket: QuotaTicket = field(default_factory=lambda: QuotaTicket("", ""))
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
@@ -81,6 +87,30 @@ class QueryResult:
     referenced_documents: list[dict[str, Any]] = field(default_factory=list)
     shield_violations: list[str] = field(default_factory=list)
     llm_seconds: float = 0.0
+    # True when the provider reported no usage and the token counts are LCore's estimate.
+    tokens_estimated: bool = False
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in `text` by the `CHARS_PER_TOKEN` heuristic (0 for no text)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+
+
+def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
+    """Fill in token counts the provider did not report, and mark them as estimated.
+
+    Input: the system prompt, the query with its attachments and what tools returned (earlier
+    turns that Llama Stack replays are not counted, so it is a lower bound). Output: the answer
+    and the tool calls' arguments.
+    """
+    if result.input_tokens or result.output_tokens:
+        return
+    sent = [plan.instructions, str(plan.input)]
+    sent += [str(r.get("content") or "") for r in result.tool_results]
+    received = [result.response] + [json.dumps(c.get("args") or {}) for c in result.tool_calls]
+    result.input_tokens = sum(estimate_tokens(t) for t in sent)
+    result.output_tokens = sum(estimate_tokens(t) for t in received)
+    result.tokens_estimated = True
 
 
 # --- preparation ---------------------------------------------------------------------------
@@ -211,8 +241,7 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple,
                            f"conversation {conversation_id} does not exist for this user")
         return conversation_id, False
     with llama_errors():
-        conversation = await runtime.llama.client.conversations.create()
-    return conversation.id, True
+        return await runtime.llama.conversations.take(), True
 
 
 async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:
@@ -273,12 +302,20 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     started = time.perf_counter()
     try:
         with llama_errors():
-            response = await runtime.llama.client.responses.create(**_create_args(plan))
+            # Plain JSON (cast_to=object): building the client's pydantic models, only to
+            # dump them again, cost more than everything else LCore does per query.
+            response = await runtime.llama.client.post("/v1/responses", body=_create_args(plan),
+                                                       cast_to=object)
     except LCoreError as exc:
         await _failed(runtime, plan, exc, time.perf_counter() - started)
         raise
+    except BaseException:
+        # Cancelled (client gone, task cancelled): nothing was used, refund the reservation.
+        await _release(runtime, plan.auth, plan.ticket)
+        raise
     result = summarise(_dump(response))
     result.llm_seconds = time.perf_counter() - started
+    estimate_usage(plan, result)
     return result
 
 
@@ -357,16 +394,13 @@ def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> N
 
 async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict[str, int]:
     """Store the turn, consume quota, report; returns the remaining quota per limiter."""
-    usage = Usage(result.input_tokens, result.output_tokens, plan.provider, plan.model)
+    usage = Usage(result.input_tokens, result.output_tokens, plan.provider, plan.model,
+                  estimated=result.tokens_estimated)
     # The tokens are spent once the LLM answered, whatever happens to storage below.
     plan.ticket.settled = True
     await runtime.plugins.quota_consume(plan.auth, usage, plan.ticket, runtime)
-    topic = None
-    if plan.new_conversation and plan.generate_topic_summary:
-        topic = await topic_summary(runtime, plan)
     await runtime.userdb.record_turn(plan.conversation_id, plan.auth.user_id,
-                                     model=plan.model, provider=plan.provider,
-                                     topic_summary=topic)
+                                     model=plan.model, provider=plan.provider)
     entry = CacheEntry(
         query=plan.query, response=result.response, provider=plan.provider, model=plan.model,
         started_at=plan.started_at, completed_at=now_iso(),
@@ -374,8 +408,6 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         tool_results=result.tool_results, attachments=plan.attachments)
     try:
         await runtime.cache.insert(plan.auth.user_id, plan.conversation_id, entry)
-        if topic:
-            await runtime.cache.set_topic_summary(plan.auth.user_id, plan.conversation_id, topic)
     except Exception as exc:  # the cache is a copy; the user DB and Llama Stack hold the turn
         log.error("cache insert failed", error=f"{type(exc).__name__}: {exc}")
     _metrics(runtime, plan, result)
@@ -383,30 +415,54 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
         provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
         input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+        tokens_estimated=result.tokens_estimated,
         duration_s=time.perf_counter() - plan.started, llm_duration_s=result.llm_seconds,
-        streaming="streaming" in plan.endpoint,
+        streaming=plan.streaming,
         shield_violations=tuple(result.shield_violations)), runtime)
+    if plan.new_conversation and plan.generate_topic_summary:
+        # A second LLM call: never on the answer's path.
+        runtime.spawn(summarise_topic(runtime, plan))
     return await runtime.plugins.quota_status(plan.auth, runtime)
+
+
+async def summarise_topic(runtime: Runtime, plan: QueryPlan) -> None:
+    """Write a new conversation's topic summary (runs after the answer was sent)."""
+    topic = await topic_summary(runtime, plan)
+    if not topic:
+        return
+    try:
+        await runtime.userdb.set_topic_summary(plan.conversation_id, topic)
+        await runtime.cache.set_topic_summary(plan.auth.user_id, plan.conversation_id, topic)
+    except Exception as exc:
+        log.warning("topic summary not stored", error=f"{type(exc).__name__}: {exc}")
 
 
 def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
     m = runtime.metrics
-    m.llm_calls.labels(plan.provider, plan.model, plan.endpoint).inc()
-    m.tokens_sent.labels(plan.provider, plan.model).inc(result.input_tokens)
-    m.tokens_received.labels(plan.provider, plan.model).inc(result.output_tokens)
-    m.llm_duration.labels(plan.provider, plan.model).observe(result.llm_seconds)
-    for _ in result.shield_violations:
-        m.validation_errors.labels(",".join(plan.guardrails) or "shield").inc()
+    labels = (plan.provider, plan.model, plan.endpoint)
+    m.llm_calls.labels(*labels).inc()
+    m.tokens_sent.labels(*labels).inc(result.input_tokens)
+    m.tokens_received.labels(*labels).inc(result.output_tokens)
+    m.llm_duration.labels(*labels).observe(result.llm_seconds)
+    if result.shield_violations:
+        m.validation_errors.labels(plan.endpoint).inc()
+        # Llama Stack's refusal does not say which shield fired.
+        m.shield_violations.labels(",".join(sorted(plan.guardrails)) or "unknown").inc()
+    stats = current_request()
+    if stats is not None:  # for the request log line
+        stats.provider, stats.model = plan.provider, plan.model
+        stats.input_tokens = (stats.input_tokens or 0) + result.input_tokens
+        stats.output_tokens = (stats.output_tokens or 0) + result.output_tokens
 
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
     await _release(runtime, plan.auth, plan.ticket)
-    runtime.metrics.llm_failures.labels(plan.provider, plan.model).inc()
+    runtime.metrics.llm_failures.labels(plan.provider, plan.model, plan.endpoint).inc()
     await runtime.plugins.query_completed(QueryCompleted(
         user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
         provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
         duration_s=time.perf_counter() - plan.started, llm_duration_s=seconds,
-        streaming="streaming" in plan.endpoint, error=f"{type(exc).__name__}: {exc}"), runtime)
+        streaming=plan.streaming, error=f"{type(exc).__name__}: {exc}"), runtime)
 
 
 async def topic_summary(runtime: Runtime, plan: QueryPlan) -> str | None:
@@ -432,24 +488,30 @@ class StreamEvent:
     data: dict[str, Any]
 
 
-async def stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent]:
+async def stream(runtime: Runtime, plan: QueryPlan, *,
+                 raise_on_open: bool = False) -> AsyncGenerator[StreamEvent, None]:
     """Streaming: yields upstream's SSE events; `finish` runs only after a complete stream.
 
+    The first event (`start`) comes once Llama Stack accepted the call. If it did not, the
+    stream is `start` + `error`, or with `raise_on_open` the first step raises the
+    `LCoreError`, so an endpoint that waits for it can still answer with a plain HTTP error.
     If the client goes away the generator is closed: the upstream stream is closed with it,
     nothing is stored and the quota reservation is released.
     """
+    plan.streaming = True
     try:
-        async for event in _stream(runtime, plan):
+        async for event in _stream(runtime, plan, raise_on_open):
             yield event
     finally:
         if not plan.ticket.settled:
             await _release(runtime, plan.auth, plan.ticket)
 
 
-async def _stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEvent]:
+async def _stream(runtime: Runtime, plan: QueryPlan,
+                  raise_on_open: bool) -> AsyncIterator[StreamEvent]:
     result = QueryResult()
     waiting = 0.0
-    yield StreamEvent("start", {"conversation_id": plan.conversation_id})
+    start = StreamEvent("start", {"conversation_id": plan.conversation_id})
     started = time.perf_counter()
     try:
         with llama_errors():
@@ -458,9 +520,13 @@ async def _stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEven
         waiting += time.perf_counter() - started
     except LCoreError as exc:
         await _failed(runtime, plan, exc, time.perf_counter() - started)
+        if raise_on_open:
+            raise
+        yield start
         yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
                                     "cause": exc.cause})
         return
+    yield start
     token_no = 0
     round_no = 0
     texts: list[str] = []
@@ -531,6 +597,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEven
         "".join(texts) or final.response)
     result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
+    estimate_usage(plan, result)
     if not result.tool_calls:
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results
     result.rag_chunks = result.rag_chunks or final.rag_chunks
@@ -538,13 +605,15 @@ async def _stream(runtime: Runtime, plan: QueryPlan) -> AsyncIterator[StreamEven
     result.llm_seconds = waiting
     yield StreamEvent("turn_complete", {"token": result.response})
     quotas = await finish(runtime, plan, result)
-    overhead_ms = max(time.perf_counter() - plan.started - waiting, 0.0) * 1000
-    runtime.metrics.overhead.labels(plan.endpoint).observe(overhead_ms / 1000)
+    stats = current_request()
+    # The request's whole time minus every Llama Stack wait; the middleware records the same figure.
+    overhead_ms = (stats.freeze_overhead() if stats is not None else
+                   max(time.perf_counter() - plan.started - waiting, 0.0)) * 1000
     yield StreamEvent("end", {
         "referenced_documents": result.referenced_documents, "rag_chunks": result.rag_chunks,
         "truncated": False, "input_tokens": result.input_tokens,
-        "output_tokens": result.output_tokens, "available_quotas": quotas,
-        "overhead_ms": round(overhead_ms, 2)})
+        "output_tokens": result.output_tokens, "tokens_estimated": result.tokens_estimated,
+        "available_quotas": quotas, "overhead_ms": round(overhead_ms, 2)})
 
 
 def response_body(plan: QueryPlan, result: QueryResult, quotas: dict[str, int]) -> dict[str, Any]:
@@ -552,6 +621,7 @@ def response_body(plan: QueryPlan, result: QueryResult, quotas: dict[str, int]) 
         "conversation_id": plan.conversation_id, "response": result.response,
         "rag_chunks": result.rag_chunks, "referenced_documents": result.referenced_documents,
         "truncated": False, "input_tokens": result.input_tokens,
-        "output_tokens": result.output_tokens, "available_quotas": quotas,
+        "output_tokens": result.output_tokens, "tokens_estimated": result.tokens_estimated,
+        "available_quotas": quotas,
         "tool_calls": result.tool_calls, "tool_results": result.tool_results,
     }

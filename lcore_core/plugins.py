@@ -17,12 +17,12 @@ from lcore_core import hookspecs
 from lcore_core.errors import ConfigError, PluginLoadError
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
     from quart import Blueprint, Request
 
     from lcore_core.auth import AuthTuple
     from lcore_core.config import Config
     from lcore_core.events import QueryCompleted, QuotaTicket, Usage
+    from lcore_core.metrics import MetricsRegistry
     from lcore_core.providers import AuthProvider, CacheBackend, ConfigSection, ReadinessCheck
     from lcore_core.runtime import Runtime
 
@@ -160,8 +160,19 @@ class Plugins:
         results = self.pm.hook.lcore_blueprints(config=config)
         return [bp for result in results for bp in result or ()]
 
-    def register_metrics(self, registry: CollectorRegistry, config: Config) -> None:
-        self.pm.hook.lcore_metrics(registry=registry, config=config)
+    def register_metrics(self, registry: MetricsRegistry, config: Config) -> None:
+        """One plugin at a time, so that a collector name clash names both plugins."""
+        args = {"registry": registry, "config": config}
+        core = registry.owner
+        try:
+            for impl in reversed(self.pm.hook.lcore_metrics.get_hookimpls()):
+                registry.owner = impl.plugin_name
+                impl.function(*[args[a] for a in impl.argnames])
+        finally:
+            registry.owner = core
+
+    def cli_commands(self, subparsers: Any) -> None:
+        self.pm.hook.lcore_cli_commands(subparsers=subparsers)
 
     def readiness(self, runtime: Runtime) -> list[ReadinessCheck]:
         return [c for result in self.pm.hook.lcore_readiness(runtime=runtime) for c in result or ()]

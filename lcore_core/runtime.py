@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,3 +31,27 @@ class Runtime:
     llama: Any = None
     userdb: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Set when shutdown's grace period is over: open streams end at their next event.
+    cutting_streams: bool = False
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `work` after the response (e.g. a topic summary); shutdown waits for it.
+
+        It runs in a fresh context, so it is not counted as part of the request that spawned it.
+        """
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` seconds for background work, then cancel what is left."""
+        pending = set(self.background)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 
 class ErrorDetailSchema(Schema):
+    # Some errors add fields: `errors` (422, per field), the limiter of a 429, ...
+    class Meta:
+        unknown = INCLUDE
+
     response = fields.String(required=True)
     cause = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "422: the messages of each invalid field"})
 
 
 class ErrorSchema(Schema):
@@ -117,6 +122,8 @@ class QueryResponseSchema(Schema):
     truncated = fields.Boolean()
     input_tokens = fields.Integer()
     output_tokens = fields.Integer()
+    # LCore addition: true when the provider reported no usage and the counts are estimated.
+    tokens_estimated = fields.Boolean()
     available_quotas = fields.Dict(keys=fields.String(), values=fields.Integer())
     tool_calls = fields.List(fields.Nested(ToolCallSchema))
     tool_results = fields.List(fields.Nested(ToolResultSchema))

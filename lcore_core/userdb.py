@@ -6,6 +6,7 @@ peewee is synchronous: every public coroutine runs its query in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,36 @@ def bind_models(database: peewee.Database, *models: type[peewee.Model]) -> list[
     return bound
 
 
+def install_schema(database: peewee.Database, tables: list[type[peewee.Model]],
+                   version_model: type[peewee.Model], component: str, version: int, *,
+                   namespace: str | None = None) -> None:
+    """Create `tables` (and the schema `namespace` in PostgreSQL) and record `version`.
+
+    Call it with a connection open and outside any transaction: it runs its own. Idempotent,
+    and safe for replicas starting side by side. PostgreSQL's CREATE ... IF NOT EXISTS is not
+    atomic (two creators collide on its catalog), so there one process at a time goes through,
+    under a session advisory lock taken *before* the transaction begins: a transaction that
+    began before another one's commit may still read the catalog as it was, and collide anyway.
+    """
+    postgres = isinstance(database, peewee.PostgresqlDatabase)
+    key = (f"lcore-schema:{namespace or ''}",)
+    if postgres:
+        database.execute_sql("SELECT pg_advisory_lock(hashtext(%s))", key)
+    try:
+        with database.atomic():
+            if postgres and namespace:
+                quoted = '"' + namespace.replace('"', '""') + '"'
+                database.execute_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+            database.create_tables([*tables, version_model], safe=True)
+            fields = version_model._meta.fields
+            version_model.insert(component=component, version=version).on_conflict(
+                conflict_target=[fields["component"]], update={fields["version"]: version}
+            ).execute()
+    finally:
+        if postgres:
+            database.execute_sql("SELECT pg_advisory_unlock(hashtext(%s))", key)
+
+
 def open_database(settings: Any) -> peewee.Database:
     """A peewee database for a `database`-style section ({sqlite: ...} or {postgres: ...})."""
     pg = settings.get("postgres") if settings else None
@@ -76,7 +107,7 @@ def open_database(settings: Any) -> peewee.Database:
     path = Path(sqlite["db_path"]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return peewee.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 5000,
-                                                     "foreign_keys": 1})
+                                                     "foreign_keys": 1, "synchronous": 1})
 
 
 class UserDB:
@@ -86,12 +117,21 @@ class UserDB:
         self.db = database
         self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, atomic: bool = True) -> Any:
         def call() -> Any:
+            # Each worker thread keeps its connection open (peewee's are thread-local):
+            # opening and closing one per call costs more than the query, and closing the last
+            # SQLite connection checkpoints the WAL. A failed call drops the connection, so
+            # the next one reconnects (a restarted PostgreSQL is picked up by itself).
             try:
-                with self.db.connection_context():
+                self.db.connect(reuse_if_open=True)
+                if not atomic:
+                    return fn(*args)
+                with self.db.atomic():
                     return fn(*args)
             except peewee.PeeweeException as exc:
+                with contextlib.suppress(Exception):
+                    self.db.close()
                 raise StorageError("Database error", f"{type(exc).__name__}: {exc}") from exc
 
         return await asyncio.to_thread(call)
@@ -105,13 +145,10 @@ class UserDB:
                 options = self.db.connect_params.get("options", "")
                 if "search_path=" in options:
                     pg_namespace = options.split("search_path=")[1].split(",")[0]
-                    self.db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{pg_namespace}"')
-            self.db.create_tables([self.Conversation, self.Version], safe=True)
-            self.Version.insert(component="userdb", version=SCHEMA_VERSION).on_conflict(
-                conflict_target=[self.Version.component],
-                update={self.Version.version: SCHEMA_VERSION}).execute()
+            install_schema(self.db, [self.Conversation], self.Version, "userdb", SCHEMA_VERSION,
+                           namespace=pg_namespace)
 
-        await self._run(create)
+        await self._run(create, atomic=False)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.db.close)

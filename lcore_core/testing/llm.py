@@ -24,6 +24,8 @@ Usage is deterministic: ``prompt_tokens`` is the number of whitespace-separated 
 message contents (strings or lists of text parts), ``completion_tokens`` the number of words in the
 reply (for tool calls: in the JSON arguments), ``total_tokens`` their sum. Non-streaming answers
 always carry usage; streams carry it in a last chunk when ``stream_options.include_usage`` is set.
+A rule scripted with ``usage=False``, or a server built with ``report_usage=False``, sends no usage
+at all, as llama.cpp's server does in streams.
 
 Embeddings are a hashed bag of words, L2-normalised, so texts that share words are close.
 """
@@ -153,6 +155,7 @@ class Rule:
     chunk_delay: float = 0.0
     chunks: int | None = None
     times: int | None = None
+    usage: bool = True
     used: int = 0
 
     def matches(self, messages: Messages) -> bool:
@@ -207,6 +210,7 @@ class _Answer:
     delay: float = 0.0
     chunk_delay: float = 0.0
     chunks: int | None = None
+    usage: bool = True
 
 
 def _render(source: TextSource, messages: Messages) -> str:
@@ -256,8 +260,10 @@ class ScriptedLLM:
         embedding_dimension: int = 384,
         host: str = "127.0.0.1",
         port: int = 0,
+        report_usage: bool = True,
     ) -> None:
         self.model = model
+        self.report_usage = report_usage
         self.embedding_model = embedding_model
         self.embedding_dimension = embedding_dimension
         self._lock = threading.RLock()  # reentrant: rule callables may read .requests
@@ -282,6 +288,7 @@ class ScriptedLLM:
         chunks: int | None = None,
         times: int | None = None,
         once: bool = False,
+        usage: bool = True,
     ) -> Rule:
         """Add a rule; the first matching rule (in the order added) answers.
 
@@ -293,7 +300,8 @@ class ScriptedLLM:
         ``error`` as message. ``delay`` waits before the first byte, ``chunk_delay`` between
         stream chunks, ``chunks`` splits the streamed text into that many pieces (default: one per
         word). ``once`` (or ``times=N``) retires the rule after that many final answers; the
-        tool-call step of a rule does not count as a use.
+        tool-call step of a rule does not count as a use. ``usage=False`` leaves usage out of
+        its answers (streamed or not).
         """
         calls = list(tool_calls)
         if tool_call is not None:
@@ -309,6 +317,7 @@ class ScriptedLLM:
             chunk_delay=chunk_delay,
             chunks=chunks,
             times=1 if once else times,
+            usage=usage,
         )
         with self._lock:
             self._rules.append(rule)
@@ -342,13 +351,15 @@ class ScriptedLLM:
 
     def _answer(self, messages: Messages, prompt_text: str) -> _Answer:
         if GUARD_PROMPT_MARKER in prompt_text:
-            return _Answer(text="unsafe\nS1" if UNSAFE_MARKER in prompt_text else "safe")
+            return _Answer(text="unsafe\nS1" if UNSAFE_MARKER in prompt_text else "safe",
+                           usage=self.report_usage)
         with self._lock:
             rule = next((r for r in self._rules if r.matches(messages)), None)
             if rule is None:
-                return _Answer(text=default_reply(messages))
+                return _Answer(text=default_reply(messages), usage=self.report_usage)
             answer = _Answer(
-                delay=rule.delay, chunk_delay=rule.chunk_delay, chunks=rule.chunks
+                delay=rule.delay, chunk_delay=rule.chunk_delay, chunks=rule.chunks,
+                usage=rule.usage and self.report_usage,
             )
             if rule.status is not None:
                 answer.status, answer.error = rule.status, rule.error
@@ -476,11 +487,11 @@ class ScriptedLLM:
             completion_tokens = sum(count_words(json.dumps(c.arguments)) for c in answer.tool_calls)
         else:
             completion_tokens = count_words(answer.text)
-        usage = {
+        usage: dict[str, int] | None = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-        }
+        } if answer.usage else None
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         model = body.get("model", self.model)
         if body.get("stream"):
@@ -541,12 +552,13 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 
 
 def _full_response(
-    ident: str, model: str, answer: _Answer, usage: dict[str, int], chat: bool
+    ident: str, model: str, answer: _Answer, usage: dict[str, int] | None, chat: bool
 ) -> dict[str, Any]:
+    extra = {} if usage is None else {"usage": usage}
     if not chat:
         choice = {"index": 0, "text": answer.text, "finish_reason": "stop", "logprobs": None}
         return {"id": ident, "object": "text_completion", "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage}
+                "model": model, "choices": [choice], **extra}
     message: dict[str, Any] = {"role": "assistant", "content": answer.text or None}
     finish = "stop"
     if answer.tool_calls:
@@ -558,7 +570,7 @@ def _full_response(
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": usage,
+        **extra,
     }
 
 

@@ -116,6 +116,7 @@ def test_plugins_list():
     assert "    auth provider: noop  [selected]" in lines
     assert "    auth provider: noop-with-token" in lines
     assert "    auth provider: api-key-token" in lines
+    assert "    auth provider: rh-identity" in lines
     assert "    cache backend: memory  [selected]" in lines
     assert "    cache backend: noop" in lines
 
@@ -136,6 +137,7 @@ def test_plugins_list_json(tmp_path):
         ("auth provider", "noop", False),
         ("auth provider", "noop-with-token", False),
         ("auth provider", "api-key-token", True),
+        ("auth provider", "rh-identity", False),
         ("cache backend", "memory", False),
         ("cache backend", "noop", True),
     }
@@ -160,3 +162,26 @@ def test_plugins_list_shows_the_six_installed_plugins():
                  "lcore-cache-postgres", "lcore-quota", "lcore-a2a"):
         assert dist in listing, f"{dist} is not discovered"
         assert listing[dist]["error"] is None
+
+
+def test_plugin_adds_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin's `lcore_cli_commands` adds a subcommand whose handler's status is the exit."""
+    from lcore_core import cli, hookimpl
+    from lcore_core.plugins import load_plugins
+
+    seen: list[str] = []
+
+    class Hello:
+        @hookimpl
+        def lcore_cli_commands(self, subparsers):  # type: ignore[no-untyped-def]
+            parser = subparsers.add_parser("hello", help="say hello")
+            parser.add_argument("name")
+            parser.set_defaults(handler=lambda args: seen.append(args.name) or 7)
+
+    plugins = load_plugins(entrypoints=False, extra=[Hello()])
+    args = cli.build_parser(plugins).parse_args(["hello", "world"])
+    assert args.handler(args) == 7
+    assert seen == ["world"]
+    with pytest.raises(SystemExit):
+        cli.build_parser(None).parse_args(["hello", "world"])
+    capsys.readouterr()

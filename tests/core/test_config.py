@@ -385,19 +385,20 @@ def test_errors_under_ogx_name_ogx(tmp_path, plugins):
 def test_unknown_auth_module(tmp_path, plugins):
     assert errors(tmp_path, BASE + "authentication:\n  module: ldap\n", plugins) == [
         "F:4: authentication.module: unknown authentication module 'ldap'; installed: "
-        "api-key-token, noop, noop-with-token (is the plugin that provides it installed?)"]
+        "api-key-token, noop, noop-with-token, rh-identity (is the plugin that provides it "
+        "installed?)"]
 
 
 def test_auth_module_of_an_uninstalled_plugin(tmp_path, plugins):
     assert errors(tmp_path, BASE + "authentication:\n  module: jwk-token\n", plugins) == [
         "F:4: authentication.module: authentication module 'jwk-token' is provided by the "
         "plugin lcore-auth-jwk, which is not installed (pip install lcore-auth-jwk); "
-        "installed: api-key-token, noop, noop-with-token"]
+        "installed: api-key-token, noop, noop-with-token, rh-identity"]
 
 
 def test_upstream_auth_module_lcore_lacks(tmp_path, plugins):
-    [line] = errors(tmp_path, BASE + "authentication:\n  module: rh-identity\n", plugins)
-    assert line.startswith("F:4: authentication.module: authentication module 'rh-identity' "
+    [line] = errors(tmp_path, BASE + "authentication:\n  module: trusted-proxy\n", plugins)
+    assert line.startswith("F:4: authentication.module: authentication module 'trusted-proxy' "
                            "exists upstream but is not supported by LCore")
 
 
@@ -601,3 +602,29 @@ def test_plugin_section_errors_have_lines(tmp_path, with_section):
 def test_plugin_section_unknown_without_plugin(tmp_path, plugins):
     [line] = errors(tmp_path, BASE + "my_section:\n  size: 1\n", plugins)
     assert line.startswith("F:3: my_section: unknown section")
+
+
+def test_kubernetes_mcp_header_needs_k8s_auth(tmp_path, plugins):
+    assert errors(tmp_path, BASE + textwrap.dedent("""\
+        mcp_servers:
+          - name: a
+            url: http://a:1
+            authorization_headers:
+              Authorization: kubernetes
+        """), plugins) == [
+        "F:7: mcp_servers[0].authorization_headers.Authorization: 'kubernetes' forwards the "
+        "caller's Kubernetes token and needs authentication.module: k8s (plugin lcore-auth-k8s), "
+        "not 'noop'"]
+
+
+def test_readme_provider_example_loads(tmp_path):
+    """The README's provider block is a valid configuration with the plugins installed."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Providers.*?```yaml\n(.*?)```", text, re.S).group(1)
+    block = block.replace("/var/lib/lcore", str(tmp_path))
+    config = load(tmp_path, BASE + block, load_plugins())
+    assert config.authentication.module == "noop"
+    assert [lim["name"] for lim in config["quota_handlers"]["limiters"]] == [
+        "user_daily", "cluster_monthly"]

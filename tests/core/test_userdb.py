@@ -78,3 +78,30 @@ async def test_unreachable_database_is_a_storage_error(tmp_path: Path) -> None:
         await db.get("conv_1")
     assert caught.value.status == 500
     assert isinstance(caught.value.__cause__, peewee.PeeweeException)
+
+
+async def test_replicas_creating_the_schema_together_all_succeed() -> None:
+    """Eight user DBs (own connections, as replicas have) set up one fresh schema at once.
+
+    Without serialisation PostgreSQL's CREATE TABLE IF NOT EXISTS collides on its catalog
+    (duplicate key in pg_type) and some of them fail to start.
+    """
+    namespace = f"lcore_race_{uuid.uuid4().hex[:8]}"
+    settings = Settings.wrap({"postgres": {**PG, "namespace": namespace}})
+    dbs = [UserDB(open_database(settings)) for _ in range(8)]
+    try:
+        for round_ in range(3):  # the race window is small: give it a few chances
+            results = await asyncio.gather(*(db.setup() for db in dbs), return_exceptions=True)
+            assert [r for r in results if isinstance(r, BaseException)] == [], round_
+            await dbs[0].record_turn("conv_r", "u", model="m", provider="p")
+            assert (await dbs[-1].get("conv_r"))["user_id"] == "u"
+
+            def drop() -> None:
+                with dbs[0].db.connection_context():
+                    dbs[0].db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE')
+            await asyncio.to_thread(drop)
+            for db in dbs:
+                await db.close()
+    finally:
+        for db in dbs:
+            await db.close()

@@ -24,3 +24,14 @@ async def lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                      plugins=load_plugins(entrypoints=False))
     async with started(app) as test_app:
         yield Lcore(app, test_app.test_client(), mode, workdir)
+
+
+@pytest.fixture(autouse=True)
+async def background_settled(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Let a test's background work (topic summaries) finish before the next test starts, so
+    it never shows up in the next test's scripted-LLM requests or metrics."""
+    yield
+    for name in ("lcore", "mcp_lcore"):
+        started = request.node.funcargs.get(name)
+        if isinstance(started, Lcore):
+            await started.runtime.drain()

@@ -133,7 +133,7 @@ async def test_tools_lists_builtins_and_the_configured_mcp_server(lcore: Started
         t["identifier"] for t in builtins}, builtins
     assert all(t["source"] == "builtin" and t["type"] == "tool" for t in builtins)
     mcp = [t for t in tools if t["source"] == "mcp"]
-    assert mcp == [{"identifier": MCP_NAME, "description": f"MCP server {MCP_NAME}",
+    assert mcp == [{"identifier": MCP_NAME, "description": f"MCP server {MCP_NAME} (unavailable)",
                     "parameters": [], "provider_id": "model-context-protocol",
                     "toolgroup_id": MCP_NAME, "server_source": MCP_URL,
                     "type": "mcp_server", "source": "mcp"}]
@@ -187,3 +187,13 @@ async def test_llama_stack_unreachable_is_503_json(tmp_path: Path) -> None:
             assert response.status_code == 503, path
             body = await response.get_json()
             assert body["detail"]["response"] == "Unable to connect to Llama Stack", path
+
+
+async def test_impossible_rag_id_is_400_not_a_backend_error(lcore: Started) -> None:
+    for bad in ("bad%01id", "a%20b", "..%2F..%2Fetc"):
+        response = await lcore.client.get(f"/v1/rags/{bad}")
+        assert response.status_code in (400, 404), bad
+        assert response.status_code != 503
+    response = await lcore.client.get("/v1/rags/bad%01id")
+    assert response.status_code == 400
+    assert (await response.get_json())["detail"]["response"] == "Invalid rag ID"

@@ -143,3 +143,31 @@ async def test_unreachable_mcp_server_stops_startup(tmp_path: Path, llama_stack_
     assert ready.status_code == 503
     status = {p["provider_id"]: p["status"] for p in body["providers"]}
     assert status["mcp:gone"] == "error" and status["mcp:weather"] == "ok"
+
+
+async def test_tools_lists_the_mcp_servers_own_tools(mcp_lcore: Lcore, mcp_server: Any) -> None:
+    """GET /tools asks the MCP server for its tools, with the caller's resolved headers."""
+    headers = {"MCP-HEADERS": json.dumps({"weather": {"Authorization": "Bearer list-tok"}})}
+    response = await mcp_lcore.client.get("/v1/tools", headers=headers)
+    assert response.status_code == 200
+    mcp = [t for t in (await response.get_json())["tools"] if t["source"] == "mcp"]
+    weather = next(t for t in mcp if t["identifier"] == "get_weather")
+    assert weather["toolgroup_id"] == "weather" and weather["type"] == "tool"
+    assert weather["server_source"] == mcp_server.url
+    assert weather["description"] == "Current weather for a city."
+    assert [(p["name"], p["required"]) for p in weather["parameters"]] == [("city", True)]
+    sent = [{k.lower(): v for k, v in h.items()} for h in mcp_server.request_headers]
+    assert any(h.get("authorization") == "Bearer list-tok" and h.get("x-api-key") == SECRET
+               for h in sent)
+
+
+async def test_tools_without_client_headers_names_the_server(mcp_lcore: Lcore) -> None:
+    body = await (await mcp_lcore.client.get("/v1/tools")).get_json()
+    mcp = [t for t in body["tools"] if t["source"] == "mcp"]
+    assert mcp == [{"identifier": "weather",
+                    "description": "MCP server weather (needs client headers in MCP-HEADERS)",
+                    "parameters": [], "provider_id": "model-context-protocol",
+                    "toolgroup_id": "weather", "server_source": mcp_lcore.runtime.config
+                    .mcp_servers[0].url, "type": "mcp_server", "source": "mcp"}]
+    bad = await mcp_lcore.client.get("/v1/tools", headers={"MCP-HEADERS": "{nope"})
+    assert bad.status_code == 400

@@ -63,6 +63,8 @@ async def test_two_turn_conversation_sees_first_turn(lcore: Lcore, llm: Any) -> 
     turns = history["chat_history"]
     assert [t["messages"][0]["content"] for t in turns] == [first_q, "what did I say?"]
     assert turns[1]["messages"][1]["content"] == body["response"]
+    # The topic summary is written after the first answer was sent.
+    await lcore.runtime.drain()
     listing = await (await lcore.client.get("/v2/conversations")).get_json()
     entry = next(c for c in listing["conversations"] if c["conversation_id"] == conversation_id)
     assert entry["message_count"] == 2
@@ -228,3 +230,31 @@ async def test_attachments_reach_the_model(lcore: Lcore, llm: Any) -> None:
     assert entries[0].attachments == [attachment]
     bad = await lcore.query("x", attachments=[{"attachment_type": "log"}])
     assert bad.status_code == 422
+
+
+async def test_logging_survives_library_mode(lcore: Lcore) -> None:
+    """Library start-up rewrites logging; LCore's INFO lines must still go out, once."""
+    import logging
+
+    await lcore.query("hello")
+    assert logging.getLogger("lcore.request").getEffectiveLevel() <= logging.INFO
+    handlers = logging.getLogger().handlers
+    assert any(getattr(h, "_lcore", False) for h in handlers)
+    assert not [h for h in handlers if type(h).__module__.startswith(("llama_stack", "rich"))]
+
+
+async def test_new_conversations_come_from_the_pool(lcore: Lcore, llm: Any) -> None:
+    """A first turn takes a conversation created in the background: one call on the hot path."""
+    pool = lcore.runtime.llama.conversations
+    await lcore.query("fill the pool", generate_topic_summary=False)
+    await pool.wait_filled()
+    assert len(pool.ready) == pool.size
+    head = pool.ready[0]
+    # It is a real, empty Llama Stack conversation...
+    assert (await lcore.runtime.llama.client.conversations.retrieve(head)).id == head
+    body = await (await lcore.query("use the pool", generate_topic_summary=False)).get_json()
+    # ...and the next new conversation is that one.
+    assert body["conversation_id"] == head
+    assert head not in pool.ready
+    follow = await lcore.query("second turn", conversation_id=head)
+    assert follow.status_code == 200

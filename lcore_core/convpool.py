@@ -1,0 +1,77 @@
+"""New Llama Stack conversations made ahead of need, so a first turn costs one backend call.
+
+A new conversation needs `POST /v1/conversations` before the Responses call. The pool keeps a few
+created in the background: a query takes one (no wait) and a refill starts when it runs low.
+Without a pooled one (a burst, or Llama Stack was down) the query creates its own, as before.
+Unused pooled conversations are deleted at shutdown (best effort: an empty conversation left
+behind by a crash costs Llama Stack one small row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("lcore.convpool")
+
+
+class ConversationPool:
+    def __init__(self, llama: Any, size: int = 4) -> None:
+        self.llama = llama
+        self.size = size
+        self.ready: deque[str] = deque()
+        self._refill: asyncio.Task[None] | None = None
+
+    async def take(self) -> str:
+        """A new conversation id: a pooled one, else one created now (errors propagate)."""
+        if self.ready:
+            conversation_id = self.ready.popleft()
+        else:
+            # Created before the refill starts: Llama Stack 0.7 makes its conversations table
+            # on first use, and two concurrent first creates race on it (one answers 500).
+            conversation_id = await self._create()
+        self._top_up()
+        return conversation_id
+
+    def _top_up(self) -> None:
+        if self.size > 0 and len(self.ready) < self.size and (
+                self._refill is None or self._refill.done()):
+            self._refill = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _create(self) -> str:
+        conversation = await self.llama.client.conversations.create()
+        return str(conversation.id)
+
+    async def _fill(self) -> None:
+        try:
+            while len(self.ready) < self.size:
+                self.ready.append(await self._create())
+        except Exception as exc:  # Llama Stack down: queries create their own meanwhile
+            log.warning("conversation pool refill failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def wait_filled(self) -> None:
+        """Wait for a running refill (tests, shutdown)."""
+        if self._refill is not None:
+            with contextlib.suppress(Exception):
+                await self._refill
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Stop refilling and delete the unused conversations."""
+        if self._refill is not None and not self._refill.done():
+            self._refill.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refill
+        unused, self.ready = list(self.ready), deque()
+        if not unused or self.llama._client is None:
+            return
+
+        async def delete(conversation_id: str) -> None:
+            with contextlib.suppress(Exception):
+                await self.llama.client.conversations.delete(conversation_id)
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*(delete(c) for c in unused)), timeout)
