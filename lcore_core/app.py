@@ -20,7 +20,7 @@ from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging
-from lcore_core.mcp import CoreHeaderValues, McpReadiness, check_reachable
+from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
 from lcore_core.metrics import (
     CoreMetrics,
     MetricsRegistry,
@@ -90,7 +90,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         # Its hooks: readiness, indexing documents at start-up, stopping the server at shutdown.
         plugins.register(local_model, "local-model", distribution="lcore-core")
     if config.mcp_servers:
-        plugins.register(McpReadiness(config.mcp_servers), "mcp-readiness",
+        runtime.mcp_health = McpHealth()
+        plugins.register(McpReadiness(config.mcp_servers, runtime.mcp_health), "mcp-readiness",
                          distribution="lcore-core")
 
     _install_middleware(app, runtime)

@@ -19,6 +19,7 @@ import httpx
 import structlog
 from llama_stack_client import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     AsyncLlamaStackClient,
 )
@@ -167,6 +168,9 @@ def llama_errors() -> Iterator[None]:
         raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
     except APIStatusError as exc:
         raise from_status(exc.status_code, _message(exc)) from exc
+    except APIError as exc:
+        # An `error` event inside a stream (e.g. a dead MCP server, reported after the 200).
+        raise BackendUnavailable("Llama Stack failed", str(exc.message)) from exc
     except (ConnectionError, OSError) as exc:
         raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
     except httpx.TransportError as exc:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,20 @@ def client_header_names(server: Any) -> list[str]:
 
 
 def mcp_tools(runtime: Runtime, auth: AuthTuple, client_headers: dict[str, dict[str, str]],
-              request_headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+              request_headers: dict[str, str] | None = None,
+              skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """One `{"type": "mcp", ...}` tool per configured server, headers resolved for this caller.
 
     A server that needs client-supplied headers is left out when the client sent no entry for it
     in `MCP-HEADERS`; an entry that lacks one of them is a 400, not a tool failing later.
     `request_headers` are the incoming headers, of which each server's `headers` are forwarded.
+    Servers named in `skip` (found unreachable) are left out.
     """
     incoming = {k.lower(): v for k, v in (request_headers or {}).items()}
     tools = []
     for server in runtime.config.mcp_servers:
+        if server.name in skip:
+            continue
         given = client_headers.get(server.name)
         needed = client_header_names(server)
         if needed and given is None:
@@ -95,6 +100,62 @@ def mcp_tools(runtime: Runtime, auth: AuthTuple, client_headers: dict[str, dict[
             tool["authorization"] = authorization
         tools.append(tool)
     return tools
+
+
+class McpHealth:
+    """Which MCP servers answer, as last probed; a query offers only those that do.
+
+    Llama Stack 0.7 refuses a whole Responses call (502) when it cannot list one server's tools,
+    and then stalls every call for about 15 s: a dead server must not reach it. So a query first
+    makes sure each server was probed within `fresh_s` (one probe in flight per server, shared
+    by the queries waiting for it; a plain GET on loopback costs about a millisecond) and leaves
+    out those that did not answer. Readiness probes and failed calls update the same record.
+    """
+
+    def __init__(self, fresh_s: float = 10.0, timeout_s: float = 2.0) -> None:
+        self.fresh_s = fresh_s
+        self.timeout_s = timeout_s
+        self._checked: dict[str, tuple[float, str | None]] = {}
+        self._probing: dict[str, asyncio.Task[str | None]] = {}
+
+    def record(self, name: str, reason: str | None) -> None:
+        """A probe's outcome: `reason` is None when the server answered."""
+        before = self._checked.get(name, (0.0, None))[1]
+        self._checked[name] = (time.monotonic(), reason)
+        if reason is not None and before is None:
+            log.warning("mcp server unavailable: left out of queries", server=name,
+                        reason=reason)
+        elif reason is None and before is not None:
+            log.info("mcp server back", server=name)
+
+    async def _probe(self, name: str, url: str, timeout: float) -> str | None:
+        task = self._probing.get(name)
+        if task is None:
+            async def run() -> str | None:
+                try:
+                    reason = await probe(url, timeout)
+                    self.record(name, reason)
+                    return reason
+                finally:
+                    self._probing.pop(name, None)
+
+            task = self._probing[name] = asyncio.ensure_future(run())
+        return await asyncio.shield(task)
+
+    def reason(self, name: str) -> str | None:
+        """Why `name` was last found unreachable (None: it answered, or was never probed)."""
+        return self._checked.get(name, (0.0, None))[1]
+
+    async def unreachable(self, servers: list[Any], *, force: bool = False) -> list[str]:
+        """The names among `servers` that do not answer (probing those not checked lately)."""
+        now = time.monotonic()
+        stale = [s for s in servers
+                 if force or now - self._checked.get(s.name, (-1e9, None))[0] > self.fresh_s]
+        if stale:
+            await asyncio.gather(*(self._probe(s.name, s.url, min(self.timeout_s,
+                                                                  s.timeout or self.timeout_s))
+                                   for s in stale))
+        return [s.name for s in servers if self._checked.get(s.name, (0.0, None))[1]]
 
 
 class CoreHeaderValues:
@@ -175,15 +236,18 @@ async def list_server_tools(tool: dict[str, Any], timeout: float = 5.0) -> list[
 class McpReadiness:
     """One readiness check per configured MCP server."""
 
-    def __init__(self, servers: list[Any]) -> None:
+    def __init__(self, servers: list[Any], health: McpHealth) -> None:
         self.servers = servers
+        self.health = health
 
     @hookimpl
     def lcore_readiness(self) -> list[ReadinessCheck]:
-        def check_for(url: str) -> Any:
+        def check_for(server: Any) -> Any:
             async def check() -> str | None:
-                return await probe(url)
+                # A fresh probe, whose answer is news for the queries as well.
+                down = await self.health.unreachable([server], force=True)
+                return self.health.reason(server.name) if down else None
 
             return check
 
-        return [ReadinessCheck(f"mcp:{s.name}", check_for(s.url)) for s in self.servers]
+        return [ReadinessCheck(f"mcp:{s.name}", check_for(s)) for s in self.servers]

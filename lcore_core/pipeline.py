@@ -70,6 +70,8 @@ class QueryPlan:
     attachments: list[dict[str, Any]] = field(default_factory=list)
     streaming: bool = False
     ticket: QuotaTicket = field(default_factory=lambda: QuotaTicket("", ""))
+    # MCP servers left out of this query because they do not answer.
+    mcp_unavailable: list[str] = field(default_factory=list)
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
 
@@ -143,10 +145,14 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                   request_headers: dict[str, str]) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
     conversation_id, new = await resolve_conversation(runtime, auth, body.get("conversation_id"))
+    unavailable: list[str] = []
+    if runtime.mcp_health is not None and not body.get("no_tools"):
+        unavailable = await runtime.mcp_health.unreachable(runtime.config.mcp_servers)
     tools = [] if body.get("no_tools") else await select_tools(
-        runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers)
+        runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
+        skip=frozenset(unavailable))
     attachments = body.get("attachments") or []
-    return QueryPlan(ticket=ticket,
+    return QueryPlan(ticket=ticket, mcp_unavailable=unavailable,
         auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
         model_id=model_id, provider=provider, model=model,
         instructions=system_prompt(runtime, body.get("system_prompt")),
@@ -253,8 +259,8 @@ async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[
 
 
 async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list[str] | None,
-                       client_headers: dict[str, Any],
-                       request_headers: dict[str, str]) -> list[dict[str, Any]]:
+                       client_headers: dict[str, Any], request_headers: dict[str, str],
+                       skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
     stores = vector_store_ids
     if stores is None:
@@ -263,7 +269,7 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
         tools.append({"type": "file_search", "vector_store_ids": stores})
     from lcore_core.mcp import mcp_tools
 
-    tools.extend(mcp_tools(runtime, auth, client_headers, request_headers))
+    tools.extend(mcp_tools(runtime, auth, client_headers, request_headers, skip))
     return tools
 
 
@@ -297,15 +303,64 @@ def _create_args(plan: QueryPlan) -> dict[str, Any]:
     return args
 
 
+def _call_headers(plan: QueryPlan) -> dict[str, str]:
+    """A call offering MCP tools gets a connection of its own.
+
+    When Llama Stack 0.7 cannot reach an MCP server it answers 502 and then breaks the
+    connection without closing it; a later call that reused it would hang until a read error.
+    """
+    if any(t.get("type") == "mcp" for t in plan.tools):
+        return {"Connection": "close"}
+    return {}
+
+
+async def _open_stream(runtime: Runtime, plan: QueryPlan) -> Any:
+    """The upstream event stream, retried without MCP servers that turn out to be dead."""
+    while True:
+        try:
+            with llama_errors():
+                return await runtime.llama.client.responses.create(
+                    **_create_args(plan), stream=True, extra_headers=_call_headers(plan))
+        except LCoreError as exc:
+            if not await _without_dead_mcp(runtime, plan, exc):
+                raise
+
+
+async def _without_dead_mcp(runtime: Runtime, plan: QueryPlan, exc: LCoreError) -> bool:
+    """After Llama Stack refused the call: leave out the offered MCP servers that do not answer.
+
+    True when some were left out, so the call is worth a retry (Llama Stack refuses a whole
+    call when it cannot list one server's tools; the others should still work). Each retry
+    leaves out at least one more server, so the retries end.
+    """
+    offered = {t.get("server_label") for t in plan.tools if t.get("type") == "mcp"}
+    if exc.status < 500 or not offered or runtime.mcp_health is None:
+        return False
+    servers = [s for s in runtime.config.mcp_servers if s.name in offered]
+    dead = await runtime.mcp_health.unreachable(servers, force=True)
+    if not dead:
+        return False
+    plan.tools = [t for t in plan.tools if t.get("server_label") not in dead]
+    plan.mcp_unavailable.extend(n for n in dead if n not in plan.mcp_unavailable)
+    return True
+
+
 async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     """Non-streaming: one Responses call, summarised."""
     started = time.perf_counter()
     try:
-        with llama_errors():
-            # Plain JSON (cast_to=object): building the client's pydantic models, only to
-            # dump them again, cost more than everything else LCore does per query.
-            response = await runtime.llama.client.post("/v1/responses", body=_create_args(plan),
-                                                       cast_to=object)
+        while True:
+            try:
+                with llama_errors():
+                    # Plain JSON (cast_to=object): building the client's pydantic models, only
+                    # to dump them again, cost more than everything else LCore does per query.
+                    response = await runtime.llama.client.post(
+                        "/v1/responses", body=_create_args(plan), cast_to=object,
+                        options={"headers": _call_headers(plan)})
+                break
+            except LCoreError as exc:
+                if not await _without_dead_mcp(runtime, plan, exc):
+                    raise
     except LCoreError as exc:
         await _failed(runtime, plan, exc, time.perf_counter() - started)
         raise
@@ -514,9 +569,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     start = StreamEvent("start", {"conversation_id": plan.conversation_id})
     started = time.perf_counter()
     try:
-        with llama_errors():
-            upstream = await runtime.llama.client.responses.create(**_create_args(plan),
-                                                                   stream=True)
+        upstream = await _open_stream(runtime, plan)
         waiting += time.perf_counter() - started
     except LCoreError as exc:
         await _failed(runtime, plan, exc, time.perf_counter() - started)
@@ -540,6 +593,15 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                     chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
+            except LCoreError as exc:
+                # Failed before saying anything (a streamed call learns of a dead MCP server
+                # only here): without the dead servers, the client never sees the retry.
+                if token_no or round_no or not await _without_dead_mcp(runtime, plan, exc):
+                    raise
+                await _close_quietly(upstream)
+                upstream = await _open_stream(runtime, plan)
+                iterator = upstream.__aiter__()
+                continue
             finally:
                 waiting += time.perf_counter() - t0
             data = _dump(chunk)
@@ -580,11 +642,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                                     "cause": exc.cause})
         return
     finally:
-        close = getattr(upstream, "close", None)
-        if close is not None:
-            # Closing a dead stream must not mask the real outcome.
-            with contextlib.suppress(Exception):
-                await close()
+        await _close_quietly(upstream)
     if completed is None:
         cut = LCoreError("Llama Stack stream ended early", "no response.completed event")
         await _failed(runtime, plan, cut, waiting)
@@ -614,6 +672,14 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         "truncated": False, "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens, "tokens_estimated": result.tokens_estimated,
         "available_quotas": quotas, "overhead_ms": round(overhead_ms, 2)})
+
+
+async def _close_quietly(upstream: Any) -> None:
+    close = getattr(upstream, "close", None)
+    if close is not None:
+        # Closing a dead stream must not mask the real outcome.
+        with contextlib.suppress(Exception):
+            await close()
 
 
 def response_body(plan: QueryPlan, result: QueryResult, quotas: dict[str, int]) -> dict[str, Any]:

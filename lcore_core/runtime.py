@@ -34,6 +34,8 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     # Set when shutdown's grace period is over: open streams end at their next event.
     cutting_streams: bool = False
+    # Which MCP servers answer (lcore_core.mcp.McpHealth), when any is configured.
+    mcp_health: Any = None
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` after the response (e.g. a topic summary); shutdown waits for it.

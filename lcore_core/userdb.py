@@ -118,17 +118,32 @@ class UserDB:
         self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
 
     async def _run(self, fn: Any, *args: Any, atomic: bool = True) -> Any:
+        def attempt() -> Any:
+            if not atomic:
+                return fn(*args)
+            with self.db.atomic():
+                return fn(*args)
+
         def call() -> Any:
             # Each worker thread keeps its connection open (peewee's are thread-local):
             # opening and closing one per call costs more than the query, and closing the last
             # SQLite connection checkpoints the WAL. A failed call drops the connection, so
-            # the next one reconnects (a restarted PostgreSQL is picked up by itself).
+            # the next one reconnects.
             try:
-                self.db.connect(reuse_if_open=True)
-                if not atomic:
-                    return fn(*args)
-                with self.db.atomic():
-                    return fn(*args)
+                reused = not self.db.connect(reuse_if_open=True)
+                try:
+                    return attempt()
+                except (peewee.OperationalError, peewee.InterfaceError):
+                    if not reused or not isinstance(self.db, peewee.PostgresqlDatabase):
+                        raise
+                # A kept connection found dead (PostgreSQL restarted since this thread last
+                # used it) fails on its first statement, so the server never saw this call:
+                # one retry on a new connection. (A connection lost mid-transaction rolled
+                # back; only a commit whose acknowledgement was lost could apply twice.)
+                with contextlib.suppress(Exception):
+                    self.db.close()
+                self.db.connect()
+                return attempt()
             except peewee.PeeweeException as exc:
                 with contextlib.suppress(Exception):
                     self.db.close()

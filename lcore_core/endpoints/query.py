@@ -17,6 +17,7 @@ from lcore_core.schemas import QueryRequestSchema, QueryResponseSchema
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("query", __name__)
+MCP_UNAVAILABLE = "X-LCore-MCP-Unavailable"
 log = structlog.get_logger("lcore.query")
 
 
@@ -45,7 +46,14 @@ async def query() -> Any:
     plan = await _plan("/v2/query")
     result = await pipeline.run(runtime, plan)
     quotas = await pipeline.finish(runtime, plan, result)
-    return jsonify(pipeline.response_body(plan, result, quotas))
+    return _note_unavailable(jsonify(pipeline.response_body(plan, result, quotas)), plan)
+
+
+def _note_unavailable(response: Response, plan: pipeline.QueryPlan) -> Response:
+    """Name the MCP servers the answer had to do without (they did not answer)."""
+    if plan.mcp_unavailable:
+        response.headers[MCP_UNAVAILABLE] = ", ".join(plan.mcp_unavailable)
+    return response
 
 
 @route(bp, "/v2/streaming_query", "/v1/streaming_query", methods=["POST"],
@@ -94,7 +102,7 @@ async def streaming_query() -> Any:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     response.timeout = None
-    return response
+    return _note_unavailable(response, plan)
 
 
 def _encode(event: pipeline.StreamEvent, text_mode: bool) -> bytes:

@@ -33,7 +33,9 @@ class RecordedToolCall:
 class MCPTestServer:
     """FastMCP over streamable HTTP at ``.url`` (``http://127.0.0.1:PORT/mcp``).
 
-    ``tools`` adds more tools: a mapping of name to a plain function with type-hinted arguments.
+    ``tools`` adds more tools: a mapping of name to a plain function with type-hinted arguments;
+    ``weather=False`` leaves ``get_weather`` out (Llama Stack refuses two servers offering one
+    tool name in a call).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class MCPTestServer:
         name: str = "lcore-test-mcp",
         port: int = 0,
         tools: dict[str, Callable[..., Any]] | None = None,
+        weather: bool = True,
     ) -> None:
         self.name = name
+        self.weather = weather
         self.extra_tools = dict(tools or {})
         self._lock = threading.Lock()
         self._headers: list[dict[str, str]] = []
@@ -105,10 +109,11 @@ class MCPTestServer:
 
         mcp = FastMCP(self.name, stateless_http=True, log_level="WARNING")
 
-        @mcp.tool(description="Current weather for a city.")
-        def get_weather(city: str) -> str:
-            self._record_call("get_weather", {"city": city})
-            return weather_report(city)
+        if self.weather:
+            @mcp.tool(description="Current weather for a city.")
+            def get_weather(city: str) -> str:
+                self._record_call("get_weather", {"city": city})
+                return weather_report(city)
 
         for tool_name, function in self.extra_tools.items():
             mcp.add_tool(self._recording(tool_name, function), name=tool_name)

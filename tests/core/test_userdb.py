@@ -105,3 +105,33 @@ async def test_replicas_creating_the_schema_together_all_succeed() -> None:
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_kept_connections_survive_a_postgres_restart() -> None:
+    """Worker threads keep their connections; after a restart (here: every connection cut by a
+    proxy) the next calls reconnect by themselves instead of failing once per thread."""
+    from lcore_core.testing.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(PG["host"], PG["port"])
+    await proxy.start()
+    namespace = f"lcore_restart_{uuid.uuid4().hex[:8]}"
+    db = UserDB(open_database(Settings.wrap({"postgres": {**PG, "port": proxy.port,
+                                                          "namespace": namespace}})))
+    try:
+        await db.setup()
+        # Several calls at once, so that several worker threads hold a connection.
+        await asyncio.gather(*(db.record_turn(f"conv_{i}", "u", model="m", provider="p")
+                               for i in range(8)))
+        await proxy.cut()
+        await proxy.start()
+        results = await asyncio.gather(*(db.record_turn(f"conv_{i}", "u", model="m",
+                                                        provider="p") for i in range(8)),
+                                       return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert {c["message_count"] for c in await db.list("u")} == {2}
+    finally:
+        await proxy.close()
+        direct = peewee.PostgresqlDatabase("test", host=PG["host"], port=PG["port"],
+                                           user=PG["user"])
+        direct.execute_sql(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+        direct.close()

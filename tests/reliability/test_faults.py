@@ -219,36 +219,80 @@ async def test_llama_stack_killed_mid_stream(own_stack: Any, llm: Any, tmp_path:
 async def test_mcp_server_down_leaves_other_tools_working(llama_stack_server: Any, llm: Any,
                                                           mcp_test_server: MCPTestServer,
                                                           tmp_path: Path) -> None:
-    doomed = MCPTestServer().start()
-    servers = [{"name": "doomed", "url": doomed.url},
+    """A dead MCP server is left out and the live one's tool still answers.
+
+    Two ways to learn of it: a probe (readiness, or the one a query makes when the last probe
+    is old) before the call; or, when it died since, Llama Stack refusing the call, after which
+    LCore probes, leaves it out and retries (for a stream, before the client saw any token).
+    """
+    def clock(zone: str) -> str:
+        return f"12:00 in {zone}"
+
+    def headline(topic: str) -> str:
+        return f"Nothing new about {topic}"
+
+    def doomed_server(port: int = 0) -> MCPTestServer:
+        return MCPTestServer(port=port, weather=False, tools={"get_time": clock}).start()
+
+    def late_server(port: int = 0) -> MCPTestServer:
+        return MCPTestServer(port=port, weather=False, tools={"get_news": headline}).start()
+
+    doomed, late = doomed_server(), late_server()
+    servers = [{"name": "doomed", "url": doomed.url}, {"name": "late", "url": late.url},
                {"name": "weather", "url": mcp_test_server.url}]
     config = write_config(tmp_path / "lcore.yaml", llama_stack_server.url, mcp_servers=servers)
     app = create_app(config, plugins=load_plugins(entrypoints=False))
     llm.script("weather in rome", tool_call=("get_weather", {"city": "Rome"}),
                then="Weather: {tool_output}")
+    ask = {"query": "weather in rome", "generate_topic_summary": False}
+
+    async def answered(response: Any, *, unavailable: str) -> None:
+        body = await response.get_json()
+        assert response.status_code == 200, body
+        assert "Weather:" in body["response"] and "Rome" in body["response"], body
+        assert [c["name"] for c in body["tool_calls"]] == ["get_weather"], body
+        assert response.headers["X-LCore-MCP-Unavailable"] == unavailable
+
     try:
         async with started(app) as test_app:
             client = test_app.test_client()
-            warm = await client.post("/v2/query", json={"query": "warm", **QUERY})
+            warm = await client.post("/v2/query", json=ask)
             assert warm.status_code == 200, await warm.get_json()
+            assert "X-LCore-MCP-Unavailable" not in warm.headers
+            # 1. Died right after the last probe: the stream's call fails, LCore probes, leaves
+            #    it out and reopens; the client only sees a normal stream.
             doomed.stop()
+            streamed = await client.post("/v2/streaming_query", json=ask)
+            assert streamed.status_code == 200
+            events = parse_sse((await streamed.get_data()).decode())
+            kinds = [e["event"] for e in events]
+            assert kinds[-1] == "end", events
+            assert "error" not in kinds and "tool_result" in kinds, kinds
+            # 2. The same for a plain query.
+            late.stop()
+            response = await client.post("/v2/query", json=ask)
+            await answered(response, unavailable="doomed, late")
+            # 3. Known dead ones are not offered again (no failed call first): readiness and
+            #    the tools list report them, queries name them.
             ready = await client.get("/readiness")
             providers = {p["provider_id"]: p for p in (await ready.get_json())["providers"]}
             assert ready.status_code == 503
             assert providers["mcp:doomed"]["status"] == "error"
+            assert providers["mcp:late"]["status"] == "error"
             assert providers["mcp:weather"]["status"] == "ok"
-            # The live server's tools are still listed; the dead one is reported, not fatal.
             tools = await client.get("/v1/tools")
             listed = json.dumps(await tools.get_json())
             assert tools.status_code == 200, listed
             assert "get_weather" in listed
-            # A query offered the dead server's tools fails fast with a clear JSON error that
-            # names the server (Llama Stack refuses the whole call); no traceback, no hang.
-            response = await client.post("/v2/query", json={
-                "query": "weather in rome", "generate_topic_summary": False})
-            body = await response.get_json()
-            assert response.status_code == 503, body
-            assert _is_error_json(503, body)
-            assert doomed.url in body["detail"]["cause"], body
+            response = await client.post("/v2/query", json=ask)
+            await answered(response, unavailable="doomed, late")
+            # 4. Back up: offered again once a probe (here readiness) finds it answering.
+            doomed, late = doomed_server(doomed.port), late_server(late.port)
+            ready = await client.get("/readiness")
+            assert ready.status_code == 200, await ready.get_json()
+            again = await client.post("/v2/query", json=ask)
+            assert again.status_code == 200
+            assert "X-LCore-MCP-Unavailable" not in again.headers
     finally:
         doomed.stop()
+        late.stop()
