@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
+from lcore_core import tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import Config, load_config
 from lcore_core.errors import ConfigError, LCoreError
@@ -64,6 +66,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     if not isinstance(config, Config):
         config = load_config(config, plugins)
     configure_logging(config.service.log_format)
+    tracer = tracing.configure(config.service.get("tracing"), source=config.source)
 
     app = LCoreApp("lcore")
     app.config["MAX_CONTENT_LENGTH"] = config.service.max_request_size
@@ -81,7 +84,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         cache=count_cache_calls(backend.factory(config.conversation_cache.settings, config),
                                 config.conversation_cache.type, metrics),
         app=app, llama=LlamaStack(config.llama_stack),
-        userdb=UserDB(open_database(config.database)),
+        userdb=UserDB(open_database(config.database)), tracing=tracer,
     )
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
@@ -119,11 +122,16 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
 
     @app.after_serving
     async def shutdown() -> None:
-        await runtime.drain()
-        await plugins.shutdown(runtime)
-        await runtime.cache.close()
-        await runtime.llama.close()
-        await runtime.userdb.close()
+        try:
+            await runtime.drain()
+            await plugins.shutdown(runtime)
+            await runtime.cache.close()
+            await runtime.llama.close()
+            await runtime.userdb.close()
+        finally:
+            if tracer is not None:
+                # Last, so the spans of the work above are sent too.
+                await asyncio.to_thread(tracer.shutdown)
 
     cors_settings = config.service.cors
     return cors(app, allow_origin=_cors_origins(cors_settings.allow_origins),
@@ -168,6 +176,7 @@ def _blocked_plugins(config: Config | str | Path | None) -> list[str]:
 
 def _install_middleware(app: Quart, runtime: Runtime) -> None:
     metrics = runtime.metrics
+    tracer = runtime.tracing
 
     @app.before_request
     async def begin() -> None:
@@ -176,6 +185,9 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if 0 < len(rid) <= 128 and rid.isprintable() else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        if tracer is not None:
+            g.server_span = tracer.begin_request(request.method, rule, request.headers,
+                                                 g.request_id)
 
     @app.after_request
     async def finish(response: Any) -> Any:
@@ -186,26 +198,43 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         stats: RequestStats | None = getattr(g, "stats", None)
         if stats is not None and stats.path in getattr(view, "lcore_deprecated_aliases", ()):
             response.headers["Deprecation"] = "true"
+        status = response.status_code
+        auth = getattr(g, "auth", None)
+        user_id = auth.user_id if auth else None
+        server_span = g.pop("server_span", None) if tracer is not None else None
         if stats is not None:
-            status = response.status_code
             metrics.rest_api_calls.labels(stats.path, str(status)).inc()
             if status in (400, 422):
                 metrics.request_validation_errors.labels(stats.path).inc()
-            auth = getattr(g, "auth", None)
             line = {"method": request.method, "path": request.path, "status": status,
-                    "user_id": auth.user_id if auth else None, "request_id": rid}
+                    "user_id": user_id, "request_id": rid}
             if isinstance(response.response, IterableBody):
-                # A stream is timed and logged when its last event has gone out.
+                # A stream is timed, logged and traced until its last event has gone out.
+                stream_span, server_span = server_span, None
+
                 def ended() -> None:
                     _request_done(metrics, stats, line, streamed=True)
+                    if tracer is not None and stream_span is not None:
+                        tracer.end_request(stream_span, status, user_id)
 
                 response.response = IterableBody(timed_body(response.response.iter, ended))
             else:
                 overhead = stats.freeze_overhead()  # the header and the histogram agree
                 response.headers["X-LCore-Overhead-Ms"] = f"{overhead * 1000:.2f}"
                 _request_done(metrics, stats, line, streamed=False)
+        if tracer is not None and server_span is not None:
+            tracer.end_request(server_span, status, user_id)
         structlog.contextvars.unbind_contextvars("request_id")
         return response
+
+    if tracer is not None:
+        @app.teardown_request
+        async def unanswered(exc: BaseException | None) -> None:
+            # A request that got no response (client gone, cancelled) still ends its span.
+            server_span = g.pop("server_span", None)
+            if server_span is not None:
+                auth = getattr(g, "auth", None)
+                tracer.end_request(server_span, None, auth.user_id if auth else None)
 
 
 def _request_done(metrics: CoreMetrics, stats: RequestStats, line: dict[str, Any], *,

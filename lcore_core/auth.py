@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_ch
 
 from quart import current_app, g, request
 
+from lcore_core import tracing
 from lcore_core.errors import Forbidden
 
 if TYPE_CHECKING:
@@ -145,11 +146,15 @@ def authorize(action: str, *, skip: Callable[[], bool] | None = None) -> Callabl
     """
 
     def decorate(view: F) -> F:
+        attributes = {"lcore.action": str(action)}
+
         @functools.wraps(view)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if skip is None or not skip():
-                auth = await authenticate_request()
-                await check_action(auth, action)
+                with tracing.span("lcore.auth", attributes) as current:
+                    auth = await authenticate_request()
+                    current.set_attribute("enduser.id", auth.user_id)
+                    await check_action(auth, action)
             return await view(*args, **kwargs)
 
         wrapper.lcore_action = action  # type: ignore[attr-defined]

@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from lcore_core import tracing
+
 log = structlog.get_logger("lcore.convpool")
 
 
@@ -25,15 +27,21 @@ class ConversationPool:
         self.size = size
         self.ready: deque[str] = deque()
         self._refill: asyncio.Task[None] | None = None
+        # Llama Stack 0.7 makes its conversations table on first use, and concurrent first
+        # creates race on it ("no such table", a 500 each): until one create has succeeded,
+        # creates go one at a time.
+        self._first = asyncio.Lock()
+        self._warm = False
 
     async def take(self) -> str:
         """A new conversation id: a pooled one, else one created now (errors propagate)."""
         if self.ready:
             conversation_id = self.ready.popleft()
         else:
-            # Created before the refill starts: Llama Stack 0.7 makes its conversations table
-            # on first use, and two concurrent first creates race on it (one answers 500).
-            conversation_id = await self._create()
+            # Created before the refill starts (see `_first`). Only this call is traced: the
+            # request waits for it, not for the refills.
+            with tracing.span("llama_stack.conversations.create"):
+                conversation_id = await self._create()
         self._top_up()
         return conversation_id
 
@@ -43,6 +51,15 @@ class ConversationPool:
             self._refill = asyncio.get_running_loop().create_task(self._fill())
 
     async def _create(self) -> str:
+        if not self._warm:
+            async with self._first:
+                if not self._warm:
+                    conversation_id = await self._create_now()
+                    self._warm = True
+                    return conversation_id
+        return await self._create_now()
+
+    async def _create_now(self) -> str:
         conversation = await self.llama.client.conversations.create()
         return str(conversation.id)
 

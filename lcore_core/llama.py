@@ -24,6 +24,7 @@ from llama_stack_client import (
     AsyncLlamaStackClient,
 )
 
+from lcore_core import tracing
 from lcore_core.convpool import ConversationPool
 from lcore_core.errors import (
     BackendUnavailable,
@@ -105,7 +106,7 @@ class LlamaStack:
 
     async def health(self) -> str | None:
         """None when Llama Stack answers; the reason otherwise (for /readiness)."""
-        with llama_errors():
+        with llama_errors("models.list"):
             await self.client.models.list()
         return None
 
@@ -154,37 +155,41 @@ def library_environment() -> None:
 
 
 @contextlib.contextmanager
-def llama_errors() -> Iterator[None]:
+def llama_errors(operation: str | None = None,
+                 attributes: tracing.Attributes | None = None) -> Iterator[None]:
     """Turn client exceptions into LCore errors with the right status.
 
     The time inside the block is time waiting on Llama Stack: it is not LCore's overhead.
+    Naming the `operation` ("responses.create") makes the block a `llama_stack.<operation>` span
+    when the request is traced; an unnamed block (each chunk of a stream) is never one.
     """
-    try:
-        with waiting_on_llama():
-            yield
-    except LCoreError:
-        raise
-    except APIConnectionError as exc:
-        raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
-    except APIStatusError as exc:
-        raise from_status(exc.status_code, _message(exc)) from exc
-    except APIError as exc:
-        # An `error` event inside a stream (e.g. a dead MCP server, reported after the 200).
-        raise BackendUnavailable("Llama Stack failed", str(exc.message)) from exc
-    except (ConnectionError, OSError) as exc:
-        raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
-    except httpx.TransportError as exc:
-        # The client wraps errors of a request, not those of a stream being read: Llama Stack
-        # dying mid-answer surfaces as httpx's own error.
-        raise BackendUnavailable("Lost the connection to Llama Stack",
-                                 f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:
-        library_error = _library_error_type()
-        if library_error is not None and isinstance(exc, library_error):
-            raise from_status(int(getattr(exc, "status_code", 500)), str(exc)) from exc
-        if isinstance(exc, ValueError):  # library mode's validation errors
-            raise BadRequest("Llama Stack rejected the request", str(exc)) from exc
-        raise
+    with tracing.span("llama_stack." + operation, attributes) if operation else tracing.NO_SPAN:
+        try:
+            with waiting_on_llama():
+                yield
+        except LCoreError:
+            raise
+        except APIConnectionError as exc:
+            raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+        except APIStatusError as exc:
+            raise from_status(exc.status_code, _message(exc)) from exc
+        except APIError as exc:
+            # An `error` event inside a stream (e.g. a dead MCP server, reported after the 200).
+            raise BackendUnavailable("Llama Stack failed", str(exc.message)) from exc
+        except (ConnectionError, OSError) as exc:
+            raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+        except httpx.TransportError as exc:
+            # The client wraps errors of a request, not those of a stream being read: Llama Stack
+            # dying mid-answer surfaces as httpx's own error.
+            raise BackendUnavailable("Lost the connection to Llama Stack",
+                                     f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            library_error = _library_error_type()
+            if library_error is not None and isinstance(exc, library_error):
+                raise from_status(int(getattr(exc, "status_code", 500)), str(exc)) from exc
+            if isinstance(exc, ValueError):  # library mode's validation errors
+                raise BadRequest("Llama Stack rejected the request", str(exc)) from exc
+            raise
 
 
 def from_status(status: int, message: str) -> LCoreError:

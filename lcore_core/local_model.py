@@ -302,6 +302,7 @@ async def index_documents(runtime: Runtime, directory: Path, store_name: str,
                 await client.vector_stores.files.create(
                     vector_store_id=store.id, file_id=uploaded.id, attributes=attributes)
             runtime.state.pop("vector_stores", None)
+            runtime.state.pop("vector_store_index", None)
             log.info("documents indexed", vector_store=store.id, files=len(files))
     except Exception as exc:
         log.warning("documents not indexed", path=str(directory),

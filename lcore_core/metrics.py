@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from lcore_core import tracing
 from lcore_core.errors import ConfigError
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -216,7 +217,8 @@ async def timed_body(body: AsyncIterator[Any], on_end: Callable[[], None]) -> As
 
 
 def count_cache_calls(cache: Any, backend: str, metrics: CoreMetrics) -> Any:
-    """Count every cache call and failure by backend, whichever plugin provides the backend.
+    """Count every cache call and failure by backend, whichever plugin provides the backend;
+    in a traced request each call is also an `lcore.storage.cache.<operation>` span.
 
     The methods are wrapped on the instance, not behind a proxy: plugins recognise their own
     backend with `isinstance(runtime.cache, ...)`.
@@ -231,11 +233,13 @@ def count_cache_calls(cache: Any, backend: str, metrics: CoreMetrics) -> Any:
 def _counted(method: Any, backend: str, operation: str, metrics: CoreMetrics) -> Any:
     calls = metrics.cache_operations.labels(backend, operation)
     errors = metrics.cache_errors.labels(backend, operation)
+    name, attributes = f"lcore.storage.cache.{operation}", {"lcore.cache.backend": backend}
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         calls.inc()
         try:
-            return await method(*args, **kwargs)
+            with tracing.span(name, attributes):
+                return await method(*args, **kwargs)
         except Exception:
             errors.inc()
             raise

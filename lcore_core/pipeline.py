@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from lcore_core import rag, tracing
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.errors import Forbidden, LCoreError, NotFound
@@ -72,6 +73,8 @@ class QueryPlan:
     ticket: QuotaTicket = field(default_factory=lambda: QuotaTicket("", ""))
     # MCP servers left out of this query because they do not answer.
     mcp_unavailable: list[str] = field(default_factory=list)
+    # Chunks inline RAG put in the instructions (lcore_core.rag.retrieve).
+    inline_hits: list[dict[str, Any]] = field(default_factory=list)
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
 
@@ -152,10 +155,11 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
         runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
         skip=frozenset(unavailable))
     attachments = body.get("attachments") or []
-    return QueryPlan(ticket=ticket, mcp_unavailable=unavailable,
+    hits = await rag.retrieve(runtime, body["query"])
+    return QueryPlan(ticket=ticket, mcp_unavailable=unavailable, inline_hits=hits,
         auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
         model_id=model_id, provider=provider, model=model,
-        instructions=system_prompt(runtime, body.get("system_prompt")),
+        instructions=system_prompt(runtime, body.get("system_prompt")) + rag.context(hits),
         tools=tools, guardrails=await select_shields(runtime, body.get("shield_ids")),
         input=_input_text(body["query"], attachments),
         generate_topic_summary=body.get("generate_topic_summary") is not False,
@@ -184,7 +188,7 @@ async def list_models(runtime: Runtime) -> list[dict[str, Any]]:
     cached = runtime.state.get("models")
     if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
         return cached[1]
-    with llama_errors():
+    with llama_errors("models.list"):
         models = [model_entry(m) for m in await runtime.llama.client.models.list()]
     runtime.state["models"] = (time.monotonic(), models)
     return models
@@ -264,6 +268,8 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
     tools: list[dict[str, Any]] = []
     stores = vector_store_ids
     if stores is None:
+        stores = await rag.tool_store_ids(runtime)  # the `rag.tool` list, when configured
+    if stores is None:
         stores = await all_vector_store_ids(runtime)
     if stores:
         tools.append({"type": "file_search", "vector_store_ids": stores})
@@ -282,7 +288,7 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
     cached = runtime.state.get(key)
     if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
         return cached[1]
-    with llama_errors():
+    with llama_errors(f"{key}.list"):
         page = await fetch(runtime.llama.client)
     ids = [getattr(s, "identifier", None) or s.id for s in getattr(page, "data", page)]
     runtime.state[key] = (time.monotonic(), ids)
@@ -308,17 +314,19 @@ def _call_headers(plan: QueryPlan) -> dict[str, str]:
 
     When Llama Stack 0.7 cannot reach an MCP server it answers 502 and then breaks the
     connection without closing it; a later call that reused it would hang until a read error.
+    A traced request also passes its `traceparent` on, so Llama Stack's spans join its trace.
     """
+    headers = tracing.outgoing_headers()
     if any(t.get("type") == "mcp" for t in plan.tools):
-        return {"Connection": "close"}
-    return {}
+        headers["Connection"] = "close"
+    return headers
 
 
 async def _open_stream(runtime: Runtime, plan: QueryPlan) -> Any:
     """The upstream event stream, retried without MCP servers that turn out to be dead."""
     while True:
         try:
-            with llama_errors():
+            with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                 return await runtime.llama.client.responses.create(
                     **_create_args(plan), stream=True, extra_headers=_call_headers(plan))
         except LCoreError as exc:
@@ -351,7 +359,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     try:
         while True:
             try:
-                with llama_errors():
+                with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                     # Plain JSON (cast_to=object): building the client's pydantic models, only
                     # to dump them again, cost more than everything else LCore does per query.
                     response = await runtime.llama.client.post(
@@ -369,6 +377,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         await _release(runtime, plan.auth, plan.ticket)
         raise
     result = summarise(_dump(response))
+    add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
     estimate_usage(plan, result)
     return result
@@ -407,6 +416,27 @@ def message_text(item: dict[str, Any]) -> tuple[str, str | None]:
     return "".join(texts), refusal
 
 
+def add_hit(result: QueryResult, hit: dict[str, Any]) -> None:
+    """One retrieved chunk (file_search result or inline RAG hit) as a RAG chunk and its
+    document, once, in upstream's fields."""
+    title, url = rag.title_and_url(hit)
+    result.rag_chunks.append({"content": hit.get("text") or "", "source": title,
+                              "score": hit.get("score")})
+    doc = {"doc_title": title, "doc_url": url}
+    if doc not in result.referenced_documents:
+        result.referenced_documents.append(doc)
+
+
+def add_inline_hits(result: QueryResult, plan: QueryPlan) -> None:
+    """Inline RAG's chunks first, then whatever file_search found."""
+    found, result.rag_chunks, docs = result.rag_chunks, [], result.referenced_documents
+    result.referenced_documents = []
+    for hit in plan.inline_hits:
+        add_hit(result, hit)
+    result.rag_chunks.extend(found)
+    result.referenced_documents.extend(d for d in docs if d not in result.referenced_documents)
+
+
 def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> None:
     """Record a tool call item (file search, MCP, function) as upstream's tool call/result."""
     kind = item.get("type")
@@ -420,15 +450,7 @@ def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> N
                                     "content": json.dumps(results, default=str),
                                     "type": "tool_result", "round": round_no})
         for hit in results:
-            attrs = hit.get("attributes") or {}
-            result.rag_chunks.append({"content": hit.get("text") or "",
-                                      "source": attrs.get("title") or hit.get("filename"),
-                                      "score": hit.get("score")})
-            doc = {"doc_title": attrs.get("title") or attrs.get("doc_title")
-                   or hit.get("filename"),
-                   "doc_url": attrs.get("url") or attrs.get("doc_url")}
-            if doc not in result.referenced_documents:
-                result.referenced_documents.append(doc)
+            add_hit(result, hit)
     elif kind in ("mcp_call", "function_call"):
         try:
             args = json.loads(item.get("arguments") or "{}")
@@ -660,6 +682,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results
     result.rag_chunks = result.rag_chunks or final.rag_chunks
     result.referenced_documents = result.referenced_documents or final.referenced_documents
+    add_inline_hits(result, plan)
     result.llm_seconds = waiting
     yield StreamEvent("turn_complete", {"token": result.response})
     quotas = await finish(runtime, plan, result)

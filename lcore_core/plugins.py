@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from lcore_core import hookspecs
+from lcore_core import hookspecs, tracing
 from lcore_core.errors import ConfigError, PluginLoadError
 
 if TYPE_CHECKING:
@@ -207,23 +207,26 @@ class Plugins:
         return results
 
     async def quota_check(self, auth: AuthTuple, ticket: QuotaTicket, runtime: Runtime) -> None:
-        await self._each(self.pm.hook.lcore_quota_check, auth=auth, ticket=ticket,
-                         runtime=runtime)
+        with tracing.span("lcore.quota.check", {"enduser.id": auth.user_id}):
+            await self._each(self.pm.hook.lcore_quota_check, auth=auth, ticket=ticket,
+                             runtime=runtime)
 
     async def quota_consume(self, auth: AuthTuple, usage: Usage, ticket: QuotaTicket,
                             runtime: Runtime) -> None:
-        await self._each(self.pm.hook.lcore_quota_consume, auth=auth, usage=usage,
-                         ticket=ticket, runtime=runtime)
+        with tracing.span("lcore.quota.consume", {"enduser.id": auth.user_id}):
+            await self._each(self.pm.hook.lcore_quota_consume, auth=auth, usage=usage,
+                             ticket=ticket, runtime=runtime)
 
     async def quota_release(self, auth: AuthTuple, ticket: QuotaTicket,
                             runtime: Runtime) -> None:
         """Refund reservations; every plugin is asked even if one fails."""
-        for impl in reversed(self.pm.hook.lcore_quota_release.get_hookimpls()):
-            args = {"auth": auth, "ticket": ticket, "runtime": runtime}
-            try:
-                await _resolve(impl.function(*[args[a] for a in impl.argnames]))
-            except Exception:
-                log.exception("lcore_quota_release of plugin %s failed", impl.plugin_name)
+        with tracing.span("lcore.quota.release", {"enduser.id": auth.user_id}):
+            for impl in reversed(self.pm.hook.lcore_quota_release.get_hookimpls()):
+                args = {"auth": auth, "ticket": ticket, "runtime": runtime}
+                try:
+                    await _resolve(impl.function(*[args[a] for a in impl.argnames]))
+                except Exception:
+                    log.exception("lcore_quota_release of plugin %s failed", impl.plugin_name)
 
     async def quota_status(self, auth: AuthTuple, runtime: Runtime) -> dict[str, int]:
         status: dict[str, int] = {}

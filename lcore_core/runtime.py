@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lcore_core.config import Config
     from lcore_core.metrics import CoreMetrics
     from lcore_core.plugins import Plugins
+    from lcore_core.tracing import Tracing
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Runtime:
     cutting_streams: bool = False
     # Which MCP servers answer (lcore_core.mcp.McpHealth), when any is configured.
     mcp_health: Any = None
+    # This app's OpenTelemetry tracer when `service.tracing.enabled` (lcore_core.tracing).
+    tracing: Tracing | None = None
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` after the response (e.g. a topic summary); shutdown waits for it.

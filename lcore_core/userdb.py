@@ -14,6 +14,7 @@ from typing import Any
 import peewee
 
 from lcore_core.errors import StorageError
+from lcore_core.tracing import traced
 
 SCHEMA_VERSION = 1
 DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
@@ -171,6 +172,7 @@ class UserDB:
     async def ready(self) -> None:
         await self._run(lambda: self.db.execute_sql("SELECT 1"))
 
+    @traced("lcore.storage.userdb.get")
     async def get(self, conversation_id: str) -> dict[str, Any] | None:
         def fetch() -> dict[str, Any] | None:
             row = self.Conversation.get_or_none(self.Conversation.id == conversation_id)
@@ -178,6 +180,7 @@ class UserDB:
 
         return await self._run(fetch)
 
+    @traced("lcore.storage.userdb.record_turn")
     async def record_turn(self, conversation_id: str, user_id: str, *, model: str,
                           provider: str, topic_summary: str | None = None) -> None:
         """Create the conversation on its first turn, else bump count and last-used fields."""
@@ -199,6 +202,7 @@ class UserDB:
 
         await self._run(upsert)
 
+    @traced("lcore.storage.userdb.list")
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:
         def fetch() -> list[dict[str, Any]]:
             query = self.Conversation.select().order_by(self.Conversation.last_message_at.desc())
@@ -208,11 +212,13 @@ class UserDB:
 
         return await self._run(fetch)
 
+    @traced("lcore.storage.userdb.delete")
     async def delete(self, conversation_id: str) -> bool:
         return bool(await self._run(
             lambda: self.Conversation.delete().where(self.Conversation.id == conversation_id)
             .execute()))
 
+    @traced("lcore.storage.userdb.set_topic_summary")
     async def set_topic_summary(self, conversation_id: str, summary: str) -> bool:
         return bool(await self._run(
             lambda: self.Conversation.update(topic_summary=summary)

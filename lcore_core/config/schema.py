@@ -49,7 +49,12 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     inference.providers, context_windows       refused (unified synthesis, compaction)
     quota_handlers                             plugin lcore-quota
     a2a_state                                  plugin lcore-a2a
-    byok_rag, rag, okp, solr, vector_store,    refused (see UNSUPPORTED_SECTIONS)
+    byok_rag[].{rag_id,vector_db_id,           core: stores Llama Stack serves; provisioning keys
+      score_multiplier,relevance_cutoff_score} accepted, unused (they belong in run.yaml)
+    rag.{inline,tool}                          core: inline (pre-query) and tool RAG; "okp" is
+                                               refused; LCore adds inline_max_chunks,
+                                               store_max_chunks
+    okp, solr, vector_store,                   refused (see UNSUPPORTED_SECTIONS)
       compaction, conversation_history,
       approvals, skills, saved_prompts,
       shields, splunk, observability,
@@ -58,7 +63,7 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     (LCore only) local_model.*                 core addition: a supervised local model server
     (LCore only) plugins.blocked,              core additions
       service.max_request_size, log_format,
-      graceful_shutdown_seconds
+      graceful_shutdown_seconds, tracing.*
 """
 
 from __future__ import annotations
@@ -131,6 +136,25 @@ def _root_path(value: str) -> None:
         raise ValidationError("root_path must not end with '/'")
 
 
+class TracingSchema(Base):
+    """LCore addition: OpenTelemetry spans over OTLP/HTTP (see lcore_core.tracing)."""
+
+    enabled = fields.Boolean(load_default=False)
+    # The collector's OTLP/HTTP base URL (spans go to <endpoint>/v1/traces); null: the standard
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables, else http://127.0.0.1:4318.
+    endpoint = fields.String(load_default=None, allow_none=True, validate=validate.URL(
+        schemes={"http", "https"}, require_tld=False))
+    service_name = fields.String(load_default="lcore", validate=validate.Length(min=1))
+    sample_ratio = fields.Float(load_default=1.0, validate=validate.Range(0, 1))
+
+    @validates_schema
+    def _installed(self, data: dict[str, Any], **_: Any) -> None:
+        from lcore_core import tracing
+
+        if data.get("enabled") and not tracing.installed():
+            raise ValidationError(tracing.NOT_INSTALLED, "enabled")
+
+
 class ServiceSchema(Base):
     host = fields.String(load_default="localhost")
     port = fields.Integer(load_default=8080, validate=validate.Range(1, 65535))
@@ -151,6 +175,8 @@ class ServiceSchema(Base):
     # LCore addition: how long in-flight requests (open streams) may finish after SIGTERM.
     graceful_shutdown_seconds = fields.Float(load_default=30.0,
                                              validate=validate.Range(min=0, max=3600))
+    # LCore addition: OpenTelemetry tracing (pip install 'lcore-core[tracing]').
+    tracing = section(TracingSchema)
 
 
 HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -366,6 +392,63 @@ class LocalModelSchema(Base):
     documents = optional(DocumentsSchema)
 
 
+class ByokRagSchema(Base):
+    """One knowledge source (upstream's `byok_rag` entry): a Llama Stack vector store.
+
+    LCore reads the store Llama Stack already serves: the provisioning keys upstream turns into
+    run.yaml entries (rag_type, embedding_model, embedding_dimension, db_path and the pgvector
+    connection) are accepted so existing files load, and belong in Llama Stack's run.yaml.
+    """
+
+    rag_id = fields.String(required=True, validate=validate.Length(min=1))
+    vector_db_id = fields.String(required=True, validate=validate.Length(min=1))
+    score_multiplier = fields.Float(load_default=1.0,
+                                    validate=validate.Range(min=0, min_inclusive=False))
+    # Inline RAG drops chunks scoring below this (upstream's default, in the store's own scale).
+    relevance_cutoff_score = fields.Float(load_default=0.3)
+    rag_type = fields.String(load_default="inline::faiss")
+    embedding_model = fields.String(load_default=None, allow_none=True)
+    embedding_dimension = positive(load_default=None, allow_none=True)
+    db_path = fields.String(load_default=None, allow_none=True)
+    host = fields.String(load_default=None, allow_none=True)
+    port = fields.Raw(load_default=None, allow_none=True)
+    db = fields.String(load_default=None, allow_none=True)
+    user = fields.String(load_default=None, allow_none=True)
+    password = fields.String(load_default=None, allow_none=True)
+
+
+def _unique_rag_ids(sources: list[dict[str, Any]]) -> None:
+    ids = [str(s.get("rag_id")) for s in sources]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValidationError(f"byok_rag rag_id values must be unique; repeated: "
+                              f"{', '.join(twice)}")
+
+
+def _no_okp(ids: list[str]) -> None:
+    if "okp" in ids:
+        raise ValidationError("'okp' (OKP search) is not supported by LCore; list byok_rag "
+                              "rag_id values or Llama Stack vector store ids/names")
+
+
+class RagSchema(Base):
+    """How knowledge is used (upstream's `rag`): each entry is a `byok_rag` rag_id or, as an
+    LCore addition, a Llama Stack vector store id or name.
+
+    inline: searched before every query, the chunks added to the instructions (no tool call
+    needed: works with models too small to call tools). tool: offered as `file_search`; when
+    the section is present without `tool`, tool RAG is off.
+    """
+
+    inline = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
+                         validate=_no_okp)
+    tool = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None,
+                       allow_none=True, validate=_no_okp)
+    # LCore additions: how many chunks inline RAG adds in all, and asks each store for.
+    inline_max_chunks = positive(load_default=10)
+    store_max_chunks = positive(load_default=10)
+
+
 class PluginsSchema(Base):
     """LCore addition: plugins named here are not loaded even when installed."""
 
@@ -390,6 +473,9 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "inference": section(InferenceSchema),
     "plugins": section(PluginsSchema),
     "local_model": optional(LocalModelSchema),
+    "byok_rag": fields.List(fields.Nested(ByokRagSchema), load_default=list,
+                            validate=_unique_rag_ids),
+    "rag": optional(RagSchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -400,14 +486,12 @@ PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 
 # Upstream features LCore does not have: refused by name rather than as "unknown key".
 UNSUPPORTED_SECTIONS = {
-    "byok_rag": "bring-your-own-knowledge RAG stores",
-    "rag": "LCore-side RAG configuration (BYOK, OKP, inline/tool retrieval)",
     "okp": "OKP (Offline Knowledge Portal) search",
     "solr": "Solr vector search",
     "vector_store": "dynamic vector-store providers",
     "rlsapi_v1": "the RHEL Lightspeed rlsapi v1 endpoint",
     "splunk": "Splunk event forwarding",
-    "observability": "OpenTelemetry settings in the configuration file",
+    "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
     "deployment_environment": "deployment environment tagging of telemetry events",
     "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
     "conversation_history": "server-side conversation history compaction",

@@ -162,7 +162,7 @@ def _not_found(resource: str, resource_id: str) -> NotFound:
      tags=["models"], responses={200: ModelsSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.GET_MODELS)
 async def models() -> Any:
-    with llama_errors():
+    with llama_errors("models.list"):
         listed = await _client().models.list()
     entries = [model_entry(m) for m in listed]
     wanted = request.args.get("model_type")
@@ -175,7 +175,7 @@ async def models() -> Any:
 
 
 async def _providers() -> list[dict[str, Any]]:
-    with llama_errors():
+    with llama_errors("providers.list"):
         listed = await _client().providers.list()
     return [_dump(p) for p in getattr(listed, "data", listed)]
 
@@ -293,7 +293,7 @@ async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:
 async def tools() -> Any:
     # The 0.7 client has no `tools` resource; the route is still served (both modes).
     runtime = current_app.runtime  # type: ignore[attr-defined]
-    with llama_errors():
+    with llama_errors("tools.list"):
         listed = await _client().get("/v1/tools", cast_to=object)
     raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
     entries = [builtin_tool_entry(_dump(t)) for t in raw]
@@ -309,7 +309,7 @@ async def tools() -> Any:
      responses={200: ShieldsSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.GET_SHIELDS)
 async def shields() -> Any:
-    with llama_errors():
+    with llama_errors("shields.list"):
         listed = await _client().shields.list()
     entries = []
     for shield in getattr(listed, "data", listed):
@@ -331,7 +331,7 @@ async def shields() -> Any:
 @authorize(Action.LIST_RAGS)
 async def list_rags() -> Any:
     ids: list[str] = []
-    with llama_errors():
+    with llama_errors("vector_stores.list"):
         async for store in _client().vector_stores.list():
             ids.append(store.id)
     return jsonify({"rags": ids})

@@ -131,7 +131,7 @@ async def get_conversation(conversation_id: str) -> Any:
 
 async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[str, Any]]:
     """Rebuild turns from Llama Stack's items when the cache keeps nothing (noop cache)."""
-    with llama_errors():
+    with llama_errors("conversations.items.list"):
         page = await runtime.llama.client.conversations.items.list(conversation_id,
                                                                     order="asc")
     turns: list[dict[str, Any]] = []
@@ -158,7 +158,7 @@ async def delete_conversation(conversation_id: str) -> Any:
     meta = await _owned(conversation_id, g.auth, Action.DELETE_OTHERS_CONVERSATIONS)
     runtime = _runtime()
     try:
-        with llama_errors():
+        with llama_errors("conversations.delete"):
             await runtime.llama.client.conversations.delete(conversation_id)
     except NotFound:
         pass  # already gone in Llama Stack: still remove LCore's records

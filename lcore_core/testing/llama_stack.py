@@ -228,7 +228,10 @@ def library_client_config(
     """
     workdir = Path(workdir).resolve()
     for key, value in stack_environment(workdir).items():
-        os.environ.setdefault(key, value)
+        # OTEL_SDK_DISABLED would switch off OpenTelemetry for the whole process, LCore's own
+        # tracing included: it is only for a Llama Stack running as its own process.
+        if key != "OTEL_SDK_DISABLED":
+            os.environ.setdefault(key, value)
     return write_run_yaml(
         workdir, llm_base_url, embedding_dimension=embedding_dimension, name="library-run.yaml"
     )

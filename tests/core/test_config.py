@@ -454,9 +454,14 @@ def test_plugin_section_without_its_plugin(tmp_path, plugins):
 
 
 def test_unsupported_upstream_section(tmp_path, plugins):
-    assert errors(tmp_path, BASE + "byok_rag:\n  - rag_id: docs\n", plugins) == [
-        "F:3: byok_rag: not supported by LCore: bring-your-own-knowledge RAG stores; remove "
+    assert errors(tmp_path, BASE + "okp:\n  offline: true\n", plugins) == [
+        "F:3: okp: not supported by LCore: OKP (Offline Knowledge Portal) search; remove "
         "the section"]
+
+
+def test_byok_rag_entry_needs_its_vector_store(tmp_path, plugins):
+    assert errors(tmp_path, BASE + "byok_rag:\n  - rag_id: docs\n", plugins) == [
+        "F:4: byok_rag[0].vector_db_id: required key is missing"]
 
 
 def test_unsupported_upstream_nested_keys(tmp_path, plugins):

@@ -1,0 +1,148 @@
+"""RAG sources from the `byok_rag` and `rag` sections: inline retrieval and the file_search stores.
+
+Inline RAG searches the configured vector stores before the call and puts the best chunks in
+the instructions, so the answer can use them without the model calling a tool (small local
+models do not). Tool RAG offers the stores as `file_search`. A source is a `byok_rag` rag_id or
+a Llama Stack vector store id or name (names let a config name a store indexed at start-up,
+whose id is only known then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from lcore_core.llama import llama_errors
+from lcore_core.runtime import Runtime
+
+log = structlog.get_logger("lcore.rag")
+INDEX_KEY = "vector_store_index"
+INDEX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Source:
+    ref: str  # as configured: a rag_id, a vector store id or a name
+    store: str  # the vector store id or name to resolve
+    multiplier: float = 1.0
+    cutoff: float | None = None
+
+
+def _source(config: Any, ref: str) -> Source:
+    for byok in config.get("byok_rag") or []:
+        if byok["rag_id"] == ref:
+            return Source(ref, byok["vector_db_id"], byok["score_multiplier"],
+                          byok["relevance_cutoff_score"])
+    return Source(ref, ref)
+
+
+def inline_sources(config: Any) -> list[Source]:
+    rag = config.get("rag") or {}
+    return [_source(config, ref) for ref in rag.get("inline") or []]
+
+
+def tool_sources(config: Any) -> list[Source] | None:
+    """The stores to offer as file_search; None means every store Llama Stack has."""
+    rag = config.get("rag")
+    if rag is None:
+        return None
+    tool = rag.get("tool")
+    if tool is None:
+        # Upstream: with neither list, every registered store; with only `inline`, no tool RAG.
+        return None if not rag.get("inline") else []
+    return [_source(config, ref) for ref in tool]
+
+
+async def _index(runtime: Runtime) -> dict[str, str]:
+    """Vector store id and name -> id, cached briefly (stores indexed at start-up appear)."""
+    cached = runtime.state.get(INDEX_KEY)
+    if cached and time.monotonic() - cached[0] < INDEX_SECONDS:
+        return dict(cached[1])
+    with llama_errors():
+        page = await runtime.llama.client.vector_stores.list()
+    index: dict[str, str] = {}
+    for store in getattr(page, "data", page):
+        if getattr(store, "name", None):
+            index.setdefault(store.name, store.id)
+        index[store.id] = store.id
+    runtime.state[INDEX_KEY] = (time.monotonic(), index)
+    return index
+
+
+async def resolve(runtime: Runtime, sources: list[Source]) -> list[tuple[Source, str]]:
+    """Each source with its vector store id; a source Llama Stack does not know is skipped
+    (logged once), e.g. a store still being indexed."""
+    index = await _index(runtime)
+    found = []
+    for source in sources:
+        store_id = index.get(source.store)
+        if store_id is None:
+            warned = runtime.state.setdefault("rag_unknown", set())
+            if source.ref not in warned:
+                warned.add(source.ref)
+                log.warning("rag source not found in Llama Stack's vector stores; skipped",
+                            source=source.ref, vector_store=source.store)
+            continue
+        found.append((source, store_id))
+    return found
+
+
+async def tool_store_ids(runtime: Runtime) -> list[str] | None:
+    sources = tool_sources(runtime.config)
+    if sources is None:
+        return None
+    return [store_id for _, store_id in await resolve(runtime, sources)]
+
+
+async def retrieve(runtime: Runtime, query: str) -> list[dict[str, Any]]:
+    """The best chunks of the inline sources for `query`, best first (scores weighted)."""
+    sources = inline_sources(runtime.config)
+    if not sources or not query.strip():
+        return []
+    rag = runtime.config.get("rag") or {}
+    per_store = int(rag.get("store_max_chunks") or 10)
+
+    async def search(source: Source, store_id: str) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"query": query, "max_num_results": per_store}
+        if source.cutoff is not None:
+            body["ranking_options"] = {"score_threshold": source.cutoff}
+        with llama_errors():
+            page = await runtime.llama.client.post(f"/v1/vector_stores/{store_id}/search",
+                                                   body=body, cast_to=object)
+        hits = []
+        for hit in (page or {}).get("data") or []:
+            score = float(hit.get("score") or 0.0)
+            if source.cutoff is not None and score < source.cutoff:
+                continue
+            text = "".join(part.get("text") or "" for part in hit.get("content") or [])
+            hits.append({"text": text, "score": score * source.multiplier,
+                         "filename": hit.get("filename"),
+                         "attributes": hit.get("attributes") or {}, "source": source.ref})
+        return hits
+
+    found = await resolve(runtime, sources)
+    batches = await asyncio.gather(*(search(source, store_id) for source, store_id in found))
+    merged = sorted((h for batch in batches for h in batch), key=lambda h: -h["score"])
+    return merged[:int(rag.get("inline_max_chunks") or 10)]
+
+
+def title_and_url(hit: dict[str, Any]) -> tuple[str | None, str | None]:
+    attrs = hit.get("attributes") or {}
+    return (attrs.get("title") or attrs.get("doc_title") or hit.get("filename"),
+            attrs.get("url") or attrs.get("doc_url"))
+
+
+def context(hits: list[dict[str, Any]]) -> str:
+    """The instructions' addendum carrying the retrieved chunks ("" without any)."""
+    if not hits:
+        return ""
+    parts = ["\n\nUse the following documents to answer when they are relevant."]
+    for number, hit in enumerate(hits, 1):
+        title, url = title_and_url(hit)
+        heading = f"[{number}] {title or 'document'}" + (f" ({url})" if url else "")
+        parts.append(f"{heading}\n{hit['text'].strip()}")
+    return "\n\n".join(parts)

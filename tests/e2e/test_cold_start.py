@@ -1,0 +1,36 @@
+"""A burst of first queries against a Llama Stack that has never made a conversation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from lcore_core.app import create_app
+from lcore_core.plugins import load_plugins
+from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
+
+from .support import lcore_config, started
+
+
+async def test_first_queries_in_a_burst_all_succeed(tmp_path: Path, scripted_llm: Any) -> None:
+    """Llama Stack 0.7 creates its conversations table on first use and concurrent first
+    creates race on it ("no such table", 500s); LCore lets the first create through alone."""
+    stack = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
+    await asyncio.to_thread(stack.start)
+    try:
+        app = create_app(lcore_config(tmp_path / "lcore", "server", stack.url),
+                         plugins=load_plugins(entrypoints=False))
+        async with started(app) as test_app:
+            client = test_app.test_client()
+            responses = await asyncio.gather(*(
+                client.post("/v2/query", json={"query": f"cold {i}", "no_tools": True,
+                                               "generate_topic_summary": False})
+                for i in range(16)))
+            statuses = [r.status_code for r in responses]
+            assert statuses == [200] * 16, [await r.get_json() for r in responses]
+            ids = {(await r.get_json())["conversation_id"] for r in responses}
+            assert len(ids) == 16
+            await app.runtime.drain()
+    finally:
+        await asyncio.to_thread(stack.stop)

@@ -1,0 +1,149 @@
+"""Inline RAG and the `rag`/`byok_rag` sections, against a real Llama Stack's vector stores.
+
+The scripted LLM answers with the system message it received, so a test sees exactly which
+chunks LCore put into the instructions.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lcore_core.app import create_app
+from lcore_core.plugins import load_plugins
+from lcore_core.testing.llm import message_text
+
+from .support import Lcore, lcore_config, started
+
+OPEN_DOC = ("LCore plugins are separately installable Python distributions found through "
+            "entry points.")
+STRICT_DOC = "Quota limits reset on a schedule that the quota plugin keeps."
+OTHER_DOC = "Pods are the smallest deployable units of computing in Kubernetes."
+
+
+def echo_system(messages: list[dict[str, Any]]) -> str:
+    system = " ".join(message_text(m) for m in messages if m.get("role") == "system")
+    return f"SYSTEM[{system}]"
+
+
+@pytest.fixture(scope="module")
+async def stores(llama_stack_server: Any) -> dict[str, str]:
+    """Three vector stores with one titled document each: name -> id."""
+    from llama_stack_client import AsyncLlamaStackClient
+
+    client = AsyncLlamaStackClient(base_url=llama_stack_server.url)
+    found = {}
+    suffix = uuid.uuid4().hex[:6]
+    for name, text, title in (("open", OPEN_DOC, "Plugins"), ("strict", STRICT_DOC, "Quotas"),
+                              ("other", OTHER_DOC, "Pods")):
+        upload = io.BytesIO(text.encode())
+        upload.name = f"{name}.txt"
+        file = await client.files.create(file=upload, purpose="assistants")
+        store = await client.vector_stores.create(name=f"inline-{name}-{suffix}")
+        await client.vector_stores.files.create(
+            vector_store_id=store.id, file_id=file.id,
+            attributes={"title": title, "url": f"https://docs.example/{name}"})
+        found[name] = store.id
+        found[f"{name}-name"] = store.name or ""
+    return found
+
+
+@pytest.fixture(scope="module")
+async def rag_lcore(tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any,
+                    stores: dict[str, str]) -> AsyncIterator[Lcore]:
+    workdir = tmp_path_factory.mktemp("inline-rag")
+    config = lcore_config(
+        workdir, "server", llama_stack_server.url,
+        byok_rag=[
+            # The strict store's cutoff is out of reach: its chunks never make it in.
+            {"rag_id": "strict-kb", "vector_db_id": stores["strict"],
+             "relevance_cutoff_score": 1e9, "embedding_model": "unused-by-lcore",
+             "db_path": "/nowhere/faiss_store.db"},
+            {"rag_id": "open-kb", "vector_db_id": stores["open"],
+             "relevance_cutoff_score": 0.0, "score_multiplier": 2.0},
+        ],
+        # By rag_id, and (LCore) by a store's name; one source Llama Stack does not know.
+        rag={"inline": ["strict-kb", "open-kb", stores["other-name"], "no-such-store"],
+             "tool": ["open-kb"]})
+    app = create_app(config, plugins=load_plugins(entrypoints=False))
+    async with started(app) as test_app:
+        lcore = Lcore(app, test_app.test_client(), "server", workdir)
+        yield lcore
+        await lcore.runtime.drain()
+
+
+async def test_inline_chunks_reach_the_model_and_the_response(rag_lcore: Lcore, llm: Any,
+                                                              stores: dict[str, str]) -> None:
+    llm.script("inline question one", text=echo_system)
+    response = await rag_lcore.query("inline question one", generate_topic_summary=False)
+    body = await response.get_json()
+    assert response.status_code == 200, body
+    answer = body["response"]
+    assert OPEN_DOC in answer and OTHER_DOC in answer, answer
+    assert STRICT_DOC not in answer  # below its store's relevance cutoff
+    docs = body["referenced_documents"]
+    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in docs
+    assert {"doc_title": "Pods", "doc_url": "https://docs.example/other"} in docs
+    assert all(d["doc_title"] != "Quotas" for d in docs)
+    open_chunks = [c for c in body["rag_chunks"] if "separately installable" in c["content"]]
+    assert open_chunks, body["rag_chunks"]
+    # No tool call was needed: the chunks came with the instructions.
+    assert body["tool_calls"] == []
+    # The open store's scores are weighed by its score_multiplier (2.0).
+    raw = await rag_lcore.runtime.llama.client.vector_stores.search(
+        vector_store_id=stores["open"], query="inline question one")
+    assert open_chunks[0]["score"] == pytest.approx(2.0 * raw.data[0].score)
+
+
+async def test_tool_rag_offers_only_the_listed_stores(rag_lcore: Lcore, llm: Any,
+                                                      stores: dict[str, str]) -> None:
+    llm.script("tool question two", tool_call=("file_search", {"query": "plugins pods quota"}),
+               then="Found: {tool_output}")
+    body = await (await rag_lcore.query("tool question two",
+                                        generate_topic_summary=False)).get_json()
+    assert [c["name"] for c in body["tool_calls"]] == ["file_search"], body
+    searched = body["tool_results"][0]["content"]
+    assert "separately installable" in searched  # the open store, listed under `tool`
+    assert "smallest deployable" not in searched and "reset on a schedule" not in searched
+
+
+async def test_inline_rag_in_a_stream(rag_lcore: Lcore, llm: Any) -> None:
+    llm.script("streamed question three", text=echo_system)
+    status, events = await rag_lcore.stream("streamed question three",
+                                            generate_topic_summary=False)
+    assert status == 200
+    end = events[-1]
+    assert end["event"] == "end", events
+    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in (
+        end["data"]["referenced_documents"])
+    tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
+    assert OPEN_DOC in tokens
+
+
+async def test_without_a_rag_section_nothing_is_inlined(lcore: Lcore, llm: Any,
+                                                        stores: dict[str, str]) -> None:
+    llm.script("plain question four", text=echo_system)
+    body = await (await lcore.query("plain question four", no_tools=True,
+                                    generate_topic_summary=False)).get_json()
+    assert OPEN_DOC not in body["response"] and "SYSTEM[" in body["response"]
+    assert body["referenced_documents"] == []
+
+
+def test_config_refuses_okp_and_repeated_rag_ids(tmp_path: Path) -> None:
+    from lcore_core.errors import ConfigError
+
+    for extra, needle in (
+        ({"rag": {"inline": ["okp"]}}, "rag.inline"),
+        ({"byok_rag": [{"rag_id": "a", "vector_db_id": "x"},
+                       {"rag_id": "a", "vector_db_id": "y"}]}, "byok_rag"),
+        ({"byok_rag": [{"rag_id": "a"}]}, "vector_db_id"),
+    ):
+        path = lcore_config(tmp_path / uuid.uuid4().hex, "server", "http://127.0.0.1:1", **extra)
+        with pytest.raises(ConfigError) as caught:
+            create_app(path, plugins=load_plugins(entrypoints=False))
+        assert needle in str(caught.value) and str(path) in str(caught.value), caught.value
