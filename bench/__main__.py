@@ -146,7 +146,8 @@ def lcore_config(workdir: Path, stack: LlamaStackServer, library: Path | None,
                         {"url": stack.url, "timeout": 60}),
         "database": {"sqlite": {"db_path": str(workdir / "user.db")}},
         "authentication": {"module": "noop"},
-        "conversation_cache": {"type": "memory", "memory": {"max_entries": 100000}},
+        # The shipped default bound (1000 turns): a soak shows the cache full, not growing.
+        "conversation_cache": {"type": "memory", "memory": {"max_entries": 1000}},
     }
     if full:
         config.update(full)

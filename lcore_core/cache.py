@@ -103,12 +103,14 @@ class NoopCache:
 
 
 class MemoryCache:
-    """In-process, bounded by conversation count (least recently used evicted first)."""
+    """In-process, bounded by `max_entries` entries (turns) in all: the least recently used
+    conversations go first; a lone conversation longer than the bound loses its oldest turns."""
 
     def __init__(self, max_entries: int = 1000) -> None:
-        self.max_entries = max_entries
+        self.max_entries = max(max_entries, 1)
         self._data: OrderedDict[tuple[str, str], list[CacheEntry]] = OrderedDict()
         self._topics: dict[tuple[str, str], str] = {}
+        self._count = 0  # entries held, over every conversation
         self._lock = asyncio.Lock()
 
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
@@ -116,9 +118,14 @@ class MemoryCache:
         async with self._lock:
             self._data.setdefault(key, []).append(entry)
             self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                old, _ = self._data.popitem(last=False)
+            self._count += 1
+            while self._count > self.max_entries and len(self._data) > 1:
+                old, entries = self._data.popitem(last=False)
                 self._topics.pop(old, None)
+                self._count -= len(entries)
+            if self._count > self.max_entries:
+                del self._data[key][:self._count - self.max_entries]
+                self._count = self.max_entries
 
     async def get(self, user_id: str, conversation_id: str) -> list[CacheEntry]:
         return list(self._data.get((user_id, conversation_id), []))
@@ -127,7 +134,9 @@ class MemoryCache:
         key = (user_id, conversation_id)
         async with self._lock:
             self._topics.pop(key, None)
-            return self._data.pop(key, None) is not None
+            entries = self._data.pop(key, None)
+            self._count -= len(entries or ())
+            return entries is not None
 
     async def list(self, user_id: str) -> list[ConversationInfo]:
         out = [

@@ -1,7 +1,8 @@
 """New Llama Stack conversations made ahead of need, so a first turn costs one backend call.
 
 A new conversation needs `POST /v1/conversations` before the Responses call. The pool keeps a few
-created in the background: a query takes one (no wait) and a refill starts when it runs low.
+created in the background: a query takes one (no wait), and the refill starts once its answer is
+in (or at once when the pool ran dry).
 Without a pooled one (a burst, or Llama Stack was down) the query creates its own, as before.
 Unused pooled conversations are deleted at shutdown (best effort: an empty conversation left
 behind by a crash costs Llama Stack one small row).
@@ -36,16 +37,18 @@ class ConversationPool:
     async def take(self) -> str:
         """A new conversation id: a pooled one, else one created now (errors propagate)."""
         if self.ready:
-            conversation_id = self.ready.popleft()
-        else:
-            # Created before the refill starts (see `_first`). Only this call is traced: the
-            # request waits for it, not for the refills.
-            with tracing.span("llama_stack.conversations.create"):
-                conversation_id = await self._create()
-        self._top_up()
+            return self.ready.popleft()
+        # Created before the refill starts (see `_first`). Only this call is traced: the
+        # request waits for it, not for the refills.
+        with tracing.span("llama_stack.conversations.create"):
+            conversation_id = await self._create()
+        self.top_up()  # ran dry: refill now
         return conversation_id
 
-    def _top_up(self) -> None:
+    def top_up(self) -> None:
+        """Refill in the background, up to `size`. The pipeline calls this once a turn has its
+        answer: a refill started while the answer is being made would compete with it for
+        Llama Stack (its conversation writes and the answer's share one SQLite store)."""
         if self.size > 0 and len(self.ready) < self.size and (
                 self._refill is None or self._refill.done()):
             self._refill = asyncio.get_running_loop().create_task(self._fill())

@@ -480,18 +480,14 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         started_at=plan.started_at, completed_at=now_iso(),
         referenced_documents=result.referenced_documents, tool_calls=result.tool_calls,
         tool_results=result.tool_results, attachments=plan.attachments)
-    # Three independent writes, each its own transaction on its own connection: run together,
-    # they cost the answer one database round trip (one commit wait) instead of three.
-    outcomes: list[Any] = list(await asyncio.gather(
+    # The quota settlement runs beside the turn's storage (each its own transaction on its own
+    # connection), so the answer waits for the longer of the two, not their sum. The cache
+    # entry is written only after its user DB row: a cached turn never exists alone.
+    outcomes = await asyncio.gather(
         runtime.plugins.quota_consume(plan.auth, usage, plan.ticket, runtime),
-        runtime.userdb.record_turn(plan.conversation_id, plan.auth.user_id,
-                                   model=plan.model, provider=plan.provider),
-        runtime.cache.insert(plan.auth.user_id, plan.conversation_id, entry),
-        return_exceptions=True))
-    cached = outcomes[2]
-    if isinstance(cached, Exception):  # the cache is a copy; the user DB and Llama Stack hold
-        log.error("cache insert failed", error=f"{type(cached).__name__}: {cached}")  # the turn
-        outcomes[2] = None
+        _store_turn(runtime, plan, entry), return_exceptions=True)
+    if plan.new_conversation:
+        runtime.llama.conversations.top_up()
     for outcome in outcomes:  # quota and user DB errors (and cancellation) go on up
         if isinstance(outcome, BaseException):
             raise outcome
@@ -508,6 +504,15 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         # A second LLM call: never on the answer's path.
         runtime.spawn(summarise_topic(runtime, plan))
     return await runtime.plugins.quota_status(plan.auth, runtime)
+
+
+async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry) -> None:
+    await runtime.userdb.record_turn(plan.conversation_id, plan.auth.user_id,
+                                     model=plan.model, provider=plan.provider)
+    try:
+        await runtime.cache.insert(plan.auth.user_id, plan.conversation_id, entry)
+    except Exception as exc:  # the cache is a copy; the user DB and Llama Stack hold the turn
+        log.error("cache insert failed", error=f"{type(exc).__name__}: {exc}")
 
 
 async def summarise_topic(runtime: Runtime, plan: QueryPlan) -> None:
@@ -542,6 +547,8 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
     await _release(runtime, plan.auth, plan.ticket)
+    if plan.new_conversation:
+        runtime.llama.conversations.top_up()
     runtime.metrics.llm_failures.labels(plan.provider, plan.model, plan.endpoint).inc()
     await runtime.plugins.query_completed(QueryCompleted(
         user_id=plan.auth.user_id, conversation_id=plan.conversation_id,

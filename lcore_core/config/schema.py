@@ -169,7 +169,9 @@ class ServiceSchema(Base):
     # LCore additions
     max_request_size = fields.Integer(load_default=10 * 1024 * 1024,
                                       validate=validate.Range(min=1024))
-    log_format = fields.String(load_default="json", validate=validate.OneOf(["json", "console"]))
+    # auto: JSON lines, or the console renderer when standard error is a terminal.
+    log_format = fields.String(load_default="auto",
+                               validate=validate.OneOf(["auto", "json", "console"]))
     # LCore addition: start even when a configured MCP server does not answer.
     skip_unreachable_mcp = fields.Boolean(load_default=False)
     # LCore addition: how long in-flight requests (open streams) may finish after SIGTERM.

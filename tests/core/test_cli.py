@@ -162,6 +162,14 @@ def test_plugins_list_shows_the_six_installed_plugins():
                  "lcore-cache-postgres", "lcore-quota", "lcore-a2a"):
         assert dist in listing, f"{dist} is not discovered"
         assert listing[dist]["error"] is None
+    # And each names the providers it adds, under the names the YAML selects them by.
+    provided = {(p["kind"], p["name"]): dist for dist, plugin in listing.items()
+                for p in plugin["provides"]}
+    assert provided[("auth provider", "jwk-token")] == "lcore-auth-jwk"
+    assert provided[("auth provider", "k8s")] == "lcore-auth-k8s"
+    assert provided[("cache backend", "sqlite")] == "lcore-cache-sqlite"
+    assert provided[("cache backend", "postgres")] == "lcore-cache-postgres"
+    assert provided[("auth provider", "noop")] == "lcore-core"
 
 
 def test_plugin_adds_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

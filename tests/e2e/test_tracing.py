@@ -120,8 +120,10 @@ async def test_a_query_is_one_trace_with_auth_quota_llama_stack_and_storage_span
     assert insert.attributes["lcore.cache.backend"] == "memory"
     # The pipeline's order, each step inside the request's span.
     assert auth.end <= check.start and check.end <= call.start and call.end <= consume.start
-    # The turn's three writes start together once the answer is in.
+    # Once the answer is in, the quota settlement runs beside the user DB record, and the
+    # cache insert follows the record.
     assert all(call.end <= span.start for span in (consume, record, insert))
+    assert record.end <= insert.start
     for child in children.values():
         assert server.start <= child.start <= child.end <= server.end, child.name
         assert child.status_code != STATUS_ERROR, child.name

@@ -54,4 +54,13 @@ async def test_real_question_gets_a_real_answer_with_estimated_tokens_and_rag(
         found = await app.runtime.llama.client.vector_stores.search(
             vector_store_id=stores.data[0].id, query="What is a pod in Kubernetes?")
         assert found.data, "the demo documents were not indexed"
+
+        # Inline RAG on the default config: the answer cites the shipped documents.
+        rag = await client.post("/v2/query", json={"query": "What is a Pod in Kubernetes?"})
+        assert rag.status_code == 200, await rag.get_data(as_text=True)
+        rag_body = await rag.get_json()
+        assert len(rag_body["response"].split()) >= 5, rag_body["response"]
+        cited = {d["doc_url"] for d in rag_body["referenced_documents"]}
+        assert "https://kubernetes.io/docs/concepts/workloads/pods/" in cited, rag_body
+        assert any("Pod" in c["content"] for c in rag_body["rag_chunks"]), rag_body
     assert os.environ.get("LCORE_LOCAL_MODEL_URL")

@@ -26,15 +26,86 @@ PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "
                       "ssl_mode": "disable", "gss_encmode": "disable"}
 
 
-def pg_connect() -> Any:
-    """A connection to the machine's PostgreSQL; a missing server fails the test (never skips)."""
+def pg_connect(port: int = PG["port"]) -> Any:
+    """A connection to the machine's PostgreSQL (or the one on `port`); a missing server fails
+    the test (never skips)."""
     try:
-        conn = psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"],
+        conn = psycopg2.connect(host=PG["host"], port=port, dbname=PG["db"],
                                 user=PG["user"], connect_timeout=5)
     except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL on {PG['host']}:{PG['port']} is required: {exc}")
+        pytest.fail(f"PostgreSQL on {PG['host']}:{port} is required: {exc}")
     conn.autocommit = True
     return conn
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else the newest under /usr/lib/postgresql."""
+    import glob
+    import shutil
+
+    found = shutil.which(name) or (sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or
+                                   [None])[-1]
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} is required (the postgresql server package)")
+    return found
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of one test alone (initdb in a temporary directory, a free port,
+    trust auth, database `test`), so the test may stop and restart the real server.
+
+    As root, the server programs run as the `postgres` user (PostgreSQL refuses root).
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="lcore-own-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+            import shutil
+
+            user = pwd.getpwnam("postgres")
+            shutil.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *command: str, timeout: float = 60) -> None:
+        done = subprocess.run([*self._as, *command], capture_output=True, text=True,
+                              timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+
+    def create(self) -> OwnPostgres:
+        self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", PG["user"],
+                  "--auth=trust", "--no-sync", "-E", "UTF8")
+        self.start()
+        conn = psycopg2.connect(host=PG["host"], port=self.port, dbname="postgres",
+                                user=PG["user"], connect_timeout=5)
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{PG["db"]}"')
+        conn.close()
+        return self
+
+    def start(self) -> None:
+        self._run(_postgres_bin("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
+                  "-l", str(self.dir / "server.log"),
+                  "-o", f"-h {PG['host']} -p {self.port} -k {self.dir} -c fsync=off")
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; `immediate` is a crash (no checkpoint, recovery on the next start)."""
+        self._run(_postgres_bin("pg_ctl"), "stop", "-w", "-t", "60", "-D", str(self.data),
+                  "-m", mode)
+
+    def destroy(self) -> None:
+        import shutil
+
+        with contextlib.suppress(Exception):
+            self.stop("fast")
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -52,9 +123,9 @@ def pg_schema(prefix: str = "lcore_rel") -> Iterator[str]:
         conn.close()
 
 
-def pg_rows(schema: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+def pg_rows(schema: str, sql: str, *args: Any, port: int = PG["port"]) -> list[tuple[Any, ...]]:
     """Rows of `sql` run with `search_path` set to `schema`."""
-    conn = pg_connect()
+    conn = pg_connect(port)
     try:
         with conn.cursor() as cursor:
             cursor.execute(f'SET search_path TO "{schema}"')

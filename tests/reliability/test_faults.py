@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,9 @@ import pytest
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import MCPTestServer
-from lcore_core.testing.tcp_proxy import TcpProxy
 from tests.e2e.support import started
 
-from .support import PG, parse_sse, pg_rows, postgres, write_config
+from .support import OwnPostgres, parse_sse, pg_rows, postgres, write_config
 
 RESERVE = 1000  # tokens a query reserves (quota_handlers.reservation_tokens)
 USER_QUOTA = 10_000_000
@@ -42,12 +41,13 @@ def quota_section(storage: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def pg_proxy() -> AsyncIterator[TcpProxy]:
-    """PostgreSQL behind a loopback proxy: `cut()` is an outage, `start()` the recovery."""
-    proxy = TcpProxy(PG["host"], PG["port"])
-    await proxy.start()
-    yield proxy
-    await proxy.close()
+def own_pg() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server of this test alone, which it stops and restarts for real."""
+    server = OwnPostgres()
+    try:
+        yield server.create()
+    finally:
+        server.destroy()
 
 
 def _is_error_json(status: int, body: Any) -> bool:
@@ -57,13 +57,15 @@ def _is_error_json(status: int, body: Any) -> bool:
             and "Traceback" not in json.dumps(body))
 
 
-async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_path: Path,
+async def test_postgres_outage_under_load(own_pg: OwnPostgres, tmp_path: Path,
                                           llama_stack_server: Any, llm: Any) -> None:
-    """Cache, user DB and quota on PostgreSQL; PostgreSQL goes away under a query load."""
-    pg = postgres(schema, pg_proxy.port, max_connections=8)
+    """Cache, user DB and quota on PostgreSQL; PostgreSQL crashes under a query load and is
+    started again (the real server: `pg_ctl stop -m immediate`, then `pg_ctl start`)."""
+    schema = "lcore_fault"
+    pg = postgres(schema, own_pg.port, max_connections=8)
     config = write_config(
         tmp_path / "lcore.yaml", llama_stack_server.url,
-        database={"postgres": postgres(schema, pg_proxy.port)},
+        database={"postgres": postgres(schema, own_pg.port)},
         conversation_cache={"type": "postgres", "postgres": pg},
         quota_handlers=quota_section({"postgres": pg}))
     app = create_app(config, plugins=load_plugins(entrypoints=False, extra=[
@@ -107,7 +109,7 @@ async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_p
             await until(lambda: count() >= 6, 60, "answers before the outage")
             failures_before = scheduler.failures
             outage["cut"] = time.monotonic()
-            await pg_proxy.cut()
+            await asyncio.to_thread(own_pg.stop)
             # Down: wait for failed queries and for the scheduler to have met the outage.
             await until(lambda: count(since=outage["cut"] + 0.5, ok=False) >= 8
                         and scheduler.failures > failures_before, 30, "failures while down")
@@ -118,7 +120,7 @@ async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_p
             assert ready.status_code == 503
             outage["back"] = time.monotonic()
             back_wall = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-            await pg_proxy.start()  # same port; nobody restarts LCore
+            await asyncio.to_thread(own_pg.start)  # same port; nobody restarts LCore
             await until(lambda: count(since=outage["back"]) >= 6, 60,
                         "answers after the recovery")
         finally:
@@ -136,7 +138,7 @@ async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_p
         deadline = time.monotonic() + 15
         while True:
             [(reset_at,)] = pg_rows(schema, "SELECT reset_at FROM lcore_quota_limit "
-                                            "WHERE limiter = 'cluster-tick'")
+                                            "WHERE limiter = 'cluster-tick'", port=own_pg.port)
             if reset_at > back_wall:
                 break
             assert time.monotonic() < deadline, "the quota scheduler did not resume"
@@ -148,13 +150,14 @@ async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_p
 
     # No half-written conversation: user DB rows are whole turns, cache counts match entries.
     turns = {cid: (user, count) for cid, user, count in pg_rows(
-        schema, "SELECT id, user_id, message_count FROM lcore_user_conversation")}
+        schema, "SELECT id, user_id, message_count FROM lcore_user_conversation",
+        port=own_pg.port)}
     for user, body in answered:
         assert turns.get(body["conversation_id"]) == (user, 1)
     cached = pg_rows(schema, "SELECT c.conversation_id, c.message_count, COUNT(e.id), "
                              "MIN(LENGTH(e.response)) FROM lcore_cache_conversation c "
                              "LEFT JOIN lcore_cache_entry e USING (user_id, conversation_id) "
-                             "GROUP BY c.conversation_id, c.message_count")
+                             "GROUP BY c.conversation_id, c.message_count", port=own_pg.port)
     assert cached
     for cid, message_count, entries, shortest in cached:
         assert message_count == entries == 1 and shortest > 0, cid
@@ -162,9 +165,11 @@ async def test_postgres_outage_under_load(schema: str, pg_proxy: TcpProxy, tmp_p
     # No half-written quota: what each user lost is their recorded usage plus whole
     # reservations of requests whose settlement met the outage (never a fraction of one).
     lost = dict(pg_rows(schema, f"SELECT subject_id, {USER_QUOTA} - available "
-                                "FROM lcore_quota_limit WHERE limiter = 'user-daily'"))
+                                "FROM lcore_quota_limit WHERE limiter = 'user-daily'",
+                            port=own_pg.port))
     used = dict(pg_rows(schema, "SELECT user_id, SUM(input_tokens + output_tokens) "
-                                "FROM lcore_quota_token_usage GROUP BY user_id"))
+                                "FROM lcore_quota_token_usage GROUP BY user_id",
+                            port=own_pg.port))
     for user in {u for u, *_ in results}:
         stuck, rest = divmod(lost.get(user, 0) - used.get(user, 0), RESERVE)
         failed = sum(1 for u, _, s, _ in results if u == user and s != 200)

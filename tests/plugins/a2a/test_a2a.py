@@ -31,6 +31,7 @@ from a2a.types import (
 
 from lcore_core import ConfigError
 from lcore_core.app import create_app
+from lcore_core.auth import DEFAULT_USER_ID
 from lcore_core.plugins import load_plugins
 
 from .conftest import ConfigWriter, answer, serving, text_of, user_message
@@ -259,6 +260,43 @@ async def test_pipeline_failure_ends_the_task_failed(write_config: ConfigWriter,
         body = unknown.json()["result"]
         assert body["status"]["state"] == "failed"
         assert body["metadata"]["error"]["status_code"] == 404
+
+
+async def test_quota_and_metrics_apply_to_a2a_turns(write_config: ConfigWriter, llm: Any,
+                                                    tmp_path: Path) -> None:
+    """An A2A turn is a pipeline turn: lcore-quota charges and refuses it, metrics count it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    quota = {"sqlite": {"db_path": str(tmp_path / "quota.db")},
+             "limiters": [{"name": "daily", "type": "user_limiter", "initial_quota": 100_000,
+                           "quota_increase": 0, "period": "1 day"}],
+             "reservation_tokens": 10, "reservation_chars_per_token": 0}
+    plugins = load_plugins()  # the installed distributions, lcore-quota and lcore-a2a among them
+    assert plugins.distribution_of("quota") == "lcore-quota"
+
+    async def llm_calls(lcore: Any) -> float:
+        text = (await lcore.http.get(f"{lcore.url}/metrics")).text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "ls_llm_calls_total"
+                   and s.labels.get("endpoint") == "/a2a message/send")
+
+    async with serving(write_config(quota_handlers=quota), plugins=plugins) as lcore:
+        client = await lcore.client(streaming=False)
+        store = lcore.runtime.state["lcore-quota"]
+        before = await llm_calls(lcore)
+        task = await send(client, "charge this a2a turn")
+        assert task.status.state == TaskState.completed
+        spent = task.metadata["input_tokens"] + task.metadata["output_tokens"]
+        assert spent > 0 and await llm_calls(lcore) == before + 1
+        # The (noop) caller's budget went down by exactly the turn's tokens.
+        assert (await store.status(DEFAULT_USER_ID))["daily"] == 100_000 - spent
+
+        store.store.set_available(store.limiter("daily"), DEFAULT_USER_ID, 0, store.clock())
+        refused = await send(client, "refuse this a2a turn")
+        assert refused.status.state == TaskState.failed
+        assert refused.metadata and refused.metadata["error"]["status_code"] == 429
+        assert not [r for r in llm.chat_requests if "refuse this a2a turn" in r.text]
+        assert await llm_calls(lcore) == before + 1
 
 
 async def test_cancel_a_running_stream(write_config: ConfigWriter, llm: Any) -> None:

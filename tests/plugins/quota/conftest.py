@@ -6,6 +6,7 @@ PostgreSQL (127.0.0.1:5432, database `test`) missing is a failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,9 +35,9 @@ def pg_connect() -> Any:
                             connect_timeout=5)
 
 
-@pytest.fixture
-def pg_namespace() -> Iterator[str]:
-    """A schema of this test alone, dropped afterwards; fails when PostgreSQL is unreachable."""
+@contextlib.contextmanager
+def own_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards; fails when PostgreSQL is unreachable."""
     name = f"lcore_quota_test_{uuid.uuid4().hex[:12]}"
     try:
         conn = pg_connect()
@@ -51,6 +52,13 @@ def pg_namespace() -> Iterator[str]:
         with conn.cursor() as cursor:
             cursor.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         conn.close()
+
+
+@pytest.fixture
+def pg_namespace() -> Iterator[str]:
+    """A schema of this test alone."""
+    with own_schema() as name:
+        yield name
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,7 +6,7 @@ The plugin is loaded from its entry point, as an installed distribution is for a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,29 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from tests.e2e.support import lcore_config, parse_sse, started
 
+from .conftest import PG, own_schema
+
 pytestmark = pytest.mark.e2e
 
 RESERVE = 50
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def quota_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[dict[str, Any]]:
+    """The quota database: a SQLite file, or a PostgreSQL schema of this module alone."""
+    if request.param == "sqlite":
+        yield {"sqlite": {"db_path": str(tmp_path_factory.mktemp("quota-e2e") / "quota.db")}}
+        return
+    with own_schema() as namespace:
+        yield {"postgres": {**PG, "namespace": namespace, "max_connections": 8}}
+
+
 @pytest.fixture(scope="module")
-async def app(tmp_path_factory: pytest.TempPathFactory,
-              llama_stack_server: Any) -> AsyncIterator[Any]:
+async def app(tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any,
+              quota_storage: dict[str, Any]) -> AsyncIterator[Any]:
     workdir: Path = tmp_path_factory.mktemp("quota-e2e")
-    quota = {"sqlite": {"db_path": str(workdir / "quota.db")},
+    quota = {**quota_storage,
              "limiters": [{"name": "daily", "type": "user_limiter", "initial_quota": 2000,
                            "quota_increase": 0, "period": "1 day"},
                           {"name": "cluster", "type": "cluster_limiter",
@@ -135,3 +148,33 @@ async def test_cut_stream_consumes_nothing(app: Any, llm: Any) -> None:
     assert await quota.status("e2e-cut") == {"daily": 2000,
                                              "cluster": (await quota.status("x"))["cluster"]}
     assert quota.store.usage_totals("e2e-cut") == []
+
+
+async def quota_samples(app: Any) -> dict[tuple[str, str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await app.client.get("/metrics")
+    assert response.status_code == 200
+    text = await response.get_data(as_text=True)
+    return {(s.name, s.labels.get("limiter", ""), s.labels.get("subject_type", "")): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith("ls_quota_")}
+
+
+async def test_metrics_count_consumed_tokens_and_refusals(app: Any, llm: Any) -> None:
+    before = await quota_samples(app)
+    response = await query(app, "e2e-met", "count my quota tokens")
+    assert response.status_code == 200
+    body = await response.get_json()
+    spent = body["input_tokens"] + body["output_tokens"]
+    quota = quota_of(app)
+    quota.store.set_available(quota.limiter("daily"), "e2e-met", 0, quota.clock())
+    assert (await query(app, "e2e-met", "refused")).status_code == 429
+    after = await quota_samples(app)
+
+    def delta(key: tuple[str, str, str]) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta(("ls_quota_consumed_tokens_total", "daily", "user")) == spent
+    assert delta(("ls_quota_consumed_tokens_total", "cluster", "cluster")) == spent
+    assert delta(("ls_quota_refused_requests_total", "daily", "")) == 1

@@ -1,0 +1,77 @@
+"""`service.log_format`: JSON lines by default, structlog's console renderer on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+
+from lcore_core.config import load_config
+from lcore_core.errors import ConfigError
+from lcore_core.plugins import load_plugins
+
+SCRIPT = """
+import structlog
+from lcore_core.logs import configure_logging
+configure_logging({fmt!r})
+structlog.get_logger("lcore.test").info("hello logs", answer=42)
+"""
+
+
+def emit(fmt: str, *, terminal: bool) -> str:
+    """What one log line looks like on standard error, as a pipe or as a terminal."""
+    command = [sys.executable, "-c", SCRIPT.format(fmt=fmt)]
+    if not terminal:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              check=True).stderr
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=60,
+                       check=True)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(leader)
+
+
+def is_json_line(text: str) -> bool:
+    line = text.strip().splitlines()[-1]
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return record["event"] == "hello logs" and record["answer"] == 42
+
+
+@pytest.mark.parametrize("fmt, terminal, json_expected", [
+    ("auto", False, True),
+    ("auto", True, False),
+    ("json", True, True),
+    ("console", False, False),
+])
+def test_format_follows_the_setting_and_the_terminal(fmt, terminal, json_expected):
+    text = emit(fmt, terminal=terminal)
+    assert "hello logs" in text and "42" in text
+    assert is_json_line(text) is json_expected, text
+
+
+def test_auto_is_the_default_and_other_formats_are_refused(tmp_path, write_config):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\nllama_stack:\n  url: http://127.0.0.1:9\n")
+    assert load_config(bare, load_plugins(entrypoints=False)).service.log_format == "auto"
+    with pytest.raises(ConfigError, match=r"service\.log_format"):
+        load_config(write_config({"service": {"log_format": "xml"}}),
+                    load_plugins(entrypoints=False))
