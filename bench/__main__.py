@@ -294,12 +294,16 @@ def backend_calls(service: Service, stack: LlamaStackServer, count: int = 10) ->
 def soak(service: Service, seconds: float) -> dict[str, Any]:
     """Mixed traffic for `seconds`: queries, streams, bad requests, many distinct users."""
     before = service.rss_mb()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     counts = {"query": 0, "stream": 0, "bad": 0, "errors": 0}
+    samples: list[float | None] = [before]  # RSS each tenth of the soak: a plateau or a slope
     headers = dict(h.split(":", 1) for h in service.headers)
     with httpx.Client(timeout=60, trust_env=False, headers=headers) as client:
         i = 0
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
+            if now - started >= len(samples) * seconds / 10:
+                samples.append(service.rss_mb())
             i += 1
             user = f"?user_id=soak-{i % 500}" if not service.headers else ""
             kind = ("bad", "stream", "query", "query")[i % 4]
@@ -320,8 +324,12 @@ def soak(service: Service, seconds: float) -> dict[str, Any]:
             counts["errors"] += 0 if ok else 1
     after = service.rss_mb()
     growth = (after - before) / before * 100 if before and after else None
+    samples.append(after)
+    half = samples[len(samples) // 2]
+    second_half = (after - half) / half * 100 if half and after else None
     return {"seconds": seconds, "rss_before_mb": before, "rss_after_mb": after,
-            "growth_pct": growth, **counts}
+            "growth_pct": growth, "second_half_growth_pct": second_half,
+            "rss_samples_mb": samples, **counts}
 
 
 def _profile(service: Service, args: argparse.Namespace, label: str
@@ -391,12 +399,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
     if soaks:
         lines += ["", "## Soak (mixed traffic: queries, streams, bad requests, 500 users)", "",
                   "| target | seconds | requests | errors | RSS before MB | RSS after MB |"
-                  " growth % |", "|---|---|---|---|---|---|---|"]
+                  " growth % | second-half growth % | RSS each tenth MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for target, s in soaks:
             total = s["query"] + s["stream"] + s["bad"]
+            series = " ".join(fmt(v) for v in s.get("rss_samples_mb") or [])
             lines.append(f"| {target} | {s['seconds']:.0f} | {total} | {s['errors']} | "
                          f"{fmt(s['rss_before_mb'])} | {fmt(s['rss_after_mb'])} | "
-                         f"{fmt(s['growth_pct'], 2)} |")
+                         f"{fmt(s['growth_pct'], 2)} | "
+                         f"{fmt(s.get('second_half_growth_pct'), 2)} | {series} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from lcore_core import rag, tracing
+from lcore_core import rag, tokens, tracing
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.errors import Forbidden, LCoreError, NotFound
@@ -35,9 +34,6 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TOPIC_SUMMARY_PROMPT = ("Give a short topic summary (at most 8 words, no punctuation at the end) "
                         "of this question: ")
 MODEL_CACHE_SECONDS = 30.0
-# Token estimate when the provider reports no usage (llama.cpp's stream carries none): about four
-# characters of English per token, the usual rule of thumb for BPE tokenizers.
-CHARS_PER_TOKEN = 4
 
 
 def now_iso() -> str:
@@ -96,11 +92,6 @@ class QueryResult:
     tokens_estimated: bool = False
 
 
-def estimate_tokens(text: str) -> int:
-    """Tokens in `text` by the `CHARS_PER_TOKEN` heuristic (0 for no text)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
-
-
 def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
     """Fill in token counts the provider did not report, and mark them as estimated.
 
@@ -113,8 +104,8 @@ def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
     sent = [plan.instructions, str(plan.input)]
     sent += [str(r.get("content") or "") for r in result.tool_results]
     received = [result.response] + [json.dumps(c.get("args") or {}) for c in result.tool_calls]
-    result.input_tokens = sum(estimate_tokens(t) for t in sent)
-    result.output_tokens = sum(estimate_tokens(t) for t in received)
+    result.input_tokens = sum(tokens.count(t) for t in sent)
+    result.output_tokens = sum(tokens.count(t) for t in received)
     result.tokens_estimated = True
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from lcore_core.pipeline import estimate_tokens
+from lcore_core.tokens import count as estimate_tokens
 
 from .support import Lcore
 

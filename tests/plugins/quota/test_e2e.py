@@ -178,3 +178,17 @@ async def test_metrics_count_consumed_tokens_and_refusals(app: Any, llm: Any) ->
     assert delta(("ls_quota_consumed_tokens_total", "daily", "user")) == spent
     assert delta(("ls_quota_consumed_tokens_total", "cluster", "cluster")) == spent
     assert delta(("ls_quota_refused_requests_total", "daily", "")) == 1
+
+
+async def test_estimated_tokens_are_charged_when_the_provider_reports_none(
+        app: Any, llm: Any) -> None:
+    """A provider without usage (llama.cpp's stream): quota is charged LCore's count, not 0."""
+    llm.script("no usage from this model", text="Pods group containers that share a network.",
+               usage=False)
+    before = (await quota_of(app).status("e2e-est"))["daily"]
+    response = await query(app, "e2e-est", "no usage from this model")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["tokens_estimated"] is True and body["output_tokens"] > 0
+    spent = body["input_tokens"] + body["output_tokens"]
+    assert (await quota_of(app).status("e2e-est"))["daily"] == before - spent
