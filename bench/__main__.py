@@ -162,7 +162,7 @@ def lcore_config(workdir: Path, stack: LlamaStackServer, library: Path | None,
 
 
 def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
-    """jwk-token (a local JWKS file), RBAC, quota and cache on PostgreSQL; and a token."""
+    """jwk-token (a local JWKS file), RBAC, user DB, cache and quota on PostgreSQL; a token."""
     from authlib.jose import JsonWebKey, JsonWebToken
 
     key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
@@ -177,6 +177,9 @@ def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
          "user_id": "bench-user", "username": "bench", "groups": ["users"]}, key).decode()
     pg = {**PG, "namespace": namespace}
     section = {
+        # Installed but not used by this deployment, as a user who installs only what they need
+        # would have it (plugins.blocked keeps them from being imported).
+        "plugins": {"blocked": ["a2a", "auth_k8s", "cache_sqlite"]},
         "authentication": {"module": "jwk-token", "skip_for_health_probes": True, "jwk_config": {
             "url": str(jwks), "issuer": "bench-issuer", "audience": "lcore",
             "jwt_configuration": {"role_rules": [
@@ -185,6 +188,7 @@ def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
         "authorization": {"access_rules": [
             {"role": "user", "actions": ["query", "streaming_query", "list_conversations",
                                          "get_conversation", "feedback", "get_models", "info"]}]},
+        "database": {"postgres": pg},
         "conversation_cache": {"type": "postgres", "postgres": pg},
         "quota_handlers": {"postgres": pg, "limiters": [
             {"name": "user_daily", "type": "user_limiter", "initial_quota": 10**12,

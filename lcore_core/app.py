@@ -14,7 +14,7 @@ from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from lcore_core import tokens, tracing
+from lcore_core import tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import Config, load_config
 from lcore_core.errors import ConfigError, LCoreError
@@ -117,9 +117,6 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             await check_reachable(config.mcp_servers)
         await plugins.startup(runtime)
         await _publish_models(runtime)
-        # The tokenizer for providers that report no usage: loaded now, off the loop, not on
-        # the first such answer.
-        runtime.spawn(asyncio.to_thread(tokens.load))
         log.info("started", name=config.name, auth=config.authentication.module,
                  cache=config.conversation_cache.type)
 

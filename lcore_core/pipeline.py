@@ -370,6 +370,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     result = summarise(_dump(response))
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
+    await tokens.ready_if(not (result.input_tokens or result.output_tokens))
     estimate_usage(plan, result)
     return result
 
@@ -683,6 +684,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         "".join(texts) or final.response)
     result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
+    await tokens.ready_if(not (result.input_tokens or result.output_tokens))
     estimate_usage(plan, result)
     if not result.tool_calls:
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results

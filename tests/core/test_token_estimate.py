@@ -76,3 +76,12 @@ def test_reported_usage_is_kept():
     result = QueryResult(response="x" * 400, input_tokens=7, output_tokens=0)
     estimate_usage(_plan(), result)
     assert (result.input_tokens, result.output_tokens, result.tokens_estimated) == (7, 0, False)
+
+
+async def test_the_tokenizer_loads_only_when_an_answer_needs_counting(monkeypatch):
+    monkeypatch.setattr(tokens, "_loaded", False)
+    monkeypatch.setattr(tokens, "_encoding", None)
+    await tokens.ready_if(False)  # the provider reported usage: nothing is loaded
+    assert tokens._loaded is False
+    await tokens.ready_if(True)
+    assert tokens._loaded is True and tokens._encoding is not None
