@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import structlog
 
+from lcore_core import rag
 from lcore_core.errors import BackendUnavailable
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import llama_errors
@@ -302,7 +303,7 @@ async def index_documents(runtime: Runtime, directory: Path, store_name: str,
                 await client.vector_stores.files.create(
                     vector_store_id=store.id, file_id=uploaded.id, attributes=attributes)
             runtime.state.pop("vector_stores", None)
-            runtime.state.pop("vector_store_index", None)
+            runtime.state.pop(rag.INDEX_KEY, None)
             log.info("documents indexed", vector_store=store.id, files=len(files))
     except Exception as exc:
         log.warning("documents not indexed", path=str(directory),

@@ -109,6 +109,12 @@ def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
     result.tokens_estimated = True
 
 
+async def estimate_missing_usage(plan: QueryPlan, result: QueryResult) -> None:
+    """`estimate_usage`, loading the tokenizer off the event loop first when it is needed."""
+    await tokens.ready_if(not (result.input_tokens or result.output_tokens))
+    estimate_usage(plan, result)
+
+
 # --- preparation ---------------------------------------------------------------------------
 
 
@@ -176,13 +182,11 @@ def system_prompt(runtime: Runtime, requested: str | None) -> str:
 
 async def list_models(runtime: Runtime) -> list[dict[str, Any]]:
     """Llama Stack's models, cached briefly (model selection runs on every query)."""
-    cached = runtime.state.get("models")
-    if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
-        return cached[1]
-    with llama_errors("models.list"):
-        models = [model_entry(m) for m in await runtime.llama.client.models.list()]
-    runtime.state["models"] = (time.monotonic(), models)
-    return models
+    async def fetch() -> list[dict[str, Any]]:
+        with llama_errors("models.list"):
+            return [model_entry(m) for m in await runtime.llama.client.models.list()]
+
+    return await runtime.cached("models", MODEL_CACHE_SECONDS, fetch)
 
 
 def model_entry(model: Any) -> dict[str, Any]:
@@ -276,14 +280,12 @@ async def all_vector_store_ids(runtime: Runtime) -> list[str]:
 
 async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
     """Ids of a Llama Stack listing, cached briefly: it is consulted on every query."""
-    cached = runtime.state.get(key)
-    if cached and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
-        return cached[1]
-    with llama_errors(f"{key}.list"):
-        page = await fetch(runtime.llama.client)
-    ids = [getattr(s, "identifier", None) or s.id for s in getattr(page, "data", page)]
-    runtime.state[key] = (time.monotonic(), ids)
-    return ids
+    async def ids() -> list[str]:
+        with llama_errors(f"{key}.list"):
+            page = await fetch(runtime.llama.client)
+        return [getattr(s, "identifier", None) or s.id for s in getattr(page, "data", page)]
+
+    return await runtime.cached(key, MODEL_CACHE_SECONDS, ids)
 
 
 # --- the call ------------------------------------------------------------------------------
@@ -370,8 +372,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     result = summarise(_dump(response))
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
-    await tokens.ready_if(not (result.input_tokens or result.output_tokens))
-    estimate_usage(plan, result)
+    await estimate_missing_usage(plan, result)
     return result
 
 
@@ -684,8 +685,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         "".join(texts) or final.response)
     result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
-    await tokens.ready_if(not (result.input_tokens or result.output_tokens))
-    estimate_usage(plan, result)
+    await estimate_missing_usage(plan, result)
     if not result.tool_calls:
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results
     result.rag_chunks = result.rag_chunks or final.rag_chunks

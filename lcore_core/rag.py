@@ -10,7 +10,6 @@ whose id is only known then).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,18 +58,17 @@ def tool_sources(config: Any) -> list[Source] | None:
 
 async def _index(runtime: Runtime) -> dict[str, str]:
     """Vector store id and name -> id, cached briefly (stores indexed at start-up appear)."""
-    cached = runtime.state.get(INDEX_KEY)
-    if cached and time.monotonic() - cached[0] < INDEX_SECONDS:
-        return dict(cached[1])
-    with llama_errors():
-        page = await runtime.llama.client.vector_stores.list()
-    index: dict[str, str] = {}
-    for store in getattr(page, "data", page):
-        if getattr(store, "name", None):
-            index.setdefault(store.name, store.id)
-        index[store.id] = store.id
-    runtime.state[INDEX_KEY] = (time.monotonic(), index)
-    return index
+    async def fetch() -> dict[str, str]:
+        with llama_errors("vector_stores.list"):
+            page = await runtime.llama.client.vector_stores.list()
+        index: dict[str, str] = {}
+        for store in getattr(page, "data", page):
+            if getattr(store, "name", None):
+                index.setdefault(store.name, store.id)
+            index[store.id] = store.id
+        return index
+
+    return await runtime.cached(INDEX_KEY, INDEX_SECONDS, fetch)
 
 
 async def resolve(runtime: Runtime, sources: list[Source]) -> list[tuple[Source, str]]:
@@ -110,7 +108,7 @@ async def retrieve(runtime: Runtime, query: str) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"query": query, "max_num_results": per_store}
         if source.cutoff is not None:
             body["ranking_options"] = {"score_threshold": source.cutoff}
-        with llama_errors():
+        with llama_errors("vector_stores.search", {"lcore.rag.source": source.ref}):
             page = await runtime.llama.client.post(f"/v1/vector_stores/{store_id}/search",
                                                    body=body, cast_to=object)
         hits = []

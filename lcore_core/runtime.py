@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from lcore_core.metrics import CoreMetrics
     from lcore_core.plugins import Plugins
     from lcore_core.tracing import Tracing
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +42,16 @@ class Runtime:
     mcp_health: Any = None
     # This app's OpenTelemetry tracer when `service.tracing.enabled` (lcore_core.tracing).
     tracing: Tracing | None = None
+
+    async def cached(self, key: str, seconds: float, fetch: Callable[[], Awaitable[T]]) -> T:
+        """`await fetch()`, kept in `state[key]` for `seconds` (Llama Stack's lists, which the
+        query path reads on every query). `state.pop(key)` makes the next call fetch again."""
+        hit = self.state.get(key)
+        if hit and time.monotonic() - hit[0] < seconds:
+            return hit[1]  # type: ignore[no-any-return]
+        value = await fetch()
+        self.state[key] = (time.monotonic(), value)
+        return value
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` after the response (e.g. a topic summary); shutdown waits for it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ ENV_TOKEN = f"env-token-{uuid.uuid4().hex[:8]}"
 LITERAL_TOKEN = f"literal-token-{uuid.uuid4().hex[:8]}"
 VAULT_TOKEN = f"vault-token-{uuid.uuid4().hex[:8]}"
 ENV_NAME = "LCORE_TEST_MCP_SOURCE_TOKEN"
+SOURCE_KINDS = ("file", "env", "literal", "vault")
 
 
 def convert_units(celsius: float) -> str:
@@ -51,17 +52,12 @@ class VaultValues:
 def servers() -> Iterator[dict[str, MCPTestServer]]:
     """One server per source kind; each offers its own tool name (Llama Stack refuses two
     servers offering one name in a call)."""
-    made = {
-        "file": MCPTestServer(name="from-file", weather=False,
-                              tools={"file_tool": lambda q: f"file tool saw {q}"}),
-        "env": MCPTestServer(name="from-env", weather=False,
-                             tools={"env_tool": lambda q: f"env tool saw {q}"}),
-        "literal": MCPTestServer(name="from-literal", weather=False,
-                                 tools={"literal_tool": lambda q: f"literal tool saw {q}"}),
-        "vault": MCPTestServer(name="from-vault", weather=False,
-                               tools={"vault_tool": lambda q: f"vault tool saw {q}"}),
-        "two": MCPTestServer(name="two-tools", tools={"convert_units": convert_units}),
-    }
+    def echo(kind: str) -> Callable[[str], str]:
+        return lambda q: f"{kind} tool saw {q}"
+
+    made = {kind: MCPTestServer(name=f"from-{kind}", weather=False,
+                                tools={f"{kind}_tool": echo(kind)}) for kind in SOURCE_KINDS}
+    made["two"] = MCPTestServer(name="two-tools", tools={"convert_units": convert_units})
     for server in made.values():
         server.start()
     try:

@@ -178,6 +178,15 @@ async def test_a_stream_span_ends_after_its_last_event(traced: Any, receiver: Ot
     assert_nothing_secret(receiver, question)
 
 
+async def query_with_traceparent(test_app: Any, query: str, traceparent: str) -> Any:
+    """One authenticated query sent with a W3C `traceparent`; it must succeed."""
+    response = await test_app.test_client().post(
+        "/v2/query", json={"query": query, "generate_topic_summary": False},
+        headers={**AUTH, "traceparent": traceparent})
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    return response
+
+
 async def test_incoming_traceparent_is_joined_and_spans_are_flushed_at_shutdown(
         tmp_path: Path, llama_stack_server: Any, llm: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,10 +196,8 @@ async def test_incoming_traceparent_is_joined_and_spans_are_flushed_at_shutdown(
     with OtlpReceiver() as receiver:
         app = traced_app(tmp_path, llama_stack_server.url, receiver)
         async with started(app) as test_app:
-            response = await test_app.test_client().post(
-                "/v2/query", json={"query": "join my trace", "generate_topic_summary": False},
-                headers={**AUTH, "traceparent": f"00-{trace_id}-{parent_id}-01"})
-            assert response.status_code == 200, await response.get_data(as_text=True)
+            response = await query_with_traceparent(test_app, "join my trace",
+                                                    f"00-{trace_id}-{parent_id}-01")
             await asyncio.sleep(0.5)
             assert receiver.bodies == []  # still queued
         spans = receiver.spans()
@@ -209,9 +216,7 @@ async def test_tracing_disabled_exports_nothing(tmp_path: Path, llama_stack_serv
         app = traced_app(tmp_path, llama_stack_server.url, receiver, enabled=False)
         assert app.runtime.tracing is None
         async with started(app) as test_app:
-            response = await test_app.test_client().post(
-                "/v2/query", json={"query": "not traced", "generate_topic_summary": False},
-                headers={**AUTH, "traceparent": f"00-{uuid.uuid4().hex}-{'1' * 16}-01"})
-            assert response.status_code == 200, await response.get_data(as_text=True)
+            await query_with_traceparent(test_app, "not traced",
+                                         f"00-{uuid.uuid4().hex}-{'1' * 16}-01")
         await asyncio.sleep(0.5)
         assert receiver.paths == []
