@@ -1,5 +1,8 @@
 """New Llama Stack conversations made ahead of need, so a first turn costs one backend call.
 
+Used only with `service.conversation_state: llama_stack_conversation` (chained conversations,
+the default, need no create).
+
 A new conversation needs `POST /v1/conversations` before the Responses call. The pool keeps a few
 created in the background: a query takes one (no wait), and the refill starts once its answer is
 in (or at once when the pool ran dry).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import structlog
 from lcore_core import rag, tokens, tracing
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
+from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
 from lcore_core.errors import Forbidden, LCoreError, NotFound
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.llama import llama_errors
@@ -64,6 +66,10 @@ class QueryPlan:
     generate_topic_summary: bool
     media_type: str
     endpoint: str
+    # A chained conversation (service.conversation_state: response_chain) continues from its
+    # last stored response; else the turn goes into the Llama Stack conversation of that id.
+    chained: bool = True
+    previous_response_id: str | None = None
     attachments: list[dict[str, Any]] = field(default_factory=list)
     streaming: bool = False
     ticket: QuotaTicket = field(default_factory=lambda: QuotaTicket("", ""))
@@ -90,6 +96,8 @@ class QueryResult:
     llm_seconds: float = 0.0
     # True when the provider reported no usage and the token counts are LCore's estimate.
     tokens_estimated: bool = False
+    # The stored Llama Stack response (the next turn of a chained conversation continues it).
+    response_id: str | None = None
 
 
 def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
@@ -144,7 +152,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                   ticket: QuotaTicket, client_mcp_headers: dict[str, Any],
                   request_headers: dict[str, str]) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
-    conversation_id, new = await resolve_conversation(runtime, auth, body.get("conversation_id"))
+    conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"))
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
         unavailable = await runtime.mcp_health.unreachable(runtime.config.mcp_servers)
@@ -154,7 +162,9 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
     attachments = body.get("attachments") or []
     hits = await rag.retrieve(runtime, body["query"])
     return QueryPlan(ticket=ticket, mcp_unavailable=unavailable, inline_hits=hits,
-        auth=auth, query=body["query"], conversation_id=conversation_id, new_conversation=new,
+        auth=auth, query=body["query"], conversation_id=conversation.id,
+        new_conversation=conversation.new, chained=conversation.chained,
+        previous_response_id=conversation.previous_response_id,
         model_id=model_id, provider=provider, model=model,
         instructions=system_prompt(runtime, body.get("system_prompt")) + rag.context(hits),
         tools=tools, guardrails=await select_shields(runtime, body.get("shield_ids")),
@@ -235,18 +245,40 @@ async def select_model(runtime: Runtime, auth: AuthTuple,
                    f"valid: {valid or 'none'}")
 
 
+@dataclass
+class Conversation:
+    id: str
+    new: bool
+    chained: bool
+    previous_response_id: str | None = None
+
+
+def new_conversation_id() -> str:
+    """An id of the shape Llama Stack gives its conversations ("conv_" + 48 hex digits)."""
+    return "conv_" + secrets.token_hex(24)
+
+
 async def resolve_conversation(runtime: Runtime, auth: AuthTuple,
-                               conversation_id: str | None) -> tuple[str, bool]:
-    """An existing conversation the caller may continue, or a new Llama Stack conversation."""
+                               conversation_id: str | None) -> Conversation:
+    """An existing conversation the caller may continue, or a new one.
+
+    A new conversation is a chain of stored responses that LCore names itself (one Llama Stack
+    call per turn), unless `service.conversation_state` asks for Llama Stack conversations.
+    An existing one continues the way it began (the user DB knows: `response_ids` or None).
+    """
     if conversation_id:
         meta = await runtime.userdb.get(conversation_id)
         owned = meta is not None and meta["user_id"] == auth.user_id
-        if not owned and not (meta is not None and may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
+        if meta is None or not (owned or may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
             raise NotFound("Conversation not found",
                            f"conversation {conversation_id} does not exist for this user")
-        return conversation_id, False
-    with llama_errors():
-        return await runtime.llama.conversations.take(), True
+        chain = meta["response_ids"]
+        return Conversation(conversation_id, False, chain is not None,
+                            chain[-1] if chain else None)
+    if runtime.config.service.conversation_state == LLAMA_STACK_CONVERSATION:
+        with llama_errors():
+            return Conversation(await runtime.llama.conversations.take(), True, False)
+    return Conversation(new_conversation_id(), True, True)
 
 
 async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:
@@ -293,8 +325,11 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
 
 def _create_args(plan: QueryPlan) -> dict[str, Any]:
     args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
-                            "conversation": plan.conversation_id,
                             "instructions": plan.instructions, "store": True}
+    if not plan.chained:
+        args["conversation"] = plan.conversation_id
+    elif plan.previous_response_id:
+        args["previous_response_id"] = plan.previous_response_id
     if plan.tools:
         args["tools"] = plan.tools
     if plan.guardrails:
@@ -392,6 +427,7 @@ def summarise(response: dict[str, Any]) -> QueryResult:
         else:
             add_tool_item(result, item, round_no)
     result.response = "".join(texts)
+    result.response_id = response.get("id")
     return result
 
 
@@ -478,8 +514,8 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     # entry is written only after its user DB row: a cached turn never exists alone.
     outcomes = await asyncio.gather(
         runtime.plugins.quota_consume(plan.auth, usage, plan.ticket, runtime),
-        _store_turn(runtime, plan, entry), return_exceptions=True)
-    if plan.new_conversation:
+        _store_turn(runtime, plan, entry, result.response_id), return_exceptions=True)
+    if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     for outcome in outcomes:  # quota and user DB errors (and cancellation) go on up
         if isinstance(outcome, BaseException):
@@ -499,9 +535,11 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     return await runtime.plugins.quota_status(plan.auth, runtime)
 
 
-async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry) -> None:
+async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry,
+                      response_id: str | None) -> None:
     await runtime.userdb.record_turn(plan.conversation_id, plan.auth.user_id,
-                                     model=plan.model, provider=plan.provider)
+                                     model=plan.model, provider=plan.provider,
+                                     chained=plan.chained, response_id=response_id)
     try:
         await runtime.cache.insert(plan.auth.user_id, plan.conversation_id, entry)
     except Exception as exc:  # the cache is a copy; the user DB and Llama Stack hold the turn
@@ -540,7 +578,7 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
     await _release(runtime, plan.auth, plan.ticket)
-    if plan.new_conversation:
+    if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     runtime.metrics.llm_failures.labels(plan.provider, plan.model, plan.endpoint).inc()
     await runtime.plugins.query_completed(QueryCompleted(
@@ -685,6 +723,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         "".join(texts) or final.response)
     result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
+    result.response_id = final.response_id
     await estimate_missing_usage(plan, result)
     if not result.tool_calls:
         result.tool_calls, result.tool_results = final.tool_calls, final.tool_results

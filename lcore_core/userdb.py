@@ -16,7 +16,7 @@ import peewee
 from lcore_core.errors import StorageError
 from lcore_core.tracing import traced
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: response_ids
 DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
 
 def utcnow() -> dt.datetime:
@@ -32,6 +32,9 @@ class UserConversation(peewee.Model):
     created_at = peewee.DateTimeField(default=utcnow)
     last_message_at = peewee.DateTimeField(default=utcnow, index=True)
     message_count = peewee.IntegerField(default=0)
+    # The Llama Stack responses of a conversation LCore chains itself (`previous_response_id`),
+    # oldest first, space-separated; NULL for one kept as a Llama Stack conversation.
+    response_ids = peewee.TextField(null=True)
 
     class Meta:
         table_name = "lcore_user_conversation"
@@ -79,6 +82,7 @@ def install_schema(database: peewee.Database, tables: list[type[peewee.Model]],
                 quoted = '"' + namespace.replace('"', '""') + '"'
                 database.execute_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
             database.create_tables([*tables, version_model], safe=True)
+            _add_missing_columns(database, tables, namespace if postgres else None)
             fields = version_model._meta.fields
             version_model.insert(component=component, version=version).on_conflict(
                 conflict_target=[fields["component"]], update={fields["version"]: version}
@@ -86,6 +90,21 @@ def install_schema(database: peewee.Database, tables: list[type[peewee.Model]],
     finally:
         if postgres:
             database.execute_sql("SELECT pg_advisory_unlock(hashtext(%s))", key)
+
+
+def _add_missing_columns(database: peewee.Database, tables: list[type[peewee.Model]],
+                         schema: str | None) -> None:
+    """Add the columns a newer version brought to tables an older one created (each new field
+    is nullable or has a default, so existing rows stay valid)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(database)
+    for table in tables:
+        name = table._meta.table_name
+        present = {c.name for c in database.get_columns(name, schema)}
+        missing = [f for f in table._meta.sorted_fields if f.column_name not in present]
+        if missing:
+            migrate(*(migrator.add_column(name, f.column_name, f) for f in missing))
 
 
 def open_database(settings: Any) -> peewee.Database:
@@ -118,13 +137,10 @@ class UserDB:
         self.db = database
         self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
 
-    async def _run(self, fn: Any, *args: Any, atomic: bool = True) -> Any:
-        def attempt() -> Any:
-            if not atomic:
-                return fn(*args)
-            with self.db.atomic():
-                return fn(*args)
-
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """Run `fn` in a worker thread. Each call here is one statement, which the database
+        runs atomically by itself (peewee's connections are in autocommit): an explicit
+        transaction would only add two round trips."""
         def call() -> Any:
             # Each worker thread keeps its connection open (peewee's are thread-local):
             # opening and closing one per call costs more than the query, and closing the last
@@ -133,18 +149,18 @@ class UserDB:
             try:
                 reused = not self.db.connect(reuse_if_open=True)
                 try:
-                    return attempt()
+                    return fn(*args)
                 except (peewee.OperationalError, peewee.InterfaceError):
                     if not reused or not isinstance(self.db, peewee.PostgresqlDatabase):
                         raise
                 # A kept connection found dead (PostgreSQL restarted since this thread last
                 # used it) fails on its first statement, so the server never saw this call:
-                # one retry on a new connection. (A connection lost mid-transaction rolled
-                # back; only a commit whose acknowledgement was lost could apply twice.)
+                # one retry on a new connection. (Only a statement that reached the server and
+                # whose acknowledgement was lost could apply twice.)
                 with contextlib.suppress(Exception):
                     self.db.close()
                 self.db.connect()
-                return attempt()
+                return fn(*args)
             except peewee.PeeweeException as exc:
                 with contextlib.suppress(Exception):
                     self.db.close()
@@ -164,7 +180,7 @@ class UserDB:
             install_schema(self.db, [self.Conversation], self.Version, "userdb", SCHEMA_VERSION,
                            namespace=pg_namespace)
 
-        await self._run(create, atomic=False)
+        await self._run(create)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.db.close)
@@ -174,40 +190,53 @@ class UserDB:
 
     @traced("lcore.storage.userdb.get")
     async def get(self, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation's metadata, with `response_ids`: the chained Llama Stack responses,
+        oldest first, or None for a conversation kept as a Llama Stack conversation."""
         def fetch() -> dict[str, Any] | None:
             row = self.Conversation.get_or_none(self.Conversation.id == conversation_id)
-            return _row(row) if row else None
+            if row is None:
+                return None
+            ids = row.response_ids
+            return {**_row(row), "response_ids": None if ids is None else ids.split()}
 
         return await self._run(fetch)
 
     @traced("lcore.storage.userdb.record_turn")
     async def record_turn(self, conversation_id: str, user_id: str, *, model: str,
-                          provider: str, topic_summary: str | None = None) -> None:
-        """Create the conversation on its first turn, else bump count and last-used fields."""
+                          provider: str, topic_summary: str | None = None, chained: bool = False,
+                          response_id: str | None = None) -> None:
+        """Create the conversation on its first turn, else bump count and last-used fields.
+
+        `chained`: LCore keeps the conversation as a chain of responses; `response_id` (the
+        turn's stored response) is appended to it. Whether a conversation is chained is fixed by
+        its first turn: appending to a NULL list leaves it NULL.
+        """
+        C = self.Conversation
 
         def upsert() -> None:
-            # One statement, so concurrent first turns cannot lose a count.
+            # One statement (no transaction round trips), so concurrent turns cannot lose a count.
             now = utcnow()
-            self.Conversation.insert(
+            update = {C.message_count: C.message_count + 1, C.last_message_at: now,
+                      C.last_used_model: model, C.last_used_provider: provider}
+            if chained and response_id:
+                update[C.response_ids] = C.response_ids.concat(" " + response_id)
+            C.insert(
                 id=conversation_id, user_id=user_id, topic_summary=topic_summary,
                 last_used_model=model, last_used_provider=provider, created_at=now,
                 last_message_at=now, message_count=1,
-            ).on_conflict(
-                conflict_target=[self.Conversation.id],
-                update={self.Conversation.message_count: self.Conversation.message_count + 1,
-                        self.Conversation.last_message_at: now,
-                        self.Conversation.last_used_model: model,
-                        self.Conversation.last_used_provider: provider},
-            ).execute()
+                response_ids=(response_id or "") if chained else None,
+            ).on_conflict(conflict_target=[C.id], update=update).execute()
 
         await self._run(upsert)
 
     @traced("lcore.storage.userdb.list")
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:
         def fetch() -> list[dict[str, Any]]:
-            query = self.Conversation.select().order_by(self.Conversation.last_message_at.desc())
+            C = self.Conversation
+            fields = [f for f in C._meta.sorted_fields if f is not C.response_ids]
+            query = C.select(*fields).order_by(C.last_message_at.desc())
             if user_id is not None:
-                query = query.where(self.Conversation.user_id == user_id)
+                query = query.where(C.user_id == user_id)
             return [_row(r) for r in query]
 
         return await self._run(fetch)

@@ -155,6 +155,11 @@ class TracingSchema(Base):
             raise ValidationError(tracing.NOT_INSTALLED, "enabled")
 
 
+RESPONSE_CHAIN = "response_chain"
+LLAMA_STACK_CONVERSATION = "llama_stack_conversation"
+CONVERSATION_STATES = (RESPONSE_CHAIN, LLAMA_STACK_CONVERSATION)
+
+
 class ServiceSchema(Base):
     host = fields.String(load_default="localhost")
     port = fields.Integer(load_default=8080, validate=validate.Range(1, 65535))
@@ -179,6 +184,9 @@ class ServiceSchema(Base):
                                              validate=validate.Range(min=0, max=3600))
     # LCore addition: OpenTelemetry tracing (pip install 'lcore-core[tracing]').
     tracing = section(TracingSchema)
+    # LCore addition: how a new conversation's turns are kept in Llama Stack (see pipeline).
+    conversation_state = fields.String(
+        load_default=RESPONSE_CHAIN, validate=validate.OneOf(CONVERSATION_STATES))
 
 
 HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)

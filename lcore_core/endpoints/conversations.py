@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -124,28 +127,103 @@ async def get_conversation(conversation_id: str) -> Any:
             "referenced_documents": e.referenced_documents, "tool_calls": e.tool_calls,
             "tool_results": e.tool_results,
         } for e in entries]
+    elif meta["response_ids"] is not None:
+        history = await _history_from_responses(runtime, meta["response_ids"])
     else:
         history = await _history_from_llama(runtime, conversation_id)
     return jsonify({"conversation_id": conversation_id, "chat_history": history})
 
 
+# Llama Stack calls in flight at once when a chained conversation is read or deleted.
+CHAIN_CALLS = 8
+
+
+async def _each_response(response_ids: list[str], call: Any) -> list[Any]:
+    """`call(response_id)` for every response of a chain, a few at a time, in order."""
+    gate = asyncio.Semaphore(CHAIN_CALLS)
+
+    async def one(response_id: str) -> Any:
+        async with gate:
+            return await call(response_id)
+
+    return await asyncio.gather(*(one(r) for r in response_ids))
+
+
+async def _history_from_responses(runtime: Any, response_ids: list[str]) -> list[dict[str, Any]]:
+    """Rebuild a chained conversation's turns from its stored responses (noop cache).
+
+    Each response holds its turn's answer; the turn's question is the last of its input items
+    (a stored response's input is the whole conversation so far, then the new question).
+    """
+    client = runtime.llama.client
+
+    async def turn(response_id: str) -> dict[str, Any] | None:
+        try:
+            with llama_errors("responses.retrieve"):
+                response = _data(await client.responses.retrieve(response_id))
+            with llama_errors("responses.input_items.list"):
+                page = await client.responses.input_items.list(response_id, order="desc",
+                                                               limit=1)
+        except NotFound:
+            return None  # deleted in Llama Stack meanwhile: the turn is gone
+        asked = [_data(i) for i in getattr(page, "data", page)]
+        # Llama Stack's model id is "<provider>/<model>", as the query chose it.
+        provider, _, model = str(response.get("model") or "").partition("/")
+        if not model:
+            provider, model = "", provider
+        answer = "".join(_text(o.get("content")) for o in response.get("output") or []
+                         if o.get("type") == "message")
+        return {"messages": [{"content": _text(asked[0].get("content")) if asked else "",
+                              "type": "user"},
+                             {"content": answer, "type": "assistant"}],
+                "started_at": _timestamp(response.get("created_at")),
+                "completed_at": _timestamp(response.get("completed_at")),
+                "provider": provider or None, "model": model}
+
+    return [t for t in await _each_response(response_ids, turn) if t is not None]
+
+
+def _data(item: Any) -> dict[str, Any]:
+    return item.model_dump() if hasattr(item, "model_dump") else item
+
+
+def _text(content: Any) -> str:
+    """A message's text: a plain string, or its text (or refusal) parts joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or p.get("refusal") or "" for p in content or [])
+
+
+def _timestamp(seconds: Any) -> str | None:
+    if not isinstance(seconds, int | float):
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+# Llama Stack 0.7 lists a conversation's items without paging (20 unless told).
+CONVERSATION_ITEMS_LIMIT = 10_000
+
+
 async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[str, Any]]:
-    """Rebuild turns from Llama Stack's items when the cache keeps nothing (noop cache)."""
+    """Rebuild turns from a Llama Stack conversation's items (noop cache).
+
+    Items made within one second share a timestamp, and Llama Stack 0.7 then lists them out of
+    turn order (questions first), so the n-th question is paired with the n-th answer.
+    """
     with llama_errors("conversations.items.list"):
-        page = await runtime.llama.client.conversations.items.list(conversation_id,
-                                                                    order="asc")
-    turns: list[dict[str, Any]] = []
+        page = await runtime.llama.client.conversations.items.list(
+            conversation_id, order="asc", limit=CONVERSATION_ITEMS_LIMIT)
+    said: dict[str, list[str]] = {"user": [], "assistant": []}
     for item in getattr(page, "data", page):
-        data = item.model_dump() if hasattr(item, "model_dump") else item
-        if data.get("type") != "message" or data.get("role") not in ("user", "assistant"):
-            continue
-        content = data.get("content")
-        text = content if isinstance(content, str) else "".join(
-            p.get("text") or p.get("refusal") or "" for p in content or [])
-        kind = data["role"]
-        if kind == "user" or not turns:
-            turns.append({"messages": [], "started_at": None, "completed_at": None})
-        turns[-1]["messages"].append({"content": text, "type": kind})
+        data = _data(item)
+        if data.get("type") == "message" and data.get("role") in said:
+            said[data["role"]].append(_text(data.get("content")))
+    turns = []
+    for question, answer in itertools.zip_longest(said["user"], said["assistant"]):
+        messages = [{"content": question, "type": "user"}] if question is not None else []
+        if answer is not None:
+            messages.append({"content": answer, "type": "assistant"})
+        turns.append({"messages": messages, "started_at": None, "completed_at": None})
     return turns
 
 
@@ -157,15 +235,25 @@ async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[s
 async def delete_conversation(conversation_id: str) -> Any:
     meta = await _owned(conversation_id, g.auth, Action.DELETE_OTHERS_CONVERSATIONS)
     runtime = _runtime()
-    try:
-        with llama_errors("conversations.delete"):
-            await runtime.llama.client.conversations.delete(conversation_id)
-    except NotFound:
-        pass  # already gone in Llama Stack: still remove LCore's records
+    if meta["response_ids"] is not None:
+        # Each stored response of the chain holds the conversation up to its turn.
+        await _each_response(meta["response_ids"], lambda r: _forget(
+            "responses.delete", runtime.llama.client.responses.delete, r))
+    else:
+        await _forget("conversations.delete", runtime.llama.client.conversations.delete,
+                      conversation_id)
     await runtime.cache.delete(meta["user_id"], conversation_id)
     await runtime.userdb.delete(conversation_id)
     return jsonify({"conversation_id": conversation_id, "success": True,
                     "response": "Conversation deleted successfully"})
+
+
+async def _forget(operation: str, delete: Any, llama_id: str) -> None:
+    try:
+        with llama_errors(operation):
+            await delete(llama_id)
+    except NotFound:
+        pass  # already gone in Llama Stack: still remove LCore's records
 
 
 @route(bp, "/v1/conversations/<conversation_id>", "/conversations/<conversation_id>",

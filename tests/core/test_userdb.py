@@ -69,6 +69,64 @@ async def test_concurrent_turns_lose_no_update(userdb: UserDB) -> None:
     assert (await userdb.get("conv_c1"))["message_count"] == 20
 
 
+async def test_chained_turns_keep_their_response_ids_in_order(userdb: UserDB) -> None:
+    await userdb.record_turn("conv_r", "erin", model="m", provider="p", chained=True,
+                             response_id="resp_1")
+    await userdb.record_turn("conv_r", "erin", model="m", provider="p", chained=True,
+                             response_id=None)  # a turn Llama Stack stored no response for
+    await userdb.record_turn("conv_r", "erin", model="m", provider="p", chained=True,
+                             response_id="resp_3")
+    row = await userdb.get("conv_r")
+    assert row["response_ids"] == ["resp_1", "resp_3"]
+    assert row["message_count"] == 3
+    # A conversation kept by Llama Stack stays one, whatever a later turn says.
+    await userdb.record_turn("conv_l", "erin", model="m", provider="p")
+    await userdb.record_turn("conv_l", "erin", model="m", provider="p", chained=True,
+                             response_id="resp_9")
+    assert (await userdb.get("conv_l"))["response_ids"] is None
+    # A chain whose first turn had no stored response is still a chain.
+    await userdb.record_turn("conv_e", "erin", model="m", provider="p", chained=True)
+    assert (await userdb.get("conv_e"))["response_ids"] == []
+    # The listing does not carry them.
+    assert all("response_ids" not in c for c in await userdb.list("erin"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_version_1_table_gains_the_new_column(kind: str, tmp_path: Path) -> None:
+    """A user DB written by schema 1 (no response_ids) is upgraded in place, rows kept."""
+    namespace = f"lcore_test_{uuid.uuid4().hex[:8]}"
+    settings = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "old.db")}} if kind == "sqlite"
+                             else {"postgres": {**PG, "namespace": namespace}})
+    old = open_database(settings)
+    stamp = "TIMESTAMP" if kind == "postgres" else "DATETIME"
+    with old.connection_context():
+        if kind == "postgres":
+            old.execute_sql(f'CREATE SCHEMA "{namespace}"')
+        old.execute_sql(
+            "CREATE TABLE lcore_user_conversation (id VARCHAR(128) PRIMARY KEY, user_id "
+            "VARCHAR(256) NOT NULL, topic_summary TEXT, last_used_model VARCHAR(256) NOT NULL, "
+            f"last_used_provider VARCHAR(256) NOT NULL, created_at {stamp} NOT NULL, "
+            f"last_message_at {stamp} NOT NULL, message_count INTEGER NOT NULL)")
+        old.execute_sql("INSERT INTO lcore_user_conversation VALUES ('conv_old', 'frank', 'T', "
+                        "'m', 'p', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 4)")
+    db = UserDB(open_database(settings))
+    try:
+        await db.setup()
+        row = await db.get("conv_old")
+        assert row is not None
+        assert (row["message_count"], row["response_ids"]) == (4, None)
+        await db.record_turn("conv_new", "frank", model="m", provider="p", chained=True,
+                             response_id="resp_a")
+        assert (await db.get("conv_new"))["response_ids"] == ["resp_a"]
+        version = await db._run(lambda: db.db.execute_sql(
+            "SELECT version FROM lcore_schema_version WHERE component = 'userdb'").fetchone())
+        assert tuple(version) == (2,)
+    finally:
+        if kind == "postgres":
+            await db._run(lambda: db.db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE'))
+        await db.close()
+
+
 async def test_unreachable_database_is_a_storage_error(tmp_path: Path) -> None:
     from lcore_core.errors import StorageError
 

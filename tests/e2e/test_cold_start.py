@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
@@ -13,13 +15,17 @@ from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
 from .support import lcore_config, started
 
 
-async def test_first_queries_in_a_burst_all_succeed(tmp_path: Path, scripted_llm: Any) -> None:
+@pytest.mark.parametrize("state", ["response_chain", "llama_stack_conversation"])
+async def test_first_queries_in_a_burst_all_succeed(tmp_path: Path, scripted_llm: Any,
+                                                    state: str) -> None:
     """Llama Stack 0.7 creates its conversations table on first use and concurrent first
-    creates race on it ("no such table", 500s); LCore lets the first create through alone."""
+    creates race on it ("no such table", 500s); LCore lets the first create through alone.
+    A chain of stored responses must survive the same burst."""
     stack = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
     await asyncio.to_thread(stack.start)
     try:
-        app = create_app(lcore_config(tmp_path / "lcore", "server", stack.url),
+        app = create_app(lcore_config(tmp_path / "lcore", "server", stack.url, service={
+                             "host": "127.0.0.1", "port": 8080, "conversation_state": state}),
                          plugins=load_plugins(entrypoints=False))
         async with started(app) as test_app:
             client = test_app.test_client()

@@ -242,19 +242,3 @@ async def test_logging_survives_library_mode(lcore: Lcore) -> None:
     assert any(getattr(h, "_lcore", False) for h in handlers)
     assert not [h for h in handlers if type(h).__module__.startswith(("llama_stack", "rich"))]
 
-
-async def test_new_conversations_come_from_the_pool(lcore: Lcore, llm: Any) -> None:
-    """A first turn takes a conversation created in the background: one call on the hot path."""
-    pool = lcore.runtime.llama.conversations
-    await lcore.query("fill the pool", generate_topic_summary=False)
-    await pool.wait_filled()
-    assert len(pool.ready) == pool.size
-    head = pool.ready[0]
-    # It is a real, empty Llama Stack conversation...
-    assert (await lcore.runtime.llama.client.conversations.retrieve(head)).id == head
-    body = await (await lcore.query("use the pool", generate_topic_summary=False)).get_json()
-    # ...and the next new conversation is that one.
-    assert body["conversation_id"] == head
-    assert head not in pool.ready
-    follow = await lcore.query("second turn", conversation_id=head)
-    assert follow.status_code == 200
