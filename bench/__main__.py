@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,43 +296,62 @@ def backend_calls(service: Service, stack: LlamaStackServer, count: int = 10) ->
     return (requests() - before) / count
 
 
-def soak(service: Service, seconds: float) -> dict[str, Any]:
-    """Mixed traffic for `seconds`: queries, streams, bad requests, many distinct users."""
-    before = service.rss_mb()
-    started = time.monotonic()
-    deadline = started + seconds
+SOAK_WARMUP_S = 30.0
+
+
+def soak(service: Service, seconds: float, warmup: float = SOAK_WARMUP_S) -> dict[str, Any]:
+    """Mixed traffic for `seconds`: queries, streams, bad requests, many distinct users.
+
+    The same mix runs for `warmup` seconds first, so "before" is RSS after warm-up: every
+    code path (streams, errors) has run once and the pools and caches a first request fills
+    are there. RSS before that warm-up is reported too.
+    """
+    cold = service.rss_mb()
     counts = {"query": 0, "stream": 0, "bad": 0, "errors": 0}
-    samples: list[float | None] = [before]  # RSS each tenth of the soak: a plateau or a slope
+    samples: list[float | None] = []  # RSS each tenth of the soak: a plateau or a slope
     headers = dict(h.split(":", 1) for h in service.headers)
     with httpx.Client(timeout=60, trust_env=False, headers=headers) as client:
-        i = 0
-        while (now := time.monotonic()) < deadline:
-            if now - started >= len(samples) * seconds / 10:
+        def drive(until: float, tally: dict[str, int], tick: Callable[[], None]) -> None:
+            i = 0
+            while time.monotonic() < until:
+                tick()
+                i += 1
+                user = f"?user_id=soak-{i % 500}" if not service.headers else ""
+                kind = ("bad", "stream", "query", "query")[i % 4]
+                try:
+                    if kind == "bad":
+                        response = client.post(service.url + "/v2/query" + user,
+                                               content=b"{oops",
+                                               headers={"Content-Type": "application/json"})
+                        ok = response.status_code == 400
+                    else:
+                        response = client.post(service.url + service.paths[kind] + user,
+                                               content=service.body(kind).replace("{n}", str(i)),
+                                               headers={"Content-Type": "application/json"})
+                        ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                tally[kind] += 1
+                tally["errors"] += 0 if ok else 1
+
+        warm = {"query": 0, "stream": 0, "bad": 0, "errors": 0}
+        drive(time.monotonic() + warmup, warm, lambda: None)
+        before = service.rss_mb()
+        samples.append(before)
+        started = time.monotonic()
+
+        def sample() -> None:
+            if time.monotonic() - started >= len(samples) * seconds / 10:
                 samples.append(service.rss_mb())
-            i += 1
-            user = f"?user_id=soak-{i % 500}" if not service.headers else ""
-            kind = ("bad", "stream", "query", "query")[i % 4]
-            try:
-                if kind == "bad":
-                    response = client.post(service.url + "/v2/query" + user, content=b"{oops",
-                                           headers={"Content-Type": "application/json"})
-                    ok = response.status_code == 400
-                else:
-                    path = service.paths[kind]
-                    response = client.post(service.url + path + user,
-                                           content=service.body(kind).replace("{n}", str(i)),
-                                           headers={"Content-Type": "application/json"})
-                    ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            counts[kind] += 1
-            counts["errors"] += 0 if ok else 1
+
+        drive(started + seconds, counts, sample)
     after = service.rss_mb()
     growth = (after - before) / before * 100 if before and after else None
     samples.append(after)
     half = samples[len(samples) // 2]
     second_half = (after - half) / half * 100 if half and after else None
-    return {"seconds": seconds, "rss_before_mb": before, "rss_after_mb": after,
+    return {"seconds": seconds, "warmup_s": warmup, "warmup_errors": warm["errors"],
+            "rss_cold_mb": cold, "rss_before_mb": before, "rss_after_mb": after,
             "growth_pct": growth, "second_half_growth_pct": second_half,
             "rss_samples_mb": samples, **counts}
 
@@ -343,7 +363,9 @@ def _profile(service: Service, args: argparse.Namespace, label: str
         return None
     out = Path(args.profile) / f"{service.name}-{label}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(["py-spy", "record", "--pid", str(service.process.pid),
+    # The one installed beside this interpreter (pip install py-spy), else the one on PATH.
+    local = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen([str(local) if local.exists() else "py-spy", "record", "--pid", str(service.process.pid),
                              "--duration", str(int(args.duration + args.warmup)), "--format",
                              "raw", "--subprocesses", "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -402,13 +424,16 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
     soaks = [(t, results[t]["soak"]) for t in args.targets if results.get(t, {}).get("soak")]
     if soaks:
         lines += ["", "## Soak (mixed traffic: queries, streams, bad requests, 500 users)", "",
-                  "| target | seconds | requests | errors | RSS before MB | RSS after MB |"
-                  " growth % | second-half growth % | RSS each tenth MB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"The mix first runs {SOAK_WARMUP_S:.0f} s as a warm-up; growth is from the "
+                  "RSS after it.", "",
+                  "| target | seconds | requests | errors | RSS cold MB | RSS after warm-up MB |"
+                  " RSS after MB | growth % | second-half growth % | RSS each tenth MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for target, s in soaks:
             total = s["query"] + s["stream"] + s["bad"]
             series = " ".join(fmt(v) for v in s.get("rss_samples_mb") or [])
             lines.append(f"| {target} | {s['seconds']:.0f} | {total} | {s['errors']} | "
+                         f"{fmt(s.get('rss_cold_mb'))} | "
                          f"{fmt(s['rss_before_mb'])} | {fmt(s['rss_after_mb'])} | "
                          f"{fmt(s['growth_pct'], 2)} | "
                          f"{fmt(s.get('second_half_growth_pct'), 2)} | {series} |")
