@@ -148,25 +148,28 @@ class PostgresCache:
     # --- ConversationCache --------------------------------------------------------------------
 
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
-        data = entry.to_dict()
         E, C = self.Entry, self.Conversation
-
-        def insert() -> None:
-            # One transaction: the turn and its conversation row appear together or not at all.
-            entry_id = E.insert(user_id=user_id, conversation_id=conversation_id,
-                                **data).execute()
-            C.insert(user_id=user_id, conversation_id=conversation_id,
-                     last_message_timestamp=entry.completed_at, last_entry_id=entry_id,
-                     message_count=1).on_conflict(
-                conflict_target=[C.user_id, C.conversation_id],
-                update={C.message_count: C.message_count + 1,
-                        # Concurrent writers may commit out of id order.
-                        C.last_entry_id: peewee.fn.GREATEST(C.last_entry_id, entry_id),
-                        C.last_message_timestamp: peewee.Case(
-                            None, [(C.last_entry_id < entry_id, entry.completed_at)],
-                            C.last_message_timestamp)}).execute()
-
-        await self._run(insert, atomic=True)
+        # One statement in autocommit, one round trip: the turn (inserted in a CTE) and its
+        # conversation row appear together or not at all.
+        turn = E.insert(user_id=user_id, conversation_id=conversation_id,
+                        **entry.to_dict()).returning(E.id).cte("turn")
+        new = C.insert_from(
+            peewee.Select((turn,), (peewee.Value(user_id), peewee.Value(conversation_id),
+                                    peewee.Value(entry.completed_at), turn.c.id,
+                                    peewee.Value(1))),
+            fields=[C.user_id, C.conversation_id, C.last_message_timestamp, C.last_entry_id,
+                    C.message_count])
+        query = new.on_conflict(
+            conflict_target=[C.user_id, C.conversation_id],
+            update={C.message_count: C.message_count + 1,
+                    # Concurrent writers may commit out of id order.
+                    C.last_entry_id: peewee.fn.GREATEST(C.last_entry_id,
+                                                        peewee.EXCLUDED.last_entry_id),
+                    C.last_message_timestamp: peewee.Case(
+                        None, [(C.last_entry_id < peewee.EXCLUDED.last_entry_id,
+                                peewee.EXCLUDED.last_message_timestamp)],
+                        C.last_message_timestamp)}).with_cte(turn).as_rowcount()
+        await self._run(query.execute)
 
     async def get(self, user_id: str, conversation_id: str) -> list[CacheEntry]:
         E = self.Entry

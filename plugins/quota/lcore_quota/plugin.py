@@ -123,7 +123,8 @@ async def lcore_quota_status(auth: AuthTuple, runtime: Runtime) -> dict[str, int
     if quota is None:
         return {}
     try:
-        return await quota.status(auth.user_id)
+        # Right after the consume: the settlement's own figures, when this task made it.
+        return {s.limiter.name: s.available for s in await quota.latest_states(auth.user_id)}
     except LCoreError as exc:  # informational: the answer is already paid for, give it without
         log.warning("available quotas unknown: %s", exc.cause)
         return {}

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,8 +20,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lcore.quota")
 TICKET_KEY = "lcore-quota"
+SETTLED_KEY = "lcore-quota.settled"
 T = TypeVar("T")
 Clock = Callable[[], dt.datetime]
+
+
+# `lcore_quota_status` is given no ticket: the task that checked a query keeps it here, so that
+# the status asked right after the consume can answer from what the settlement returned. Only in
+# that task (the request's): a task started from it inherits the context, not the query.
+_checked: ContextVar[tuple[asyncio.Task[Any] | None, QuotaTicket] | None] = ContextVar(
+    "lcore_quota_checked", default=None)
 
 
 def utcnow() -> dt.datetime:
@@ -91,6 +100,7 @@ class Quota:
         """Reserve the estimate on every limiter at once, or raise `QuotaExceeded` (429)."""
         if not self.limiters:
             return
+        _checked.set((asyncio.current_task(), ticket))
         estimate = self.estimate(ticket.query)
         wanted = [(lim, lim.subject(auth.user_id), self._share(lim, estimate))
                   for lim in self.limiters]
@@ -137,11 +147,14 @@ class Quota:
             if fresh:
                 await self._run(self.store.ensure_rows, self.limiters, auth.user_id,
                                 self.clock())
-            await self._run(self.store.settle, holds, usage.total, self.clock(), history)
+            rows = await self._run(self.store.settle, holds, usage.total, self.clock(), history)
         except BackendUnavailable as exc:
             # The answer is already given: the reservation stays charged as the best estimate.
             log.error("quota settlement failed; the reservation stays charged: %s", exc.cause)
             return
+        if all(lim.name in rows for lim in self.limiters):
+            ticket.reservations[SETTLED_KEY] = (auth.user_id,
+                                                self._states(auth.user_id, rows))
         if self.metrics:
             for hold in holds:
                 self.metrics.consumed.labels(hold.limiter, _subject_label(hold.subject_type)
@@ -158,7 +171,9 @@ class Quota:
 
         Synchronous (for the CLI); raises `QuotaDatabaseError`.
         """
-        rows = self.store.available(self.limiters, user_id)
+        return self._states(user_id, self.store.available(self.limiters, user_id))
+
+    def _states(self, user_id: str, rows: dict[str, Any]) -> list[LimiterState]:
         now = self.clock()
         states = []
         for lim in self.limiters:
@@ -175,6 +190,23 @@ class Quota:
 
     async def status(self, user_id: str) -> dict[str, int]:
         return {s.limiter.name: s.available for s in await self.states(user_id)}
+
+    def settled_states(self, user_id: str) -> list[LimiterState] | None:
+        """The budgets of `user_id` as the settlement of the query this task checked left
+        them (what its statement returned), or None when this task settled none.
+
+        For the answer to that query and its headers, which then read nothing again.
+        """
+        checked = _checked.get()
+        if checked is None or checked[0] is not asyncio.current_task():
+            return None
+        settled = checked[1].reservations.get(SETTLED_KEY)
+        return settled[1] if settled is not None and settled[0] == user_id else None
+
+    async def latest_states(self, user_id: str) -> list[LimiterState]:
+        """`settled_states` when there are, else `states`."""
+        settled = self.settled_states(user_id)
+        return settled if settled is not None else await self.states(user_id)
 
     async def ready(self) -> None:
         await self._run(self.store.ping)

@@ -2,8 +2,15 @@
 
 Every change of a budget is one SQL `UPDATE` computed by the database (`available = available -
 :n`), never a value read into Python and written back, so any number of threads and LCore
-processes sharing the database add up exactly. A reservation is a conditional update (`WHERE
-available >= :n`): it cannot overdraw, however many requests race for the last tokens.
+processes sharing the database add up exactly. A reservation takes tokens only where the row,
+locked, has `available >= :n`: it cannot overdraw, however many requests race for the last
+tokens.
+
+On PostgreSQL a reservation and a settlement (with its history row) are each one statement in
+autocommit, one round trip: a `SELECT ... ORDER BY <key> FOR UPDATE` in a CTE locks the rows
+in key order (one order for every statement and every configuration: no deadlock), then they
+are updated together. SQLite, in-process and with one writer at a time, runs the same steps
+row by row in one transaction.
 
 Tables (in `postgres.namespace` on PostgreSQL):
 
@@ -21,6 +28,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -235,21 +243,38 @@ class QuotaStore:
             L.subject_id == subject_id)
 
     def _create_row(self, limiter: Limiter, subject_id: str, now: dt.datetime) -> None:
-        self.Limit.insert(
-            limiter=limiter.name, subject_type=limiter.subject_type, subject_id=subject_id,
-            quota_limit=limiter.initial_quota, available=limiter.initial_quota, epoch=0,
-            reset_at=_naive(limiter.period.start(now)), updated_at=_naive(now),
-        ).on_conflict_ignore().execute()
+        self._create_rows([(limiter, subject_id)], now)
+
+    def _create_rows(self, rows: list[tuple[Limiter, str]], now: dt.datetime) -> None:
+        """Give each (limiter, subject) without a row its full quota (one statement).
+
+        In key order: two of these creating the same rows wait for each other in one order.
+        """
+        rows = sorted(rows, key=lambda row: (row[0].name, row[0].subject_type, row[1]))
+        self.Limit.insert_many([{
+            "limiter": limiter.name, "subject_type": limiter.subject_type,
+            "subject_id": subject_id, "quota_limit": limiter.initial_quota,
+            "available": limiter.initial_quota, "epoch": 0,
+            "reset_at": _naive(limiter.period.start(now)), "updated_at": _naive(now)}
+            for limiter, subject_id in rows]).on_conflict_ignore().execute()
+
+    def _table(self, model: Any) -> str:
+        """The quoted, schema-qualified table of `model`, for the hand-written statements."""
+        sql: str = self.db.get_sql_context().sql(model._meta.entity).query()[0]
+        return sql
 
     # --- the request path -----------------------------------------------------------------
 
     def reserve(self, wanted: Iterable[tuple[Limiter, str, int]], now: dt.datetime) -> list[Hold]:
-        """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`.
+        """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`
+        naming the first limiter, in the order given, that has too few.
 
-        A limiter needs at least `max(tokens, 1)` available. Rows are taken in the order given
-        (the configuration's), so concurrent reservations never wait on each other in a cycle.
+        A limiter needs at least `max(tokens, 1)` available. Rows are locked in one order (see
+        the module), so concurrent reservations never wait on each other in a cycle.
         """
         wanted = list(wanted)
+        if self.is_postgres and wanted:
+            return self._reserve_at_once(wanted, now)
         L = self.Limit
 
         def take() -> list[Hold]:
@@ -271,34 +296,125 @@ class QuotaStore:
                     elif row[0] < need:
                         # Raising rolls back the holds already taken on other limiters.
                         raise Refused(limiter, row[0], need)
-                    # Else the row was created by a transaction that committed after the
-                    # update's snapshot (PostgreSQL): the next update sees it.
                 else:
                     raise Refused(limiter, 0, need)
             return holds
 
         return self.call(take, atomic=True)
 
+    def _reserve_at_once(self, wanted: list[tuple[Limiter, str, int]],
+                         now: dt.datetime) -> list[Hold]:
+        """`reserve` on PostgreSQL: one statement, plus one to create missing rows."""
+        values = [(i, limiter.name, limiter.subject_type, subject_id, tokens, max(tokens, 1))
+                  for i, (limiter, subject_id, tokens) in enumerate(wanted)]
+        limit = self._table(self.Limit)
+        # `locked` returns each row as it is once locked (a concurrent change committed in
+        # between included), so the check and the update below see the same tokens.
+        sql = f"""
+            WITH wanted (ord, limiter, subject_type, subject_id, tokens, need) AS (
+                VALUES {", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(values))}),
+            locked AS (
+                SELECT w.ord, w.tokens, w.need, l.limiter, l.subject_type, l.subject_id,
+                       l.available
+                FROM {limit} l JOIN wanted w ON (l.limiter, l.subject_type, l.subject_id)
+                                               = (w.limiter, w.subject_type, w.subject_id)
+                ORDER BY l.limiter, l.subject_type, l.subject_id FOR UPDATE OF l),
+            taken AS (
+                UPDATE {limit} l SET available = l.available - k.tokens, updated_at = %s
+                FROM locked k
+                WHERE (l.limiter, l.subject_type, l.subject_id)
+                      = (k.limiter, k.subject_type, k.subject_id)
+                  AND (SELECT count(*) FROM locked c WHERE c.available >= c.need) = %s
+                RETURNING k.ord, l.epoch)
+            SELECT k.ord, k.available, t.epoch FROM locked k LEFT JOIN taken t USING (ord)"""
+        params = [value for row in values for value in row] + [_naive(now), len(values)]
+        missing: list[int] = []
+        for _ in range(RESERVE_ATTEMPTS):
+            found = {ord_: (available, epoch) for ord_, available, epoch in
+                     self.call(lambda: self.db.execute_sql(sql, params).fetchall())}
+            missing = [i for i in range(len(wanted)) if i not in found]
+            if missing:
+                # First use, or rows committed after the statement's snapshot (then the
+                # insert does nothing): the next attempt sees them all.
+                self.call(partial(self._create_rows, [wanted[i][:2] for i in missing], now))
+                continue
+            if all(epoch is not None for _, epoch in found.values()):
+                return [Hold(limiter.name, limiter.subject_type, subject_id, tokens, found[i][1])
+                        for i, (limiter, subject_id, tokens) in enumerate(wanted)]
+            for i, (limiter, _, tokens) in enumerate(wanted):
+                if found[i][0] < max(tokens, 1):
+                    raise Refused(limiter, found[i][0], max(tokens, 1))
+        limiter, _, tokens = wanted[missing[0] if missing else 0]
+        raise Refused(limiter, 0, max(tokens, 1))
+
     def settle(self, holds: Iterable[Hold], used: int, now: dt.datetime,
-               usage: dict[str, Any] | None = None) -> None:
-        """Give back each hold's tokens and charge `used` (0 for a release), in one transaction.
+               usage: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Give back each hold's tokens and charge `used` (0 for a release), all at once; the
+        rows as they are afterwards (`quota_limit`, `available`, `revoked_at`), by limiter.
 
         A hold taken before the row's budget was overwritten (a reset, `set`, `revoke`: the
         epoch moved on) refunds nothing: that budget is gone; `used` is still charged.
         `usage` (user_id, provider, model, input_tokens, output_tokens) adds a history row.
         """
         holds = list(holds)
+        if self.is_postgres and holds:
+            return self._settle_at_once(holds, used, now, usage)
         L = self.Limit
 
-        def apply() -> None:
+        def apply() -> dict[str, dict[str, Any]]:
+            rows = {}
             for hold in holds:
                 delta = peewee.Case(None, [(L.epoch == hold.epoch, hold.tokens - used)], -used)
-                (L.update(available=L.available + delta, updated_at=_naive(now))
-                 .where(self._key(hold.limiter, hold.subject_type, hold.subject_id)).execute())
+                for row in (L.update(available=L.available + delta, updated_at=_naive(now))
+                            .where(self._key(hold.limiter, hold.subject_type, hold.subject_id))
+                            .returning(L.limiter, L.quota_limit, L.available, L.revoked_at)
+                            .dicts().execute()):
+                    rows[row["limiter"]] = row
             if usage is not None:
                 self.Usage.insert(created_at=_naive(now), **usage).execute()
+            return rows
 
-        self.call(apply, atomic=True)
+        return self.call(apply, atomic=True)
+
+    def _settle_at_once(self, holds: list[Hold], used: int, now: dt.datetime,
+                        usage: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+        """`settle` on PostgreSQL: one statement, the history row in a CTE of its own."""
+        values = [(h.limiter, h.subject_type, h.subject_id, h.tokens, h.epoch) for h in holds]
+        limit = self._table(self.Limit)
+        params: list[Any] = [value for row in values for value in row] + [used, _naive(now)]
+        history = ""
+        if usage is not None:
+            columns = ("user_id", "provider", "model", "input_tokens", "output_tokens")
+            history = (f", recorded AS (INSERT INTO {self._table(self.Usage)} "
+                       f"({', '.join(columns)}, created_at) VALUES "
+                       f"({', '.join(['%s'] * (len(columns) + 1))}))")
+            params += [usage[column] for column in columns] + [_naive(now)]
+        # Locked in key order, as `reserve` locks them, before the update touches any row.
+        sql = f"""
+            WITH held (limiter, subject_type, subject_id, tokens, epoch) AS (
+                VALUES {", ".join(["(%s, %s, %s, %s, %s)"] * len(values))}),
+            locked AS (
+                SELECT h.* FROM {limit} l JOIN held h
+                    ON (l.limiter, l.subject_type, l.subject_id)
+                       = (h.limiter, h.subject_type, h.subject_id)
+                ORDER BY l.limiter, l.subject_type, l.subject_id FOR UPDATE OF l),
+            settled AS (
+                UPDATE {limit} l
+                SET available = l.available
+                                + CASE WHEN l.epoch = k.epoch THEN k.tokens ELSE 0 END - %s,
+                    updated_at = %s
+                FROM locked k
+                WHERE (l.limiter, l.subject_type, l.subject_id)
+                      = (k.limiter, k.subject_type, k.subject_id)
+                RETURNING l.limiter, l.quota_limit, l.available, l.revoked_at){history}
+            SELECT limiter, quota_limit, available, revoked_at FROM settled"""
+
+        def apply() -> dict[str, dict[str, Any]]:
+            cursor = self.db.execute_sql(sql, params)
+            names = [column[0] for column in cursor.description]
+            return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+        return self.call(apply)
 
     def available(self, limiters: Iterable[Limiter], user_id: str) -> dict[str, Any]:
         """The rows of `user_id` and the cluster for `limiters`, by limiter name (None: no row)."""

@@ -39,7 +39,7 @@ def blueprint() -> Blueprint:
         if auth is None or quota is None or not quota.limiters:
             return response
         try:
-            states = await quota.states(auth.user_id)
+            states = await quota.latest_states(auth.user_id)
         except LCoreError as exc:  # the response itself already says what went wrong, if it did
             log.warning("no X-Quota headers: %s", exc.cause)
             return response

@@ -137,22 +137,48 @@ async def test_outage_fails_calls_then_recovers_without_a_new_cache(namespace: s
     await cache.close()
 
 
-async def test_connection_lost_before_commit_leaves_nothing_partial(namespace: str,
-                                                                    proxy: TcpProxy) -> None:
-    cache = pg_cache(namespace, port=proxy.port, max_connections=4)
-    user, conv = f"u-{uuid.uuid4().hex}", "conv-commit"
+async def test_connection_lost_mid_insert_leaves_nothing_partial(namespace: str) -> None:
+    """An insert is one statement: the turn row it writes first goes with the connection when
+    the conversation row is not written yet (a COMMIT lost on the wire in a transaction)."""
+    cache = pg_cache(namespace, max_connections=4)
+    user, conv = f"u-{uuid.uuid4().hex}", "conv-lost"
     await cache.insert(user, conv, entry(1))
-    # Both rows of the next insert reach the server; the COMMIT does not.
-    proxy.kill_on = b"COMMIT\x00"
-    with pytest.raises(StorageError):
-        await cache.insert(user, conv, entry(2))
-    proxy.kill_on = None
+    holder, killer = _connect(), _connect()  # the first keeps the conversation row locked
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(f'SELECT 1 FROM "{namespace}".lcore_cache_conversation '
+                           "WHERE user_id = %s FOR UPDATE", (user,))
+        pending = asyncio.ensure_future(cache.insert(user, conv, entry(2)))
+        pid = await _waiting_for_a_lock(killer, user)  # turn row written, conversation not
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StorageError):
+            await pending
+    finally:
+        holder.rollback()
+        holder.close()
+        killer.close()
     assert await cache.get(user, conv) == [entry(1)]
     [info] = await cache.list(user)
     assert info.message_count == 1
-    await cache.insert(user, conv, entry(3))
+    await cache.insert(user, conv, entry(3))  # the pool replaced the lost connection
     assert [e.query for e in await cache.get(user, conv)] == ["question 1", "question 3"]
     await cache.close()
+
+
+async def _waiting_for_a_lock(conn: Any, marker: str) -> int:
+    """The backend whose statement names `marker`, once it waits for a lock."""
+    conn.autocommit = True
+    for _ in range(200):
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND application_name = 'lcore-cache-postgres' "
+                           "AND query LIKE %s", (f"%{marker}%",))
+            row = cursor.fetchone()
+        if row:
+            return int(row[0])
+        await asyncio.sleep(0.05)
+    pytest.fail("the insert never waited for the conversation row")
 
 
 # --- through the app ----------------------------------------------------------------------

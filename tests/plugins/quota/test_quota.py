@@ -248,3 +248,101 @@ async def test_consume_without_a_reservation_charges_the_usage(storage: Any,
     quota = await make_quota(quota_settings(storage, [limiter("daily", initial=1000)]))
     await quota.consume(ALICE, usage(30, 5), ticket())
     assert await quota.status("alice") == {"daily": 965}
+
+
+async def test_the_first_refusing_limiter_in_the_configuration_is_named(
+        storage: Any, make_quota: Any) -> None:
+    # "zeta" comes first in the configuration, last in key order (PostgreSQL locks by key).
+    quota = await make_quota(quota_settings(storage, [limiter("zeta", initial=100),
+                                                      limiter("alpha", initial=100)]))
+    await spend(quota, ALICE, 100)
+    with pytest.raises(QuotaExceeded) as caught:
+        await quota.check(ALICE, ticket())
+    assert (caught.value.extra["limiter"], caught.value.extra["available"]) == ("zeta", 0)
+
+
+async def test_replicas_listing_limiters_in_other_orders_never_deadlock(
+        pg_namespace: str, make_quota: Any) -> None:
+    from .conftest import PG
+
+    storage = {"postgres": {**PG, "namespace": pg_namespace, "max_connections": 8}}
+    user = limiter("user", initial=1_000_000)
+    cluster = limiter("cluster", "cluster_limiter", initial=5_000_000)
+    replicas = [await make_quota(quota_settings(storage, order, enable_token_history=True))
+                for order in ([user, cluster], [cluster, user])]
+
+    async def one(index: int) -> int:
+        quota = replicas[index % 2]
+        t = ticket()
+        await quota.check(ALICE, t)
+        await quota.consume(ALICE, usage(index, 1), t)
+        return index + 1
+
+    spent = sum(await asyncio.gather(*(one(i) for i in range(200))))
+    assert await replicas[0].status("alice") == {"user": 1_000_000 - spent,
+                                                 "cluster": 5_000_000 - spent}
+    [row] = replicas[0].store.usage_totals("alice")
+    assert row["calls"] == 200 and row["input_tokens"] + row["output_tokens"] == spent
+
+
+class _CountingCursor:
+    def __init__(self, cursor: Any, sent: list[str]) -> None:
+        self._cursor, self._sent = cursor, sent
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        self._sent.append(sql.split()[0])
+        return self._cursor.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+async def test_one_statement_each_to_reserve_and_settle_on_postgres(
+        pg_namespace: str, make_quota: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lcore_quota.plugin import lcore_quota_status
+    from lcore_quota.web import STATE_KEY
+
+    from .conftest import PG
+
+    quota = await make_quota(quota_settings(
+        {"postgres": {**PG, "namespace": pg_namespace, "max_connections": 4}},
+        [limiter("daily", initial=1000), limiter("cluster", "cluster_limiter", initial=5000)],
+        enable_token_history=True))
+    await spend(quota, ALICE, 10)  # the rows exist from now on
+    sent: list[str] = []
+    cursor = quota.store.db.cursor
+    monkeypatch.setattr(quota.store.db, "cursor",
+                        lambda *args, **kwargs: _CountingCursor(cursor(*args, **kwargs), sent))
+    t = ticket()
+    await quota.check(ALICE, t)
+    assert sent == ["WITH"]  # no BEGIN, no COMMIT: one statement in autocommit
+    await quota.consume(ALICE, usage(20, 5), t)
+    assert sent == ["WITH", "WITH"]  # the history row included
+    runtime = type("Runtime", (), {"state": {STATE_KEY: quota}})()
+    # The answer's figures come from the settlement: nothing more is read.
+    assert await lcore_quota_status(ALICE, runtime) == {"daily": 965, "cluster": 4965}
+    assert sent == ["WITH", "WITH"]
+    assert quota.store.usage_totals("alice")[0]["calls"] == 2
+
+
+async def test_settled_figures_serve_only_the_task_that_settled(storage: Any,
+                                                                make_quota: Any) -> None:
+    quota = await make_quota(quota_settings(storage, [limiter("daily", initial=1000)]))
+    assert quota.settled_states("alice") is None
+    t = ticket()
+    await quota.check(ALICE, t)
+    assert quota.settled_states("alice") is None  # held, not settled yet
+    await quota.consume(ALICE, usage(30, 0), t)
+    [state] = quota.settled_states("alice") or []
+    assert (state.available, state.quota_limit) == (970, 1000)
+    assert await quota.states("alice") == [state]
+    assert quota.settled_states("bob") is None
+    # Another request's task inherits this context, never these figures.
+    assert await asyncio.create_task(_settled(quota, "alice")) is None
+    await quota.check(ALICE, ticket())  # the next query of this task: nothing settled yet
+    assert quota.settled_states("alice") is None
+    assert await quota.latest_states("alice") == await quota.states("alice")
+
+
+async def _settled(quota: Any, user_id: str) -> Any:
+    return quota.settled_states(user_id)
