@@ -591,7 +591,8 @@ async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds
 async def topic_summary(runtime: Runtime, plan: QueryPlan) -> str | None:
     """A short LLM-written summary for a new conversation; None if the call fails."""
     try:
-        with llama_errors():
+        with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id,
+                                               "lcore.purpose": "topic_summary"}):
             response = await runtime.llama.client.responses.create(
                 model=plan.model_id, input=TOPIC_SUMMARY_PROMPT + plan.query, store=False,
                 instructions="You write very short topic titles.")

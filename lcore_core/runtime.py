@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -56,9 +55,12 @@ class Runtime:
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` after the response (e.g. a topic summary); shutdown waits for it.
 
-        It runs in a fresh context, so it is not counted as part of the request that spawned it.
+        It runs in a fresh context, so it is not counted as part of the request that spawned it
+        (only the request's trace goes with it, so its spans join that trace).
         """
-        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+        from lcore_core.tracing import background_context
+
+        task = asyncio.get_running_loop().create_task(work, context=background_context())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return task

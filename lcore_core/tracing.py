@@ -20,11 +20,11 @@ which may quote user input.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import structlog
@@ -77,7 +77,8 @@ class _NoSpan:
 
 NO_SPAN = _NoSpan()
 
-_active: ContextVar[Tracing | None] = ContextVar("lcore_tracing", default=None)
+_active: contextvars.ContextVar[Tracing | None] = contextvars.ContextVar("lcore_tracing",
+                                                                    default=None)
 
 
 def span(name: str, attributes: Attributes | None = None) -> AbstractContextManager[SpanLike]:
@@ -86,6 +87,16 @@ def span(name: str, attributes: Attributes | None = None) -> AbstractContextMana
     if tracing is None:
         return NO_SPAN
     return tracing.child(name, attributes)
+
+
+def background_context() -> contextvars.Context:
+    """A fresh context for work that outlives the request (a topic summary): none of the
+    request's state, only its trace, so the work's spans still join the request's trace."""
+    fresh = contextvars.Context()
+    tracing = _active.get()
+    if tracing is not None:
+        fresh.run(tracing.adopt, tracing._context.get_current())
+    return fresh
 
 
 def traced(name: str, attributes: Attributes | None = None
@@ -196,6 +207,11 @@ class Tracing:
             except Exception as exc:
                 self.failed(current, exc)
                 raise
+
+    def adopt(self, trace_context: Any) -> None:
+        """Make `trace_context` (OpenTelemetry's) current in this context (a new one)."""
+        self._context.attach(trace_context)
+        _active.set(self)
 
     def failed(self, current: Span, exc: BaseException) -> None:
         """Mark `current` failed by the error's type (and LCore status), not its message."""

@@ -178,6 +178,31 @@ async def test_a_stream_span_ends_after_its_last_event(traced: Any, receiver: Ot
     assert_nothing_secret(receiver, question)
 
 
+async def test_the_topic_summary_call_joins_the_request_trace(traced: Any,
+                                                              receiver: OtlpReceiver,
+                                                              llm: Any) -> None:
+    """The summary runs after the answer went out; its Llama Stack call is still a span of the
+    request's trace, and the request's own time does not include it."""
+    response = await traced.client.post("/v2/query", json={"query": "summarise me"},
+                                        headers=AUTH)
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    await traced.runtime.drain()
+    await flush(traced)
+    spans = receiver.spans()
+    server = server_span(spans, response.headers["X-Request-ID"])
+    calls = [s for s in children_of_all(spans, server)
+             if s.name == "llama_stack.responses.create"]
+    purposes = sorted(str(s.attributes.get("lcore.purpose", "answer")) for s in calls)
+    assert purposes == ["answer", "topic_summary"]
+    summary = next(s for s in calls if s.attributes.get("lcore.purpose") == "topic_summary")
+    assert summary.start >= max(s.end for s in calls if s is not summary)
+    assert summary.status_code != STATUS_ERROR
+
+
+def children_of_all(spans: list[RecordedSpan], parent: RecordedSpan) -> list[RecordedSpan]:
+    return [s for s in spans if s.trace_id == parent.trace_id and s.parent_id == parent.span_id]
+
+
 async def query_with_traceparent(test_app: Any, query: str, traceparent: str) -> Any:
     """One authenticated query sent with a W3C `traceparent`; it must succeed."""
     response = await test_app.test_client().post(
