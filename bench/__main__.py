@@ -21,6 +21,7 @@ how many Llama Stack calls one query costs (from Llama Stack's access log). The 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -467,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     namespace = f"lcore_bench_{uuid.uuid4().hex[:8]}"
+    # An installed service has its bytecode; an editable install under PYTHONDONTWRITEBYTECODE
+    # (as on the CI machines) would compile its sources at every start-up measured here.
+    for package in (HERE.parent / "lcore_core", HERE.parent / "plugins"):
+        compileall.compile_dir(package, quiet=1)
     with tempfile.TemporaryDirectory(prefix="lcore-bench-") as tmp, ScriptedLLM() as llm:
         workdir = Path(tmp)
         say(f"scripted LLM on {llm.base_url}; starting Llama Stack")

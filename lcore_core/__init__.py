@@ -13,7 +13,7 @@ from lcore_core.cache import (
     NoopCache,
 )
 from lcore_core.config import Config, Settings, load_config
-from lcore_core.config.schema import PostgresSchema, SQLiteSchema
+from lcore_core.config.schema import HttpUrl, PostgresSchema, SQLiteSchema
 from lcore_core.errors import (
     BackendUnavailable,
     BadRequest,
@@ -43,8 +43,8 @@ from lcore_core.web import doc, load_body, route
 __all__ = [
     "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection", "ConversationCache",
-    "ConversationInfo", "Forbidden", "LCoreError", "MemoryCache", "NoopCache", "NotFound",
-    "PluginLoadError", "Plugins", "PostgresSchema", "QueryCompleted", "QuotaExceeded",
+    "ConversationInfo", "Forbidden", "HttpUrl", "LCoreError", "MemoryCache", "NoopCache",
+    "NotFound", "PluginLoadError", "Plugins", "PostgresSchema", "QueryCompleted", "QuotaExceeded",
     "QuotaTicket", "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError",
     "Unauthorized", "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
     "install_schema", "load_body", "load_config", "load_plugins", "may", "route",

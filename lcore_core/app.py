@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from lcore_core import tracing
 from lcore_core.builtins import Rbac
-from lcore_core.config import Config, load_config
+from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
+from lcore_core.config.loader import Document, read_document
 from lcore_core.errors import ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
@@ -57,14 +59,18 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     `plugins` defaults to the built-ins plus every installed `lcore` plugin; tests pass a manager
     of their own. Raises `ConfigError` for a bad configuration or a plugin that failed to load.
     """
+    document: Document | None = None
     if plugins is None:
+        if not isinstance(config, Config):
+            # Parsed once, for the blocked plugins and then for validation.
+            document = read_document(config or DEFAULT_CONFIG)
         # Blocking is read before loading so a blocked plugin is never imported.
-        blocked = _blocked_plugins(config)
+        blocked = _blocked_plugins(document or config)
         plugins = load_plugins(blocked=blocked, extra=extra_plugins)
     if plugins.failures:
         raise ConfigError("; ".join(str(f) for f in plugins.failures), key="plugins")
     if not isinstance(config, Config):
-        config = load_config(config, plugins)
+        config = validate_document(document or read_document(config or DEFAULT_CONFIG), plugins)
     configure_logging(config.service.log_format)
     tracer = tracing.configure(config.service.get("tracing"), source=config.source)
 
@@ -106,15 +112,21 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
 
-    @app.before_serving
-    async def startup() -> None:
-        await runtime.userdb.setup()
+    async def open_llama() -> None:
         if local_model is not None:
             # Before Llama Stack: its run.yaml reads the model server's URL from the environment.
             await local_model.start()
         await runtime.llama.open()
+
+    async def check_mcp() -> None:
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
             await check_reachable(config.mcp_servers)
+
+    @app.before_serving
+    async def startup() -> None:
+        # The user DB's schema (a worker thread waiting on the database) is built while the
+        # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
+        await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp())
         await plugins.startup(runtime)
         await _publish_models(runtime)
         log.info("started", name=config.name, auth=config.authentication.module,
@@ -162,14 +174,12 @@ def _cors_origins(origins: list[str]) -> Any:
     return "*" if "*" in origins else origins
 
 
-def _blocked_plugins(config: Config | str | Path | None) -> list[str]:
+def _blocked_plugins(config: Config | Document | str | Path | None) -> list[str]:
     if isinstance(config, Config):
         return list(config.plugins.blocked)
-    from lcore_core.config import DEFAULT_CONFIG
-    from lcore_core.config.loader import read_document
-
-    data = read_document(config or DEFAULT_CONFIG).data
-    section = data.get("plugins") or {}
+    if not isinstance(config, Document):
+        config = read_document(config or DEFAULT_CONFIG)
+    section = config.data.get("plugins") or {}
     blocked = section.get("blocked") if isinstance(section, dict) else None
     return [str(b) for b in blocked] if isinstance(blocked, list) else []
 
@@ -243,6 +253,23 @@ def _request_done(metrics: CoreMetrics, stats: RequestStats, line: dict[str, Any
     extra = {"overhead_ms": round(stats.overhead() * 1000, 2)} if stats.llama_calls else {}
     log.info("request", **line, duration_ms=round(elapsed * 1000, 2), streamed=streamed,
              **stats.log_fields(), **extra)
+
+
+async def _concurrently(*steps: Awaitable[None]) -> None:
+    """Run independent start-up steps together; fail as running them in this order would.
+
+    The steps are awaited in order, so the error raised is that of the first failed step in
+    the given order, as it is (a failed start-up reports what it always did); the steps after
+    it are then cancelled, and none is left running.
+    """
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        for task in tasks:
+            await task
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _publish_models(runtime: Runtime) -> None:

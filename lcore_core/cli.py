@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lcore_core import __version__
-from lcore_core.config import Config, load_config
+from lcore_core.config import DEFAULT_CONFIG, Config, load_config, validate_document
+from lcore_core.config.loader import read_document
 from lcore_core.errors import ConfigError
 from lcore_core.plugins import Plugins, load_plugins
 
@@ -88,8 +89,10 @@ def _cli_plugins(argv: list[str] | None) -> Plugins | None:
 def _load(path: str | None) -> tuple[Config, Plugins]:
     from lcore_core.app import _blocked_plugins
 
-    plugins = load_plugins(blocked=_blocked_plugins(path))
-    return load_config(path, plugins), plugins
+    # Parsed once, for the blocked plugins and then for validation.
+    document = read_document(path or DEFAULT_CONFIG)
+    plugins = load_plugins(blocked=_blocked_plugins(document))
+    return validate_document(document, plugins), plugins
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from llama_stack_client import (
     APIError,
     APIStatusError,
     AsyncLlamaStackClient,
+    DefaultAsyncHttpxClient,
 )
 
 from lcore_core import tracing
@@ -90,7 +92,8 @@ class LlamaStack:
         else:
             self._client = AsyncLlamaStackClient(
                 base_url=self.settings.url, api_key=self.settings.api_key,
-                timeout=self.settings.timeout, max_retries=0)
+                timeout=self.settings.timeout, max_retries=0,
+                http_client=_plain_http_client(self.settings.url))
         log.info("llama stack client ready", mode="library" if self.library else "server",
                  seconds=round(time.perf_counter() - started, 3))
 
@@ -209,3 +212,15 @@ def _message(exc: APIStatusError) -> str:
             detail = detail.get("message") or detail.get("detail") or detail
         return str(detail)
     return str(exc.message)
+
+
+def _plain_http_client(url: str) -> Any:
+    """For a plain http:// Llama Stack, an HTTP client whose TLS context has no CA loaded.
+
+    httpx loads the CA bundle into a TLS context up front, ~50 ms of start-up that a plain
+    http URL never uses. The empty context still requires verification, so anything https
+    (a redirect) fails closed. None (the SDK's default client) for an https URL.
+    """
+    if not url.startswith("http://"):
+        return None
+    return DefaultAsyncHttpxClient(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))

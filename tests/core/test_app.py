@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from marshmallow import Schema, fields
 from openapi_spec_validator import validate
 from quart import Blueprint, jsonify, request
@@ -268,3 +270,30 @@ async def test_skip_for_health_probes(make_app: Any, serving: Any) -> None:
         assert (await client.get("/health")).status_code == 200
         # Only the probes are let through.
         assert (await client.get("/v1/info")).status_code == 401
+
+
+async def test_concurrent_startup_steps_fail_as_in_order() -> None:
+    """The first failed step in order is reported, even if a later one failed sooner; the steps
+    after it are cancelled and none is left running."""
+    from lcore_core.app import _concurrently
+
+    events: list[str] = []
+
+    async def step(name: str, delay: float, error: str | None = None) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            events.append(f"{name} cancelled")
+            raise
+        events.append(name)
+        if error:
+            raise RuntimeError(error)
+
+    with pytest.raises(RuntimeError, match="user DB down"):
+        await _concurrently(step("userdb", 0.05, "user DB down"),
+                            step("llama", 0.0, "Llama Stack down"), step("mcp", 10))
+    assert events == ["llama", "userdb", "mcp cancelled"]
+
+    events.clear()
+    await _concurrently(step("a", 0.02), step("b", 0.0))
+    assert events == ["b", "a"]

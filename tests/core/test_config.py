@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from lcore_core import ConfigSection, hookimpl
 from lcore_core.auth import AuthTuple, RbacResolver
@@ -633,3 +633,22 @@ def test_readme_provider_example_loads(tmp_path):
     assert config.authentication.module == "noop"
     assert [lim["name"] for lim in config["quota_handlers"]["limiters"]] == [
         "user_daily", "cluster_monthly"]
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8321", "https://llama.example.com/v1", "http://localhost", "HTTP://HOST",
+    "http://llama-stack:8321", "http://user:pw@host.example.org/p?q=1#f", "http://[::1]:80/",
+    "http://a.b", "http://café.example", "http://host.example.:8080/",
+])
+def test_http_urls_accepted(url):
+    assert core.HTTP_URL(url) == url
+
+
+@pytest.mark.parametrize("url", [
+    "http://-a.com", "http://" + "a" * 64 + ".com", "http://host:port", "http://host:70000",
+    "http://x y", "http://x.com/ y", "ftp://x.com", "x.com", "http://", "", "http://x\x1c.com",
+    "http://[::zz]/", "http://a..b", "http://under_score.com", None,
+])
+def test_http_urls_refused(url):
+    with pytest.raises(ValidationError, match="Not a valid URL"):
+        core.HTTP_URL(url)

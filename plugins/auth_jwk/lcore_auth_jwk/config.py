@@ -9,13 +9,15 @@ from typing import Any
 from jsonpath_ng import parse as parse_jsonpath
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from lcore_core import HttpUrl
+
 DEFAULT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 # Asymmetric algorithms only: `none` accepts anything and an HMAC algorithm would let a caller
 # sign with the (public) verification key as the shared secret.
 ALLOWED_ALGORITHMS = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384",
                       "PS512", "EdDSA"}
 OPERATORS = ["equals", "contains", "in", "match"]
-_HTTP = validate.URL(schemes={"http", "https"}, require_tld=False)
+_HTTP = HttpUrl()
 
 
 class _Base(Schema):
