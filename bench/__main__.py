@@ -366,10 +366,10 @@ def _profile(service: Service, args: argparse.Namespace, label: str
     out.parent.mkdir(parents=True, exist_ok=True)
     # The one installed beside this interpreter (pip install py-spy), else the one on PATH.
     local = Path(sys.executable).parent / "py-spy"
-    return subprocess.Popen([str(local) if local.exists() else "py-spy", "record", "--pid", str(service.process.pid),
-                             "--duration", str(int(args.duration + args.warmup)), "--format",
-                             "raw", "--subprocesses", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [str(local) if local.exists() else "py-spy", "record", "--pid",
+               str(service.process.pid), "--duration", str(int(args.duration + args.warmup)),
+               "--format", "raw", "--subprocesses", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
