@@ -441,6 +441,34 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
     return "\n".join(lines) + "\n"
 
 
+def run_target(target: str, workdir: Path, stack: LlamaStackServer, llm: ScriptedLLM,
+               namespace: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Start `target`, drive every point at it (then the soak), stop it; its results."""
+    service = start_target(target, workdir, stack, llm, namespace)
+    result: dict[str, Any] = {"startup_s": service.startup_s, "points": {}}
+    try:
+        for endpoint in args.endpoints:
+            for conc in args.concurrency:
+                profiler = _profile(service, args, f"{endpoint}-c{conc}")
+                point = load(service, endpoint, conc, args.duration, args.warmup)
+                if profiler is not None:
+                    profiler.wait()
+                result["points"][f"{endpoint}@{conc}"] = point
+                if "rss_warm_mb" not in result:
+                    result["rss_warm_mb"] = service.rss_mb()
+                say(f"{target} {endpoint} c={conc}: {point['rps']:.1f} req/s, "
+                    f"p50 {fmt(point['latency_ms']['p50'])} ms, "
+                    f"errors {point['error_count']}")
+        result["backend_calls"] = backend_calls(service, stack)
+        if args.soak and target.startswith("lcore"):
+            say(f"{target}: soak for {args.soak:.0f} s")
+            result["soak"] = soak(service, args.soak)
+        result["rss_end_mb"] = service.rss_mb()
+    finally:
+        service.stop()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS))
@@ -474,37 +502,20 @@ def main(argv: list[str] | None = None) -> int:
         compileall.compile_dir(package, quiet=1)
     with tempfile.TemporaryDirectory(prefix="lcore-bench-") as tmp, ScriptedLLM() as llm:
         workdir = Path(tmp)
-        say(f"scripted LLM on {llm.base_url}; starting Llama Stack")
-        stack = LlamaStackServer(write_run_yaml(workdir / "stack", llm.base_url),
-                                 startup_timeout=120).start()
+        say(f"scripted LLM on {llm.base_url}")
         try:
             for target in args.targets:
-                say(f"{target}: starting")
-                service = start_target(target, workdir, stack, llm, namespace)
-                result: dict[str, Any] = {"startup_s": service.startup_s, "points": {}}
-                results[target] = result
+                # A Llama Stack of its own per target: an empty store for each, and a stack that
+                # a target drove into trouble (0.7's SQLite store locks up under c=64) cannot
+                # spoil the next target's figures.
+                say(f"{target}: starting Llama Stack, then the target")
+                stack = LlamaStackServer(write_run_yaml(workdir / f"stack-{target}",
+                                                        llm.base_url), startup_timeout=120).start()
                 try:
-                    for endpoint in args.endpoints:
-                        for conc in args.concurrency:
-                            profiler = _profile(service, args, f"{endpoint}-c{conc}")
-                            point = load(service, endpoint, conc, args.duration, args.warmup)
-                            if profiler is not None:
-                                profiler.wait()
-                            result["points"][f"{endpoint}@{conc}"] = point
-                            if "rss_warm_mb" not in result:
-                                result["rss_warm_mb"] = service.rss_mb()
-                            say(f"{target} {endpoint} c={conc}: {point['rps']:.1f} req/s, "
-                                f"p50 {fmt(point['latency_ms']['p50'])} ms, "
-                                f"errors {point['error_count']}")
-                    result["backend_calls"] = backend_calls(service, stack)
-                    if args.soak and target.startswith("lcore"):
-                        say(f"{target}: soak for {args.soak:.0f} s")
-                        result["soak"] = soak(service, args.soak)
-                    result["rss_end_mb"] = service.rss_mb()
+                    results[target] = run_target(target, workdir, stack, llm, namespace, args)
                 finally:
-                    service.stop()
+                    stack.stop()
         finally:
-            stack.stop()
             if "lcore-full" in args.targets:
                 drop_schema(namespace)
     text = report(results, args, command)
