@@ -77,6 +77,8 @@ class QueryPlan:
     mcp_unavailable: list[str] = field(default_factory=list)
     # Chunks inline RAG put in the instructions (lcore_core.rag.retrieve).
     inline_hits: list[dict[str, Any]] = field(default_factory=list)
+    # A stream that got its whole answer from Llama Stack.
+    answered: bool = False
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
 
@@ -384,6 +386,8 @@ async def _without_dead_mcp(runtime: Runtime, plan: QueryPlan, exc: LCoreError) 
 async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     """Non-streaming: one Responses call, summarised."""
     started = time.perf_counter()
+    admitted = await runtime.llama.admit()
+    answered = False
     try:
         while True:
             try:
@@ -393,6 +397,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
                     response = await runtime.llama.client.post(
                         "/v1/responses", body=_create_args(plan), cast_to=object,
                         options={"headers": _call_headers(plan)})
+                answered = True
                 break
             except LCoreError as exc:
                 if not await _without_dead_mcp(runtime, plan, exc):
@@ -404,6 +409,8 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         # Cancelled (client gone, task cancelled): nothing was used, refund the reservation.
         await _release(runtime, plan.auth, plan.ticket)
         raise
+    finally:
+        runtime.llama.settle(admitted, answered)
     result = summarise(_dump(response))
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
@@ -623,10 +630,14 @@ async def stream(runtime: Runtime, plan: QueryPlan, *,
     nothing is stored and the quota reservation is released.
     """
     plan.streaming = True
+    # The first answers of a fresh Llama Stack go one at a time (LlamaStack.admit): a stream
+    # holds the gate until its last event.
+    admitted = await runtime.llama.admit()
     try:
         async for event in _stream(runtime, plan, raise_on_open):
             yield event
     finally:
+        runtime.llama.settle(admitted, plan.answered)
         if not plan.ticket.settled:
             await _release(runtime, plan.auth, plan.ticket)
 
@@ -732,6 +743,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     result.referenced_documents = result.referenced_documents or final.referenced_documents
     add_inline_hits(result, plan)
     result.llm_seconds = waiting
+    plan.answered = True
     yield StreamEvent("turn_complete", {"token": result.response})
     quotas = await finish(runtime, plan, result)
     stats = current_request()

@@ -40,3 +40,45 @@ async def test_first_queries_in_a_burst_all_succeed(tmp_path: Path, scripted_llm
             await app.runtime.drain()
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def test_first_answer_goes_alone_then_answers_run_together(tmp_path: Path,
+                                                                 llm: Any) -> None:
+    """A fresh Llama Stack answers a burst of first calls very slowly, so until one answer has
+    succeeded LCore asks for one at a time; after that, calls run side by side."""
+    stack = LlamaStackServer(write_run_yaml(tmp_path / "stack", llm.base_url))
+    await asyncio.to_thread(stack.start)
+    try:
+        app = create_app(lcore_config(tmp_path / "lcore", "server", stack.url),
+                         plugins=load_plugins(entrypoints=False))
+        async with started(app) as test_app:
+            client = test_app.test_client()
+
+            def arrived(marker: str) -> int:
+                return sum(marker in r.text for r in llm.chat_requests)
+
+            async def ask(query: str) -> int:
+                response = await client.post("/v2/query", json={
+                    "query": query, "no_tools": True, "generate_topic_summary": False})
+                return response.status_code
+
+            async def burst(label: str) -> list[int]:
+                """A slow first answer, and four more asked while it is being written."""
+                llm.script(f"{label} slow", text="one two three four five six",
+                           chunk_delay=0.4)
+                first = asyncio.ensure_future(ask(f"{label} slow"))
+                while not arrived(f"{label} slow"):
+                    await asyncio.sleep(0.05)
+                others = [asyncio.ensure_future(ask(f"{label} quick {i}")) for i in range(4)]
+                await asyncio.sleep(1.0)
+                seen = arrived(f"{label} quick")
+                assert [await first, *await asyncio.gather(*others)] == [200] * 5
+                return [seen, arrived(f"{label} quick")]
+
+            # Cold: the four wait at the gate while the first answer is being written.
+            assert await burst("cold") == [0, 4]
+            # Warm: they reach the LLM while the slow answer is still on its way.
+            assert (await burst("warm"))[0] == 4
+            await app.runtime.drain()
+    finally:
+        await asyncio.to_thread(stack.stop)
