@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from lcore_core import tracing
+from lcore_core.warmup import FirstCallsAlone
 
 log = structlog.get_logger("lcore.convpool")
 
@@ -32,10 +33,8 @@ class ConversationPool:
         self.ready: deque[str] = deque()
         self._refill: asyncio.Task[None] | None = None
         # Llama Stack 0.7 makes its conversations table on first use, and concurrent first
-        # creates race on it ("no such table", a 500 each): until one create has succeeded,
-        # creates go one at a time.
-        self._first = asyncio.Lock()
-        self._warm = False
+        # creates race on it ("no such table", a 500 each).
+        self._first = FirstCallsAlone()
 
     async def take(self) -> str:
         """A new conversation id: a pooled one, else one created now (errors propagate)."""
@@ -57,13 +56,14 @@ class ConversationPool:
             self._refill = asyncio.get_running_loop().create_task(self._fill())
 
     async def _create(self) -> str:
-        if not self._warm:
-            async with self._first:
-                if not self._warm:
-                    conversation_id = await self._create_now()
-                    self._warm = True
-                    return conversation_id
-        return await self._create_now()
+        admitted = await self._first.admit()
+        created = False
+        try:
+            conversation_id = await self._create_now()
+            created = True
+            return conversation_id
+        finally:
+            self._first.settle(admitted, created)
 
     async def _create_now(self) -> str:
         conversation = await self.llama.client.conversations.create()

@@ -6,7 +6,6 @@ of LCore is mode-agnostic: it calls `llama.client` and wraps calls in `llama_err
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -40,6 +39,7 @@ from lcore_core.errors import (
 )
 from lcore_core.logs import reclaim_logging
 from lcore_core.metrics import waiting_on_llama
+from lcore_core.warmup import FirstCallsAlone
 
 log = structlog.get_logger("lcore.llama")
 
@@ -66,32 +66,10 @@ class LlamaStack:
         self.conversations = ConversationPool(self)
         self.library = bool(settings.use_as_library_client)
         self._client: Any = None
-        # Until one answer has succeeded, answers are asked for one at a time (see `admit`).
-        self._first_answer = asyncio.Lock()
-        self._answered = False
-
-    async def admit(self) -> bool:
-        """Wait for a turn to ask for an answer; True when this call must `settle` the gate.
-
-        A fresh Llama Stack 0.7 answers a burst of first calls very slowly: 16 concurrent
-        stored Responses calls took 17 s each, where one call alone took 0.2 s and the next 15
-        together under 1 s (SQLite stores made on first use). So until one answer has succeeded
-        the calls go one at a time; after that the gate costs nothing.
-        """
-        if self._answered:
-            return False
-        with waiting_on_llama():  # waiting for Llama Stack, not LCore's own time
-            await self._first_answer.acquire()
-        if self._answered:
-            self._first_answer.release()
-            return False
-        return True
-
-    def settle(self, admitted: bool, answered: bool) -> None:
-        """After a call `admit` returned True for: open the gate for good if it `answered`."""
-        if admitted:
-            self._answered = self._answered or answered
-            self._first_answer.release()
+        # A fresh Llama Stack 0.7 answers a burst of first calls very slowly: 16 concurrent
+        # stored Responses calls took 17 s each, where one call alone took 0.2 s and the next
+        # 15 together under 1 s. The pipeline asks for answers through this gate.
+        self.answers = FirstCallsAlone()
 
     @property
     def client(self) -> Any:

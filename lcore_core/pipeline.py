@@ -42,9 +42,10 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _dump(obj: Any) -> Any:
+def as_dict(obj: Any) -> Any:
+    """A Llama Stack SDK object as plain data (plain data is returned as it is)."""
     if hasattr(obj, "model_dump"):
-        return obj.model_dump()
+        return obj.modelas_dict()
     return obj
 
 
@@ -203,7 +204,7 @@ async def list_models(runtime: Runtime) -> list[dict[str, Any]]:
 
 def model_entry(model: Any) -> dict[str, Any]:
     """Llama Stack's OpenAI-style model as upstream's model dict (also used by `/v1/models`)."""
-    data = _dump(model)
+    data = as_dict(model)
     custom = data.get("custom_metadata") or {}
     identifier = str(data.get("id") or data.get("identifier") or "")
     model_type = str(custom.get("model_type") or "unknown")
@@ -386,7 +387,7 @@ async def _without_dead_mcp(runtime: Runtime, plan: QueryPlan, exc: LCoreError) 
 async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     """Non-streaming: one Responses call, summarised."""
     started = time.perf_counter()
-    admitted = await runtime.llama.admit()
+    admitted = await runtime.llama.answers.admit()
     answered = False
     try:
         while True:
@@ -410,8 +411,8 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         await _release(runtime, plan.auth, plan.ticket)
         raise
     finally:
-        runtime.llama.settle(admitted, answered)
-    result = summarise(_dump(response))
+        runtime.llama.answers.settle(admitted, answered)
+    result = summarise(as_dict(response))
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
     await estimate_missing_usage(plan, result)
@@ -606,7 +607,7 @@ async def topic_summary(runtime: Runtime, plan: QueryPlan) -> str | None:
     except LCoreError as exc:
         log.warning("topic summary failed", error=str(exc))
         return None
-    text = summarise(_dump(response)).response.strip().strip('"').strip()
+    text = summarise(as_dict(response)).response.strip().strip('"').strip()
     return text[:200] or None
 
 
@@ -630,14 +631,14 @@ async def stream(runtime: Runtime, plan: QueryPlan, *,
     nothing is stored and the quota reservation is released.
     """
     plan.streaming = True
-    # The first answers of a fresh Llama Stack go one at a time (LlamaStack.admit): a stream
+    # The first answers of a fresh Llama Stack go one at a time (LlamaStack.answers): a stream
     # holds the gate until its last event.
-    admitted = await runtime.llama.admit()
+    admitted = await runtime.llama.answers.admit()
     try:
         async for event in _stream(runtime, plan, raise_on_open):
             yield event
     finally:
-        runtime.llama.settle(admitted, plan.answered)
+        runtime.llama.answers.settle(admitted, plan.answered)
         if not plan.ticket.settled:
             await _release(runtime, plan.auth, plan.ticket)
 
@@ -684,7 +685,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                 continue
             finally:
                 waiting += time.perf_counter() - t0
-            data = _dump(chunk)
+            data = as_dict(chunk)
             kind = data.get("type", "")
             if kind == "response.output_text.delta":
                 delta = data.get("delta") or ""

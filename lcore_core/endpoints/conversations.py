@@ -15,6 +15,7 @@ from quart import Blueprint, current_app, g, jsonify
 from lcore_core.auth import Action, AuthTuple, authorize, may
 from lcore_core.errors import BadRequest, NotFound
 from lcore_core.llama import llama_errors
+from lcore_core.pipeline import as_dict, message_text
 from lcore_core.schemas import CONVERSATION_ID_PATTERN
 from lcore_core.web import doc, load_body, route
 
@@ -160,20 +161,20 @@ async def _history_from_responses(runtime: Any, response_ids: list[str]) -> list
     async def turn(response_id: str) -> dict[str, Any] | None:
         try:
             with llama_errors("responses.retrieve"):
-                response = _data(await client.responses.retrieve(response_id))
+                response = as_dict(await client.responses.retrieve(response_id))
             with llama_errors("responses.input_items.list"):
                 page = await client.responses.input_items.list(response_id, order="desc",
                                                                limit=1)
         except NotFound:
             return None  # deleted in Llama Stack meanwhile: the turn is gone
-        asked = [_data(i) for i in getattr(page, "data", page)]
+        asked = [as_dict(i) for i in getattr(page, "data", page)]
         # Llama Stack's model id is "<provider>/<model>", as the query chose it.
         provider, _, model = str(response.get("model") or "").partition("/")
         if not model:
             provider, model = "", provider
-        answer = "".join(_text(o.get("content")) for o in response.get("output") or []
+        answer = "".join(message_text(o)[0] for o in response.get("output") or []
                          if o.get("type") == "message")
-        return {"messages": [{"content": _text(asked[0].get("content")) if asked else "",
+        return {"messages": [{"content": message_text(asked[0])[0] if asked else "",
                               "type": "user"},
                              {"content": answer, "type": "assistant"}],
                 "started_at": _timestamp(response.get("created_at")),
@@ -181,17 +182,6 @@ async def _history_from_responses(runtime: Any, response_ids: list[str]) -> list
                 "provider": provider or None, "model": model}
 
     return [t for t in await _each_response(response_ids, turn) if t is not None]
-
-
-def _data(item: Any) -> dict[str, Any]:
-    return item.model_dump() if hasattr(item, "model_dump") else item
-
-
-def _text(content: Any) -> str:
-    """A message's text: a plain string, or its text (or refusal) parts joined."""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text") or p.get("refusal") or "" for p in content or [])
 
 
 def _timestamp(seconds: Any) -> str | None:
@@ -215,9 +205,9 @@ async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[s
             conversation_id, order="asc", limit=CONVERSATION_ITEMS_LIMIT)
     said: dict[str, list[str]] = {"user": [], "assistant": []}
     for item in getattr(page, "data", page):
-        data = _data(item)
+        data = as_dict(item)
         if data.get("type") == "message" and data.get("role") in said:
-            said[data["role"]].append(_text(data.get("content")))
+            said[data["role"]].append(message_text(data)[0])
     turns = []
     for question, answer in itertools.zip_longest(said["user"], said["assistant"]):
         messages = [{"content": question, "type": "user"}] if question is not None else []
