@@ -45,7 +45,7 @@ def now_iso() -> str:
 def as_dict(obj: Any) -> Any:
     """A Llama Stack SDK object as plain data (plain data is returned as it is)."""
     if hasattr(obj, "model_dump"):
-        return obj.modelas_dict()
+        return obj.model_dump()
     return obj
 
 
