@@ -29,6 +29,7 @@ from lcore_core.errors import (
 )
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
+from lcore_core.pgpool import PostgresPool
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import (
     AuthProvider,
@@ -37,15 +38,16 @@ from lcore_core.providers import (
     ReadinessCheck,
 )
 from lcore_core.runtime import Runtime
-from lcore_core.userdb import install_schema
+from lcore_core.userdb import PreparedQuery, install_schema
 from lcore_core.web import doc, load_body, route
 
 __all__ = [
     "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
-    "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection", "ConversationCache",
-    "ConversationInfo", "Forbidden", "HttpUrl", "LCoreError", "MemoryCache", "NoopCache",
-    "NotFound", "PluginLoadError", "Plugins", "PostgresSchema", "QueryCompleted", "QuotaExceeded",
-    "QuotaTicket", "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError",
-    "Unauthorized", "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
+    "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection",
+    "ConversationCache", "ConversationInfo", "Forbidden", "HttpUrl", "LCoreError",
+    "MemoryCache", "NoopCache", "NotFound", "PluginLoadError", "Plugins", "PostgresPool",
+    "PostgresSchema", "PreparedQuery", "QueryCompleted", "QuotaExceeded", "QuotaTicket",
+    "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError", "Unauthorized",
+    "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
     "install_schema", "load_body", "load_config", "load_plugins", "may", "route",
 ]

@@ -15,8 +15,8 @@ from lcore_core.app import create_app
 from lcore_core.auth import DEFAULT_USER_ID
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.llm import DEFAULT_LLM_MODEL
+from lcore_core.testing.otlp import SERVER, OtlpReceiver, RecordedSpan
 
-from .otlp import SERVER, OtlpReceiver, RecordedSpan
 from .support import lcore_config, parse_sse, started
 
 pytestmark = pytest.mark.e2e

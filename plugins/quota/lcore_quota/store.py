@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded
 
-from lcore_core import install_schema
+from lcore_core import PostgresPool, install_schema
 from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
 from lcore_quota.periods import Period
 
@@ -171,9 +171,9 @@ def open_database(settings: Any) -> tuple[peewee.Database, str, str | None]:
             "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "lcore-quota"}
         if pg.get("ca_cert_path"):
             params["sslrootcert"] = pg["ca_cert_path"]
-        database = PooledPostgresqlDatabase(pg["db"], max_connections=pg["max_connections"],
-                                            timeout=POOL_WAIT_S, **params)
-        return database, f"PostgreSQL {pg['host']}:{pg['port']}/{pg['db']}", pg["namespace"]
+        pool = PostgresPool(pg["db"], max_connections=pg["max_connections"],
+                            timeout=POOL_WAIT_S, **params)
+        return pool, f"PostgreSQL {pg['host']}:{pg['port']}/{pg['db']}", pg["namespace"]
     path = Path(settings["sqlite"]["db_path"]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     # IMMEDIATE: a transaction takes the write lock first, so it waits (busy_timeout) instead

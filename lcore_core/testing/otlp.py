@@ -1,4 +1,5 @@
-"""A loopback OTLP/HTTP collector for the tracing tests: it records what LCore exports.
+"""A loopback OTLP/HTTP collector: it records what LCore exports (the tracing tests, and
+`python -m bench.phases`, which times each phase of a query from its spans).
 
 `POST /v1/traces` bodies are kept raw (to search them for secrets) and decoded with
 `opentelemetry.proto` into `RecordedSpan`s.
