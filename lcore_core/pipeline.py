@@ -134,13 +134,32 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
     ticket = QuotaTicket(query=body["query"], endpoint=endpoint)
-    await runtime.plugins.quota_check(auth, ticket, runtime)
+    # A follow-up turn's conversation is read while the quota is checked (two round trips on
+    # two connections, overlapped). The quota still speaks first: its refusal is the answer,
+    # whatever the read found.
+    conversation_id = body.get("conversation_id")
+    lookup = asyncio.ensure_future(runtime.userdb.get(conversation_id)) \
+        if conversation_id else None
     try:
+        await runtime.plugins.quota_check(auth, ticket, runtime)
+    except BaseException:
+        if lookup is not None:
+            lookup.add_done_callback(_discard)
+            lookup.cancel()
+        raise
+    try:
+        meta = await lookup if lookup is not None else UNREAD
         return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {},
-                             request_headers or {})
+                             request_headers or {}, meta)
     except BaseException:
         await _release(runtime, auth, ticket)
         raise
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Done callback of work whose outcome nobody needs any more (nothing left unretrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> None:
@@ -153,9 +172,9 @@ async def _release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> No
 
 async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpoint: str,
                   ticket: QuotaTicket, client_mcp_headers: dict[str, Any],
-                  request_headers: dict[str, str]) -> QueryPlan:
+                  request_headers: dict[str, str], meta: dict[str, Any] | None) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
-    conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"))
+    conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"), meta)
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
         unavailable = await runtime.mcp_health.unreachable(runtime.config.mcp_servers)
@@ -261,16 +280,21 @@ def new_conversation_id() -> str:
     return "conv_" + secrets.token_hex(24)
 
 
-async def resolve_conversation(runtime: Runtime, auth: AuthTuple,
-                               conversation_id: str | None) -> Conversation:
-    """An existing conversation the caller may continue, or a new one.
+UNREAD: Any = object()  # resolve_conversation's `meta` when the caller has not read it
+
+
+async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_id: str | None,
+                               meta: dict[str, Any] | None = UNREAD) -> Conversation:
+    """An existing conversation the caller may continue, or a new one (`meta`: the user DB's
+    row for `conversation_id`, when already read).
 
     A new conversation is a chain of stored responses that LCore names itself (one Llama Stack
     call per turn), unless `service.conversation_state` asks for Llama Stack conversations.
     An existing one continues the way it began (the user DB knows: `response_ids` or None).
     """
     if conversation_id:
-        meta = await runtime.userdb.get(conversation_id)
+        if meta is UNREAD:
+            meta = await runtime.userdb.get(conversation_id)
         owned = meta is not None and meta["user_id"] == auth.user_id
         if meta is None or not (owned or may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
             raise NotFound("Conversation not found",

@@ -26,9 +26,12 @@ class RecordingQuota:
         self.refuse = False
         self.reserved = 0
         self.released = 0
+        self.hold: asyncio.Event | None = None  # while set, the check waits for it
 
     @hookimpl
     async def lcore_quota_check(self, auth: Any, ticket: QuotaTicket) -> None:
+        if self.hold is not None:
+            await asyncio.wait_for(self.hold.wait(), 10)
         if self.refuse or self.budget <= 0:
             raise QuotaExceeded("The quota has been exceeded", f"user {auth.user_id} has none")
         ticket.reservations["recording"] = 100
@@ -142,3 +145,39 @@ async def test_quota_exceeded_is_429_before_the_llm(hooked: Any, llm: Any) -> No
         assert not any("refused question" in r.text for r in llm.chat_requests)
     finally:
         quota.refuse = False
+
+
+async def test_a_follow_up_turn_reads_its_conversation_during_the_quota_check(
+        hooked: Any, llm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lcore, quota = hooked
+    first = await (await lcore.query("first turn", generate_topic_summary=False)).get_json()
+    userdb = lcore.runtime.userdb
+    read = userdb.get
+    quota.hold = asyncio.Event()
+
+    async def get(conversation_id: str) -> Any:
+        assert quota.hold is not None
+        quota.hold.set()  # the check, waiting, goes on only once the read has begun
+        return await read(conversation_id)
+
+    monkeypatch.setattr(userdb, "get", get)
+    try:
+        response = await lcore.query("second turn", conversation_id=first["conversation_id"],
+                                     generate_topic_summary=False)
+        assert response.status_code == 200  # one after the other, the check times out: 500
+        assert (await response.get_json())["conversation_id"] == first["conversation_id"]
+    finally:
+        quota.hold = None
+
+
+async def test_a_refused_follow_up_is_429_even_for_an_unknown_conversation(
+        hooked: Any, llm: Any) -> None:
+    lcore, quota = hooked
+    quota.refuse = True
+    try:
+        response = await lcore.query("refused follow-up", conversation_id="conv_" + "0" * 48)
+        assert response.status_code == 429  # the quota answers first, as before the overlap
+    finally:
+        quota.refuse = False
+    response = await lcore.query("unknown follow-up", conversation_id="conv_" + "0" * 48)
+    assert response.status_code == 404
