@@ -7,7 +7,8 @@ every worker thread queue behind the one checking. `PostgresPool` asks the socke
 server that ended the session (restart, `pg_terminate_backend`, idle timeout) has sent its
 goodbye and closed the socket, which is then readable; a healthy idle connection has nothing to
 read. A connection that went silent without closing (a network cut) is found out by its first
-statement, as it could be after a `SELECT 1` too.
+statement, as it could be after a `SELECT 1` too. A healthy session with something unread (a
+server-sent notice) is dropped as well: the price of that mistake is one new connection.
 """
 
 from __future__ import annotations
