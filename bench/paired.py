@@ -6,8 +6,9 @@ On a shared 2-core machine the speed drifts by tens of percent within minutes, s
 measured one after the other (as `python -m bench` does) can differ by more than what sets them
 apart. Here every target runs at once against one Llama Stack server (lcore-lib has its own, in
 process) and each round sends one query to each target in turn, in a shuffled order: every
-target meets the same machine. Prints p50/p95 per target, and the p50 of the per-round
-differences from `direct` (the added latency) with their spread.
+target meets the same machine. Prints p50/p95 per target, the p50 of the per-round
+differences from `direct` (the added latency) with their spread, and, when `floor` runs too,
+the p50 of the per-round differences from `floor`.
 """
 
 from __future__ import annotations
@@ -59,17 +60,24 @@ def main(argv: list[str] | None = None) -> int:
                 drop_schema(namespace)
     print(f"\n{args.rounds} rounds, one /v2/query (or direct Responses call) per target each, "
           "in a shuffled order\n")
+    floor = "floor" in times
     print("| target | p50 ms | p95 ms | added p50 ms (paired, vs direct) | "
-          "middle half of the added ms |")
-    print("|---|---|---|---|---|")
+          "middle half of the added ms |" + (" over the floor p50 ms (paired) |" if floor else ""))
+    print("|---|---|---|---|---|" + ("---|" if floor else ""))
     for service in services:
         mine = times[service.name]
-        added = sorted(m - d for m, d in zip(mine, times["direct"], strict=True))
+        added = paired(mine, times["direct"])
         quartiles = statistics.quantiles(added, n=4)
+        over = (f" {statistics.median(paired(mine, times['floor'])):+.1f} |" if floor else "")
         print(f"| {service.name} | {statistics.median(mine):.1f} | "
               f"{statistics.quantiles(mine, n=20)[-1]:.1f} | {statistics.median(added):+.1f} | "
-              f"{quartiles[0]:+.1f} .. {quartiles[2]:+.1f} |")
+              f"{quartiles[0]:+.1f} .. {quartiles[2]:+.1f} |{over}")
     return 0
+
+
+def paired(mine: list[float], base: list[float]) -> list[float]:
+    """Per-round differences from `base`, sorted (the same round met the same machine)."""
+    return sorted(m - b for m, b in zip(mine, base, strict=True))
 
 
 def measure(services: list[Service], rounds: int) -> dict[str, list[float]]:
