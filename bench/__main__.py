@@ -53,6 +53,8 @@ PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
       "ssl_mode": "disable", "gss_encmode": "disable"}
 INSTRUCTIONS = "You are a helpful assistant."
 TARGETS = ["direct", "direct-conv", "floor", "lcore-min", "lcore-lib", "lcore-full"]
+# Set by `bench.phases`: LCore targets started from then on export their spans here (OTLP/HTTP).
+tracing_endpoint: str | None = None
 
 
 def say(message: str) -> None:
@@ -138,11 +140,21 @@ def spawn(command: list[str], log: Path, env: dict[str, str] | None = None
                                 start_new_session=True)
 
 
+def compile_sources() -> None:
+    """Write LCore's bytecode, as an installed service has it: an editable install under
+    PYTHONDONTWRITEBYTECODE (as on the CI machines) would compile its sources at every start-up
+    measured here."""
+    for package in (HERE.parent / "lcore_core", HERE.parent / "plugins"):
+        compileall.compile_dir(package, quiet=1)
+
+
 def lcore_config(workdir: Path, stack: LlamaStackServer, library: Path | None,
                  full: dict[str, Any] | None) -> Path:
     config: dict[str, Any] = {
         "name": "lcore-bench",
-        "service": {"host": "127.0.0.1", "port": 8080, "log_format": "json"},
+        "service": {"host": "127.0.0.1", "port": 8080, "log_format": "json",
+                    **({"tracing": {"enabled": True, "endpoint": tracing_endpoint}}
+                       if tracing_endpoint else {})},
         "llama_stack": ({"use_as_library_client": True,
                          "library_client_config_path": str(library)} if library else
                         {"url": stack.url, "timeout": 60}),
@@ -496,10 +508,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     namespace = f"lcore_bench_{uuid.uuid4().hex[:8]}"
-    # An installed service has its bytecode; an editable install under PYTHONDONTWRITEBYTECODE
-    # (as on the CI machines) would compile its sources at every start-up measured here.
-    for package in (HERE.parent / "lcore_core", HERE.parent / "plugins"):
-        compileall.compile_dir(package, quiet=1)
+    compile_sources()
     with tempfile.TemporaryDirectory(prefix="lcore-bench-") as tmp, ScriptedLLM() as llm:
         workdir = Path(tmp)
         say(f"scripted LLM on {llm.base_url}")

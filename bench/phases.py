@@ -25,7 +25,6 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import bench.__main__ as runner
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
@@ -82,22 +81,6 @@ def measure(target: str, endpoint: str, levels: list[int], duration: float,
     return results
 
 
-def _traced_config(receiver: OtlpReceiver) -> Any:
-    plain = runner.lcore_config
-
-    def config(workdir: Path, stack: Any, library: Path | None,
-               full: dict[str, Any] | None) -> Path:
-        section = dict(full or {})
-        section["service"] = {"host": "127.0.0.1", "port": 8080, "log_format": "json",
-                              "tracing": {"enabled": True, "endpoint": receiver.url}}
-        if full is None:  # the core alone, as lcore-min runs
-            section["plugins"] = {"blocked": ["a2a", "quota", "auth_jwk", "auth_k8s",
-                                              "cache_sqlite", "cache_postgres"]}
-        return plain(workdir, stack, library, section)
-
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.phases",
                                      description=__doc__.split("\n")[0])
@@ -115,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
     with (tempfile.TemporaryDirectory(prefix="lcore-phases-") as tmp, ScriptedLLM() as llm,
           OtlpReceiver() as receiver):
-        runner.lcore_config = _traced_config(receiver)
+        runner.tracing_endpoint = receiver.url
         try:
             for target in targets:
                 (Path(tmp) / target).mkdir()

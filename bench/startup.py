@@ -10,7 +10,6 @@ target also writes Python's `-X importtime` report there.
 from __future__ import annotations
 
 import argparse
-import compileall
 import logging
 import os
 import statistics
@@ -18,7 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.__main__ import HERE, drop_schema, say, start_target
+from bench.__main__ import compile_sources, drop_schema, say, start_target
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
 from lcore_core.testing.llm import ScriptedLLM
 
@@ -33,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not t.startswith("lcore-") for t in targets):
         parser.error("only LCore targets have a start-up to measure")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    for package in (HERE.parent / "lcore_core", HERE.parent / "plugins"):
-        compileall.compile_dir(package, quiet=1)
+    compile_sources()
     namespace = f"lcore_bench_{uuid.uuid4().hex[:8]}"
     times: dict[str, list[float]] = {t: [] for t in targets}
     with tempfile.TemporaryDirectory(prefix="lcore-startup-") as tmp, ScriptedLLM() as llm:

@@ -166,6 +166,10 @@ class PreparedQuery:
         return [constant if name is None else wrap(values[name]) if wrap else values[name]
                 for name, wrap, constant in self._slots]
 
+    def run(self, database: peewee.Database, values: dict[str, Any]) -> Any:
+        """Run the statement with `values` (synchronously: call it from a worker thread)."""
+        return database.execute_sql(self.sql, self.params(values))
+
 
 class UserDB:
     """Conversation ownership and metadata."""
@@ -273,11 +277,7 @@ class UserDB:
                   "model": model, "provider": provider, "now": utcnow(),
                   "ids": (response_id or "") if chained else None,
                   "appended": " " + response_id if chained and response_id else None}
-        upsert = self._upserts[values["appended"] is not None]
-
-        def run() -> None:
-            self.db.execute_sql(upsert.sql, upsert.params(values))
-        await self._run(run)
+        await self._run(self._upserts[values["appended"] is not None].run, self.db, values)
 
     @traced("lcore.storage.userdb.list")
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:

@@ -161,8 +161,7 @@ class PostgresCache:
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
         values = {**entry.to_dict(), "user_id": user_id, "conversation_id": conversation_id,
                   "created_at": _utcnow()}
-        await self._run(lambda: self.db.execute_sql(self._insert.sql,
-                                                    self._insert.params(values)))
+        await self._run(lambda: self._insert.run(self.db, values))
 
     def _insert_query(self, *, user_id: Any, conversation_id: Any, created_at: Any,
                       **entry: Any) -> peewee.Query:
