@@ -29,6 +29,7 @@ from lcore_core.errors import (
 )
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
+from lcore_core.pgasync import AsyncPostgres
 from lcore_core.pgpool import PostgresPool
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import (
@@ -42,7 +43,8 @@ from lcore_core.userdb import PreparedQuery, install_schema
 from lcore_core.web import doc, load_body, route
 
 __all__ = [
-    "Action", "AuthProvider", "AuthTuple", "Authenticator", "BackendUnavailable", "BadRequest",
+    "Action", "AsyncPostgres", "AuthProvider", "AuthTuple", "Authenticator",
+    "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection",
     "ConversationCache", "ConversationInfo", "Forbidden", "HttpUrl", "LCoreError",
     "MemoryCache", "NoopCache", "NotFound", "PluginLoadError", "Plugins", "PostgresPool",

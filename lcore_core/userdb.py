@@ -1,6 +1,8 @@
 """The user DB: conversation metadata per user (peewee; SQLite by default, PostgreSQL by config).
 
-peewee is synchronous: every public coroutine runs its query in a worker thread.
+peewee is synchronous: every public coroutine runs its query in a worker thread, except on
+PostgreSQL the two a query's path runs (`get`, `record_turn`), which run on the event loop
+(`AsyncPostgres`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import peewee
+import psycopg
 
 from lcore_core.errors import StorageError
+from lcore_core.pgasync import AsyncPostgres
 from lcore_core.tracing import traced
 
 SCHEMA_VERSION = 2  # 2: response_ids
@@ -177,6 +181,11 @@ class UserDB:
     def __init__(self, database: peewee.Database) -> None:
         self.db = database
         self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
+        # The statements on a query's path run on the event loop on PostgreSQL (see pgasync).
+        self.pg = AsyncPostgres.of(database) if isinstance(
+            database, peewee.PostgresqlDatabase) else None
+        C = self.Conversation
+        self._fetch = PreparedQuery(lambda id: C.select().where(C.id == id), ["id"])
         # record_turn's statement, built once for each shape: peewee took longer to build it
         # than the database took to run it, in a worker thread holding the GIL.
         names = ["id", "user_id", "topic", "model", "provider", "ids"]
@@ -245,7 +254,20 @@ class UserDB:
         await self._run(create)
 
     async def close(self) -> None:
+        if self.pg is not None:
+            await self.pg.close()
         await asyncio.to_thread(self.db.close)
+
+    async def _run_async(self, query: PreparedQuery, values: dict[str, Any], *,
+                         rows: bool = False) -> Any:
+        """`query` on the event loop (PostgreSQL only)."""
+        assert self.pg is not None
+        try:
+            if rows:
+                return await self.pg.fetch(query.sql, query.params(values))
+            return await self.pg.execute(query.sql, query.params(values))
+        except psycopg.Error as exc:
+            raise StorageError("Database error", f"{type(exc).__name__}: {exc}") from exc
 
     async def ready(self) -> None:
         await self._run(lambda: self.db.execute_sql("SELECT 1"))
@@ -254,12 +276,13 @@ class UserDB:
     async def get(self, conversation_id: str) -> dict[str, Any] | None:
         """The conversation's metadata, with `response_ids`: the chained Llama Stack responses,
         oldest first, or None for a conversation kept as a Llama Stack conversation."""
+        if self.pg is not None:
+            found = await self._run_async(self._fetch, {"id": conversation_id}, rows=True)
+            return _with_ids(self.Conversation(**found[0])) if found else None
+
         def fetch() -> dict[str, Any] | None:
             row = self.Conversation.get_or_none(self.Conversation.id == conversation_id)
-            if row is None:
-                return None
-            ids = row.response_ids
-            return {**_row(row), "response_ids": None if ids is None else ids.split()}
+            return None if row is None else _with_ids(row)
 
         return await self._run(fetch)
 
@@ -277,7 +300,11 @@ class UserDB:
                   "model": model, "provider": provider, "now": utcnow(),
                   "ids": (response_id or "") if chained else None,
                   "appended": " " + response_id if chained and response_id else None}
-        await self._run(self._upserts[values["appended"] is not None].run, self.db, values)
+        upsert = self._upserts[values["appended"] is not None]
+        if self.pg is not None:
+            await self._run_async(upsert, values)
+        else:
+            await self._run(upsert.run, self.db, values)
 
     @traced("lcore.storage.userdb.list")
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:
@@ -311,6 +338,11 @@ def _row(row: Any) -> dict[str, Any]:
         "created_at": _iso(row.created_at), "last_message_at": _iso(row.last_message_at),
         "message_count": row.message_count,
     }
+
+
+def _with_ids(row: Any) -> dict[str, Any]:
+    ids = row.response_ids
+    return {**_row(row), "response_ids": None if ids is None else ids.split()}
 
 
 def _iso(value: Any) -> str:

@@ -132,10 +132,11 @@ async def test_unreachable_database_is_a_storage_error(tmp_path: Path) -> None:
 
     settings = Settings.wrap({"postgres": {**PG, "port": 1, "namespace": "x"}})
     db = UserDB(open_database(settings))
-    with pytest.raises(StorageError) as caught:
-        await db.get("conv_1")
-    assert caught.value.status == 500
-    assert isinstance(caught.value.__cause__, peewee.PeeweeException)
+    for call in (db.get("conv_1"), db.list("u1")):  # on the event loop, in a worker thread
+        with pytest.raises(StorageError) as caught:
+            await call
+        assert caught.value.status == 500
+        assert "port 1 failed" in str(caught.value.cause)
 
 
 async def test_replicas_creating_the_schema_together_all_succeed() -> None:

@@ -5,8 +5,10 @@ names, in the configured schema (`namespace`): one row per turn (`lcore_cache_en
 a bigserial id) and one per conversation (`lcore_cache_conversation`: topic summary, message
 count, newest turn). Several LCore processes may share them.
 
-Every call runs in a worker thread and borrows a pooled connection; the pool pings an idle
-connection before handing it out, so the cache reconnects by itself after a database restart.
+Every call runs in a worker thread and borrows a pooled connection, except the insert every
+query makes, which runs on the event loop (`AsyncPostgres`). Both pools drop, at checkout, an
+idle connection the server has ended, so the cache reconnects by itself after a database
+restart.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
+import psycopg
 from playhouse.pool import MaxConnectionsExceeded
 from playhouse.postgres_ext import BinaryJSONField
 
 from lcore_core import (
+    AsyncPostgres,
     CacheEntry,
     ConversationInfo,
     PostgresPool,
@@ -118,6 +122,7 @@ class PostgresCache:
         self.namespace: str = settings["namespace"]
         self.where = f"{settings['host']}:{settings['port']}/{settings['db']}"
         self.db = open_pool(settings)
+        self.pg = AsyncPostgres.of(self.db, timeout=POOL_WAIT_S)  # the insert, on the loop
         self.Entry, self.Conversation, self.Version = _models(self.db, self.namespace)
         # The insert is built once (peewee took 0.25 ms to build it, more than it runs).
         self._insert = PreparedQuery(
@@ -136,9 +141,11 @@ class PostgresCache:
                         return fn()
                 return fn()
         except (peewee.PeeweeException, MaxConnectionsExceeded) as exc:
-            raise StorageError("Conversation cache error",
-                               f"PostgreSQL {self.where}: {type(exc).__name__}: "
-                               f"{str(exc).strip()}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: Exception) -> StorageError:
+        return StorageError("Conversation cache error",
+                            f"PostgreSQL {self.where}: {type(exc).__name__}: {str(exc).strip()}")
 
     async def _run(self, fn: Callable[[], T], *, atomic: bool = False) -> T:
         if not self._set_up:
@@ -161,7 +168,12 @@ class PostgresCache:
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
         values = {**entry.to_dict(), "user_id": user_id, "conversation_id": conversation_id,
                   "created_at": _utcnow()}
-        await self._run(lambda: self._insert.run(self.db, values))
+        if not self._set_up:
+            await self.setup()
+        try:
+            await self.pg.execute(self._insert.sql, self._insert.params(values))
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
 
     def _insert_query(self, *, user_id: Any, conversation_id: Any, created_at: Any,
                       **entry: Any) -> peewee.Query:
@@ -232,4 +244,5 @@ class PostgresCache:
         await self._run(lambda: self.db.execute_sql("SELECT 1").fetchone())
 
     async def close(self) -> None:
+        await self.pg.close()
         await asyncio.to_thread(self.db.close_all)

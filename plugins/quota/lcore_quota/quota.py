@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,8 +55,9 @@ class LimiterState:
 class Quota:
     """Token budgets of the configured limiters, shared through the quota database.
 
-    `clock` returns the current time (aware UTC); tests drive it. Every database call runs in a
-    worker thread; a database failure denies the request with 503 (quota fails closed).
+    `clock` returns the current time (aware UTC); tests drive it. Database calls run in a worker
+    thread, but for the reservation and the settlement on PostgreSQL (on the event loop); a
+    database failure denies the request with 503 (quota fails closed).
     """
 
     def __init__(self, settings: Any, *, clock: Clock = utcnow,
@@ -73,6 +74,13 @@ class Quota:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
+        except QuotaDatabaseError as exc:
+            raise BackendUnavailable("Quota database unavailable", str(exc)) from exc
+
+    @staticmethod
+    async def _async(call: Awaitable[T]) -> T:
+        try:
+            return await call
         except QuotaDatabaseError as exc:
             raise BackendUnavailable("Quota database unavailable", str(exc)) from exc
 
@@ -106,7 +114,7 @@ class Quota:
                   for lim in self.limiters]
         now = self.clock()
         try:
-            holds = await self._run(self.store.reserve, wanted, now)
+            holds = await self._async(self.store.reserve(wanted, now))
         except Refused as refused:
             log.info("quota exceeded: user %s refused by %s %r (%d available, %d needed)",
                      auth.user_id, refused.limiter.type, refused.limiter.name,
@@ -147,7 +155,8 @@ class Quota:
             if fresh:
                 await self._run(self.store.ensure_rows, self.limiters, auth.user_id,
                                 self.clock())
-            rows = await self._run(self.store.settle, holds, usage.total, self.clock(), history)
+            rows = await self._async(self.store.settle(holds, usage.total, self.clock(),
+                                                             history))
         except BackendUnavailable as exc:
             # The answer is already given: the reservation stays charged as the best estimate.
             log.error("quota settlement failed; the reservation stays charged: %s", exc.cause)
@@ -164,7 +173,7 @@ class Quota:
         """Refund the whole reservation (the call failed or was cut)."""
         holds: list[Hold] = ticket.reservations.pop(TICKET_KEY, None) or []
         if holds:
-            await self._run(self.store.settle, holds, 0, self.clock())
+            await self._async(self.store.settle(holds, 0, self.clock()))
 
     def read_states(self, user_id: str) -> list[LimiterState]:
         """Every limiter's budget for `user_id` (a limiter not used yet has its full quota).
@@ -247,6 +256,8 @@ class Quota:
             self.metrics.subjects.labels(limiter, label).set(subjects)
 
     async def close(self) -> None:
+        if self.store.pg is not None:
+            await self.store.pg.close()
         await asyncio.to_thread(self.store.close)
 
 

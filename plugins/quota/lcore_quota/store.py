@@ -1,4 +1,6 @@
-"""Quota state in SQLite or PostgreSQL (peewee). Synchronous: the async layer calls it in threads.
+"""Quota state in SQLite or PostgreSQL (peewee). Synchronous, for the async layer to call in
+threads, but for the reservation and the settlement on PostgreSQL: on every query's path, they
+run on the event loop (`reserve`, `settle`, through `AsyncPostgres`).
 
 Every change of a budget is one SQL `UPDATE` computed by the database (`available = available -
 :n`), never a value read into Python and written back, so any number of threads and LCore
@@ -24,6 +26,7 @@ Tables (in `postgres.namespace` on PostgreSQL):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable
@@ -33,9 +36,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
+import psycopg
 from playhouse.pool import MaxConnectionsExceeded
 
-from lcore_core import PostgresPool, install_schema
+from lcore_core import AsyncPostgres, PostgresPool, install_schema
 from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
 from lcore_quota.periods import Period
 
@@ -192,6 +196,8 @@ class QuotaStore:
         self.Limit, self.Usage, self.Version = _models(self.db, self.namespace)
         self._setup_lock = threading.Lock()
         self.ready = False
+        # The reservation and the settlement, on every query's path, run on the event loop.
+        self.pg = AsyncPostgres.of(self.db) if self.is_postgres else None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -212,6 +218,17 @@ class QuotaStore:
                 # The server went away: the idle pooled connections are dead as well; drop
                 # them so that one request, not one per pooled connection, learns of it.
                 self.db.close_idle()  # type: ignore[attr-defined]
+            raise QuotaDatabaseError(self.where, exc) from exc
+
+    async def _pg_fetch(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        assert self.pg is not None
+        try:
+            if not self.ready:
+                await asyncio.to_thread(self._setup)
+            return await self.pg.fetch(sql, params)
+        except (psycopg.Error, OSError) as exc:
+            raise QuotaDatabaseError(self.where, exc) from exc
+        except (peewee.PeeweeException, MaxConnectionsExceeded) as exc:
             raise QuotaDatabaseError(self.where, exc) from exc
 
     def setup(self) -> None:
@@ -265,16 +282,11 @@ class QuotaStore:
 
     # --- the request path -----------------------------------------------------------------
 
-    def reserve(self, wanted: Iterable[tuple[Limiter, str, int]], now: dt.datetime) -> list[Hold]:
-        """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`
-        naming the first limiter, in the order given, that has too few.
-
-        A limiter needs at least `max(tokens, 1)` available. Rows are locked in one order (see
-        the module), so concurrent reservations never wait on each other in a cycle.
-        """
+    def _reserve_rows(self, wanted: Iterable[tuple[Limiter, str, int]],
+                      now: dt.datetime) -> list[Hold]:
+        """`reserve` on SQLite: row by row in one transaction, which takes SQLite's one write
+        lock first (a worker thread's call)."""
         wanted = list(wanted)
-        if self.is_postgres and wanted:
-            return self._reserve_at_once(wanted, now)
         L = self.Limit
 
         def take() -> list[Hold]:
@@ -302,17 +314,20 @@ class QuotaStore:
 
         return self.call(take, atomic=True)
 
-    def _reserve_at_once(self, wanted: list[tuple[Limiter, str, int]],
-                         now: dt.datetime) -> list[Hold]:
-        """`reserve` on PostgreSQL: one statement, plus one to create missing rows."""
+    def _reserve_statement(self, wanted: list[tuple[Limiter, str, int]],
+                           now: dt.datetime) -> tuple[str, list[Any]]:
+        """`reserve` on PostgreSQL as one statement: its rows are (ord, available, epoch) for
+        each wanted row that exists, epoch NULL everywhere when any has too few tokens."""
         values = [(i, limiter.name, limiter.subject_type, subject_id, tokens, max(tokens, 1))
                   for i, (limiter, subject_id, tokens) in enumerate(wanted)]
         limit = self._table(self.Limit)
         # `locked` returns each row as it is once locked (a concurrent change committed in
-        # between included), so the check and the update below see the same tokens.
+        # between included), so the check and the update below see the same tokens. The casts
+        # type the VALUES whatever the driver sends.
+        row = "(%s::int, %s::text, %s::text, %s::text, %s::bigint, %s::bigint)"
         sql = f"""
             WITH wanted (ord, limiter, subject_type, subject_id, tokens, need) AS (
-                VALUES {", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(values))}),
+                VALUES {", ".join([row] * len(values))}),
             locked AS (
                 SELECT w.ord, w.tokens, w.need, l.limiter, l.subject_type, l.subject_id,
                        l.available
@@ -327,38 +342,63 @@ class QuotaStore:
                   AND (SELECT count(*) FROM locked c WHERE c.available >= c.need) = %s
                 RETURNING k.ord, l.epoch)
             SELECT k.ord, k.available, t.epoch FROM locked k LEFT JOIN taken t USING (ord)"""
-        params = [value for row in values for value in row] + [_naive(now), len(values)]
+        return sql, [value for row in values for value in row] + [_naive(now), len(values)]
+
+    @staticmethod
+    def _reserved(wanted: list[tuple[Limiter, str, int]],
+                  rows: Iterable[Iterable[Any]]) -> list[Hold] | list[int]:
+        """The holds the reservation statement took, or the indexes of `wanted` without a row
+        (to create, then try again); raises `Refused`."""
+        found = {ord_: (available, epoch) for ord_, available, epoch in rows}
+        missing = [i for i in range(len(wanted)) if i not in found]
+        if missing:
+            return missing
+        if all(epoch is not None for _, epoch in found.values()):
+            return [Hold(limiter.name, limiter.subject_type, subject_id, tokens, found[i][1])
+                    for i, (limiter, subject_id, tokens) in enumerate(wanted)]
+        for i, (limiter, _, tokens) in enumerate(wanted):
+            if found[i][0] < max(tokens, 1):
+                raise Refused(limiter, found[i][0], max(tokens, 1))
+        raise Refused(wanted[0][0], 0, max(wanted[0][2], 1))  # not reached: one was short
+
+    async def reserve(self, wanted: Iterable[tuple[Limiter, str, int]],
+                      now: dt.datetime) -> list[Hold]:
+        """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`
+        naming the first limiter, in the order given, that has too few.
+
+        A limiter needs at least `max(tokens, 1)` available. Rows are locked in one order (see
+        the module), so concurrent reservations never wait on each other in a cycle. On
+        PostgreSQL one statement on the event loop (plus one, in a worker thread, to create
+        rows missing); on SQLite row by row in a worker thread.
+        """
+        wanted = list(wanted)
+        if self.pg is None or not wanted:
+            return await asyncio.to_thread(self._reserve_rows, wanted, now)
+        sql, params = self._reserve_statement(wanted, now)
         missing: list[int] = []
         for _ in range(RESERVE_ATTEMPTS):
-            found = {ord_: (available, epoch) for ord_, available, epoch in
-                     self.call(lambda: self.db.execute_sql(sql, params).fetchall())}
-            missing = [i for i in range(len(wanted)) if i not in found]
-            if missing:
-                # First use, or rows committed after the statement's snapshot (then the
-                # insert does nothing): the next attempt sees them all.
-                self.call(partial(self._create_rows, [wanted[i][:2] for i in missing], now))
-                continue
-            if all(epoch is not None for _, epoch in found.values()):
-                return [Hold(limiter.name, limiter.subject_type, subject_id, tokens, found[i][1])
-                        for i, (limiter, subject_id, tokens) in enumerate(wanted)]
-            for i, (limiter, _, tokens) in enumerate(wanted):
-                if found[i][0] < max(tokens, 1):
-                    raise Refused(limiter, found[i][0], max(tokens, 1))
+            outcome = self._reserved(wanted, (
+                (row["ord"], row["available"], row["epoch"])
+                for row in await self._pg_fetch(sql, params)))
+            if outcome and isinstance(outcome[0], Hold):
+                return outcome  # type: ignore[return-value]
+            # First use, or rows committed after the statement's snapshot (then the insert
+            # does nothing): the next attempt sees them all.
+            missing = outcome  # type: ignore[assignment]
+            await asyncio.to_thread(self.call, partial(
+                self._create_rows, [wanted[i][:2] for i in missing], now))
         limiter, _, tokens = wanted[missing[0] if missing else 0]
         raise Refused(limiter, 0, max(tokens, 1))
 
-    def settle(self, holds: Iterable[Hold], used: int, now: dt.datetime,
-               usage: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-        """Give back each hold's tokens and charge `used` (0 for a release), all at once; the
-        rows as they are afterwards (`quota_limit`, `available`, `revoked_at`), by limiter.
+    def _settle_rows(self, holds: Iterable[Hold], used: int, now: dt.datetime,
+                     usage: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """`settle` on SQLite, in one transaction (a worker thread's call).
 
         A hold taken before the row's budget was overwritten (a reset, `set`, `revoke`: the
         epoch moved on) refunds nothing: that budget is gone; `used` is still charged.
         `usage` (user_id, provider, model, input_tokens, output_tokens) adds a history row.
         """
         holds = list(holds)
-        if self.is_postgres and holds:
-            return self._settle_at_once(holds, used, now, usage)
         L = self.Limit
 
         def apply() -> dict[str, dict[str, Any]]:
@@ -376,9 +416,9 @@ class QuotaStore:
 
         return self.call(apply, atomic=True)
 
-    def _settle_at_once(self, holds: list[Hold], used: int, now: dt.datetime,
-                        usage: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-        """`settle` on PostgreSQL: one statement, the history row in a CTE of its own."""
+    def _settle_statement(self, holds: list[Hold], used: int, now: dt.datetime,
+                          usage: dict[str, Any] | None) -> tuple[str, list[Any]]:
+        """`settle` on PostgreSQL as one statement, the history row in a CTE of its own."""
         values = [(h.limiter, h.subject_type, h.subject_id, h.tokens, h.epoch) for h in holds]
         limit = self._table(self.Limit)
         params: list[Any] = [value for row in values for value in row] + [used, _naive(now)]
@@ -390,9 +430,10 @@ class QuotaStore:
                        f"({', '.join(['%s'] * (len(columns) + 1))}))")
             params += [usage[column] for column in columns] + [_naive(now)]
         # Locked in key order, as `reserve` locks them, before the update touches any row.
+        row = "(%s::text, %s::text, %s::text, %s::bigint, %s::int)"
         sql = f"""
             WITH held (limiter, subject_type, subject_id, tokens, epoch) AS (
-                VALUES {", ".join(["(%s, %s, %s, %s, %s)"] * len(values))}),
+                VALUES {", ".join([row] * len(values))}),
             locked AS (
                 SELECT h.* FROM {limit} l JOIN held h
                     ON (l.limiter, l.subject_type, l.subject_id)
@@ -401,20 +442,31 @@ class QuotaStore:
             settled AS (
                 UPDATE {limit} l
                 SET available = l.available
-                                + CASE WHEN l.epoch = k.epoch THEN k.tokens ELSE 0 END - %s,
+                                + CASE WHEN l.epoch = k.epoch THEN k.tokens ELSE 0 END
+                                - %s::bigint,
                     updated_at = %s
                 FROM locked k
                 WHERE (l.limiter, l.subject_type, l.subject_id)
                       = (k.limiter, k.subject_type, k.subject_id)
                 RETURNING l.limiter, l.quota_limit, l.available, l.revoked_at){history}
             SELECT limiter, quota_limit, available, revoked_at FROM settled"""
+        return sql, params
 
-        def apply() -> dict[str, dict[str, Any]]:
-            cursor = self.db.execute_sql(sql, params)
-            names = [column[0] for column in cursor.description]
-            return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+    async def settle(self, holds: Iterable[Hold], used: int, now: dt.datetime,
+                     usage: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Give back each hold's tokens and charge `used` (0 for a release), all at once; the
+        rows as they are afterwards (`quota_limit`, `available`, `revoked_at`), by limiter.
+        One statement on the event loop on PostgreSQL, a worker thread's call on SQLite.
 
-        return self.call(apply)
+        A hold taken before the row's budget was overwritten (a reset, `set`, `revoke`: the
+        epoch moved on) refunds nothing: that budget is gone; `used` is still charged.
+        `usage` (user_id, provider, model, input_tokens, output_tokens) adds a history row.
+        """
+        holds = list(holds)
+        if self.pg is None or not holds:
+            return await asyncio.to_thread(self._settle_rows, holds, used, now, usage)
+        rows = await self._pg_fetch(*self._settle_statement(holds, used, now, usage))
+        return {row["limiter"]: row for row in rows}
 
     def available(self, limiters: Iterable[Limiter], user_id: str) -> dict[str, Any]:
         """The rows of `user_id` and the cluster for `limiters`, by limiter name (None: no row)."""

@@ -149,7 +149,8 @@ async def test_connection_lost_mid_insert_leaves_nothing_partial(namespace: str)
             cursor.execute(f'SELECT 1 FROM "{namespace}".lcore_cache_conversation '
                            "WHERE user_id = %s FOR UPDATE", (user,))
         pending = asyncio.ensure_future(cache.insert(user, conv, entry(2)))
-        pid = await _waiting_for_a_lock(killer, user)  # turn row written, conversation not
+        # The statement names the test's own schema (its values are sent apart from it).
+        pid = await _waiting_for_a_lock(killer, namespace)  # turn row written, not the other
         with killer.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(StorageError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
 import pytest
 from lcore_quota.quota import TICKET_KEY
 
@@ -313,6 +314,14 @@ async def test_one_statement_each_to_reserve_and_settle_on_postgres(
     cursor = quota.store.db.cursor
     monkeypatch.setattr(quota.store.db, "cursor",
                         lambda *args, **kwargs: _CountingCursor(cursor(*args, **kwargs), sent))
+    # The request path's statements run on the event loop (psycopg 3), the rest in threads.
+    execute = psycopg.AsyncConnection.execute
+
+    async def counted(conn: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(sql.split()[0])
+        return await execute(conn, sql, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counted)
     t = ticket()
     await quota.check(ALICE, t)
     assert sent == ["WITH"]  # no BEGIN, no COMMIT: one statement in autocommit
