@@ -37,7 +37,7 @@ from lcore_core.metrics import (
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
-from lcore_core.userdb import UserDB, open_database
+from lcore_core.userdb import UserDB
 
 log = structlog.get_logger("lcore.app")
 
@@ -90,7 +90,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         cache=count_cache_calls(backend.factory(config.conversation_cache.settings, config),
                                 config.conversation_cache.type, metrics),
         app=app, llama=LlamaStack(config.llama_stack),
-        userdb=UserDB(open_database(config.database)), tracing=tracer,
+        userdb=UserDB.open(config.database), tracing=tracer,
     )
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")

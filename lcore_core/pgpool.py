@@ -27,14 +27,19 @@ class PostgresPool(PooledPostgresqlDatabase):
             return True
         # peewee rolls a connection back when it returns to the pool: one found in any state
         # but idle here is not one to trust.
-        if self._adapter.txn_status(conn) == self._adapter.txn_idle:
-            try:
-                readable, _, _ = select.select([conn.fileno()], [], [], 0)
-            except (OSError, ValueError):
-                readable = [conn]
-            # An idle session has nothing to say: anything waiting (the server's FATAL message,
-            # or the end of the stream) means it is over.
-            if not readable:
-                return False
+        if self._adapter.txn_status(conn) == self._adapter.txn_idle and quiet(conn.fileno()):
+            return False
         conn.close()  # the pool drops it without closing it
         return True
+
+
+def quiet(fd: int) -> bool:
+    """Whether an idle session's socket has nothing to read, as a healthy one has: anything
+    waiting (the server's FATAL message, or the end of the stream) means the session is over.
+    `poll`, not `select`: descriptors past 1024 are common in a busy process."""
+    poller = select.poll()
+    try:
+        poller.register(fd, select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False

@@ -178,11 +178,22 @@ class PreparedQuery:
 class UserDB:
     """Conversation ownership and metadata."""
 
-    def __init__(self, database: peewee.Database) -> None:
+    @classmethod
+    def open(cls, settings: Any) -> UserDB:
+        """The user DB of a `database` section ({sqlite: ...} or {postgres: ...})."""
+        pg = settings.get("postgres") if settings else None
+        if not pg:
+            return cls(open_database(settings))
+        return cls(open_database(settings), pool_size=pg["max_connections"],
+                   prepare=pg.get("prepared_statements", True))
+
+    def __init__(self, database: peewee.Database, *, pool_size: int = 10,
+                 prepare: bool = True) -> None:
+        """`pool_size`, `prepare`: on PostgreSQL, for the statements on a query's path, which
+        run on the event loop (`AsyncPostgres`); each worker thread keeps one more connection."""
         self.db = database
         self.Conversation, self.Version = bind_models(database, UserConversation, SchemaVersion)
-        # The statements on a query's path run on the event loop on PostgreSQL (see pgasync).
-        self.pg = AsyncPostgres.of(database) if isinstance(
+        self.pg = AsyncPostgres.of(database, max_size=pool_size, prepare=prepare) if isinstance(
             database, peewee.PostgresqlDatabase) else None
         C = self.Conversation
         self._fetch = PreparedQuery(lambda id: C.select().where(C.id == id), ["id"])

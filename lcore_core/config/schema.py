@@ -317,6 +317,10 @@ class PostgresSchema(Base):
     ca_cert_path = optional_file()
     # LCore addition: connection pool size per process.
     max_connections = positive(load_default=10)
+    # LCore addition: let the server keep the plans of the statements every query runs (named
+    # prepared statements, after five uses on a connection). Off behind a connection pooler
+    # that does not keep them across transactions (PgBouncer before 1.21 in transaction mode).
+    prepared_statements = fields.Boolean(load_default=True)
 
 
 def one_of_backends(data: dict[str, Any]) -> None:

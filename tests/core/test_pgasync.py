@@ -1,11 +1,12 @@
 """`lcore_core.AsyncPostgres` on the machine's real PostgreSQL: connections are reused without a
-statement of their own, one the server ended is not handed out, one left busy or inside a
-transaction is not reused, the pool's bound holds, and an unreachable server fails the call at
-once."""
+statement of their own, one the server ended is not handed out, one left inside a transaction
+is closed at once, a statement outlives its cancelled caller, the pool's bound holds, and an
+unreachable server fails the call at once."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from lcore_core import AsyncPostgres
+from lcore_core import AsyncPostgres, Settings
 
 PARAMS = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres",
           "application_name": "lcore-pgasync-test"}
@@ -70,18 +71,56 @@ async def test_a_connection_the_server_ended_is_not_handed_out(pool: AsyncPostgr
     assert second != first
 
 
-async def test_a_statement_cut_short_leaves_no_busy_connection_in_the_pool(
+async def _waiting_for_a_lock() -> None:
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    conn.autocommit = True
+    try:
+        for _ in range(200):
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                               "'Lock' AND application_name = %s", (PARAMS["application_name"],))
+                if cursor.fetchone()[0]:
+                    return
+            await asyncio.sleep(0.02)
+        pytest.fail("the statement never waited for the lock")
+    finally:
+        conn.close()
+
+
+async def test_a_statement_runs_to_its_end_when_its_caller_is_cancelled(
         pool: AsyncPostgres) -> None:
-    await backend_pid(pool)
-    slow = asyncio.ensure_future(pool.fetch("SELECT pg_sleep(5), pg_backend_pid() AS pid"))
-    await asyncio.sleep(0.3)
-    slow.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await slow
-    # Both later calls answer at once: neither is given the connection still busy with the
-    # cut statement (it would fail, or wait out the 5 s).
-    pids = await asyncio.wait_for(asyncio.gather(backend_pid(pool), backend_pid(pool)), 3)
-    assert len(set(pids)) == 2
+    """As a worker thread's statement does: a client that went away after its answer must not
+    undo the bookkeeping of that answer."""
+    table = f"pgasync_{uuid.uuid4().hex}"
+    await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
+    await pool.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    holder = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    try:
+        with holder.cursor() as cursor:  # keeps the row locked until it commits
+            cursor.execute(f"SELECT n FROM {table} WHERE id = 1 FOR UPDATE")
+        caller = asyncio.ensure_future(
+            pool.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 1"))
+        await _waiting_for_a_lock()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        holder.commit()
+        await pool.close()  # waits for the statements under way
+        check = AsyncPostgres(PARAMS, max_size=1)
+        assert await check.fetch(f"SELECT n FROM {table}") == [{"n": 1}]
+        await check.execute(f"DROP TABLE {table}")
+        await check.close()
+    finally:
+        holder.close()
+
+
+async def test_close_closes_what_comes_back_later_and_a_new_call_reconnects(
+        pool: AsyncPostgres) -> None:
+    async with pool.connection() as conn:
+        before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        await pool.close()
+    assert conn.closed
+    assert await backend_pid(pool) != before
 
 
 def _backend_open(pid: int) -> bool:
@@ -142,3 +181,38 @@ async def test_a_json_value_peewee_wraps_for_psycopg2_is_sent_as_jsonb(
     [row] = await pool.fetch("SELECT %s::jsonb -> 'a' ->> 0 AS first, "
                              "pg_typeof(%s::jsonb)::text AS type", [value, value])
     assert row == {"first": "b", "type": "jsonb"}
+
+
+def test_a_components_pool_size_is_shared_between_its_two_pools() -> None:
+    for configured in range(2, 40):
+        loop, threads = AsyncPostgres.split(configured)
+        assert loop + threads == configured and loop >= threads >= 1
+    assert AsyncPostgres.split(1) == (1, 1)  # the one case over the configured size
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+async def test_a_statement_run_often_is_prepared_unless_told_not_to(prepare: bool) -> None:
+    db = AsyncPostgres(PARAMS, max_size=1, prepare=prepare)
+    try:
+        for _ in range(8):
+            assert await db.fetch("SELECT %s::int + 1 AS two", [1]) == [{"two": 2}]
+        # The one connection's own prepared statements (the view is per session).
+        [row] = await db.fetch("SELECT count(*) AS n FROM pg_prepared_statements")
+        assert bool(row["n"]) is prepare
+    finally:
+        await db.close()
+
+
+async def test_the_setting_reaches_the_pools_from_the_configuration() -> None:
+    from lcore_core.config.schema import PostgresSchema
+    from lcore_core.userdb import UserDB
+
+    settings = Settings.wrap({"postgres": PostgresSchema().load(
+        {"db": "test", "user": "postgres", "host": "127.0.0.1", "prepared_statements": False})})
+    db = UserDB.open(settings)
+    assert db.pg is not None and db.pg.prepare_threshold is None
+    await db.close()
+    default = UserDB.open(Settings.wrap({"postgres": PostgresSchema().load(
+        {"db": "test", "user": "postgres", "host": "127.0.0.1"})}))
+    assert default.pg is not None and default.pg.prepare_threshold is not None
+    await default.close()

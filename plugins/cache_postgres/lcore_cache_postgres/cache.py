@@ -111,8 +111,8 @@ def open_pool(settings: Any) -> PostgresPool:
     }
     if settings.get("ca_cert_path"):
         params["sslrootcert"] = settings["ca_cert_path"]
-    return PostgresPool(settings["db"], max_connections=settings["max_connections"],
-                        timeout=POOL_WAIT_S, **params)
+    return PostgresPool(settings["db"], max_connections=AsyncPostgres.split(
+        settings["max_connections"])[1], timeout=POOL_WAIT_S, **params)
 
 
 class PostgresCache:
@@ -122,7 +122,10 @@ class PostgresCache:
         self.namespace: str = settings["namespace"]
         self.where = f"{settings['host']}:{settings['port']}/{settings['db']}"
         self.db = open_pool(settings)
-        self.pg = AsyncPostgres.of(self.db, timeout=POOL_WAIT_S)  # the insert, on the loop
+        # The insert, on the event loop; `max_connections` is shared between the two pools.
+        self.pg = AsyncPostgres.of(self.db, max_size=AsyncPostgres.split(
+            settings["max_connections"])[0], timeout=POOL_WAIT_S,
+            prepare=settings.get("prepared_statements", True))
         self.Entry, self.Conversation, self.Version = _models(self.db, self.namespace)
         # The insert is built once (peewee took 0.25 ms to build it, more than it runs).
         self._insert = PreparedQuery(

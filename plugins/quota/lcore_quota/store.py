@@ -175,8 +175,8 @@ def open_database(settings: Any) -> tuple[peewee.Database, str, str | None]:
             "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "lcore-quota"}
         if pg.get("ca_cert_path"):
             params["sslrootcert"] = pg["ca_cert_path"]
-        pool = PostgresPool(pg["db"], max_connections=pg["max_connections"],
-                            timeout=POOL_WAIT_S, **params)
+        pool = PostgresPool(pg["db"], max_connections=AsyncPostgres.split(
+            pg["max_connections"])[1], timeout=POOL_WAIT_S, **params)
         return pool, f"PostgreSQL {pg['host']}:{pg['port']}/{pg['db']}", pg["namespace"]
     path = Path(settings["sqlite"]["db_path"]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,10 @@ class QuotaStore:
         self._setup_lock = threading.Lock()
         self.ready = False
         # The reservation and the settlement, on every query's path, run on the event loop.
-        self.pg = AsyncPostgres.of(self.db) if self.is_postgres else None
+        pg = settings.get("postgres")
+        self.pg = AsyncPostgres.of(
+            self.db, max_size=AsyncPostgres.split(pg["max_connections"])[0],
+            prepare=pg.get("prepared_statements", True)) if self.is_postgres else None
 
     # --- plumbing ---------------------------------------------------------------------------
 
