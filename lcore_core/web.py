@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -67,10 +68,17 @@ async def load_body(schema: type[Schema]) -> Any:
     if not isinstance(data, dict):
         raise UnprocessableEntity("Invalid request", "the JSON body must be an object")
     try:
-        return schema().load(data)
+        return _instance(schema).load(data)
     except ValidationError as exc:
         raise UnprocessableEntity("Invalid request", _describe(exc.messages),
                                   extra={"errors": exc.messages}) from None
+
+
+@functools.cache
+def _instance(schema: type[Schema]) -> Schema:
+    """One instance per schema, made once: making one deep-copies every declared field (about
+    8% of a query's time on the event loop, py-spy), and `load` leaves it as it found it."""
+    return schema()
 
 
 def _describe(messages: Any, path: str = "") -> str:

@@ -70,6 +70,7 @@ TEXT_MIME_TYPES = ("application/json", "application/yaml", "application/x-yaml",
                    "application/xml")
 ARTIFACT_NAME = "response"
 CLIENT_GONE = "The client went away"
+_QUERY_SCHEMA = QueryRequestSchema()  # made once: making one deep-copies its fields
 
 
 def now_iso() -> str:
@@ -125,7 +126,7 @@ class A2AService:
         if attachments:
             raw["attachments"] = attachments
         try:
-            body = QueryRequestSchema().load(raw)
+            body = _QUERY_SCHEMA.load(raw)
         except ValidationError as exc:
             raise RpcError(InvalidParamsError(data=_messages(exc.messages))) from None
         task_id = str(uuid.uuid4())
