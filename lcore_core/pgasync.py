@@ -89,6 +89,14 @@ class AsyncPostgres:
         return cls({**database.connect_params, "dbname": database.database},
                    max_size=max_size, timeout=timeout, prepare=prepare)
 
+    @classmethod
+    def sharing(cls, database: peewee.Database, section: Any, *,
+                timeout: float = POOL_WAIT_S) -> AsyncPostgres:
+        """The loop's pool beside `database`, a worker threads' pool made with the other share
+        of `split`, for a PostgreSQL section (`max_connections`, `prepared_statements`)."""
+        return cls.of(database, max_size=cls.split(section["max_connections"])[0],
+                      timeout=timeout, prepare=section.get("prepared_statements", True))
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection of the pool, for one statement or transaction."""

@@ -123,9 +123,7 @@ class PostgresCache:
         self.where = f"{settings['host']}:{settings['port']}/{settings['db']}"
         self.db = open_pool(settings)
         # The insert, on the event loop; `max_connections` is shared between the two pools.
-        self.pg = AsyncPostgres.of(self.db, max_size=AsyncPostgres.split(
-            settings["max_connections"])[0], timeout=POOL_WAIT_S,
-            prepare=settings.get("prepared_statements", True))
+        self.pg = AsyncPostgres.sharing(self.db, settings, timeout=POOL_WAIT_S)
         self.Entry, self.Conversation, self.Version = _models(self.db, self.namespace)
         # The insert is built once (peewee took 0.25 ms to build it, more than it runs).
         self._insert = PreparedQuery(

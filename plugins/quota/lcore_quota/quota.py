@@ -72,10 +72,7 @@ class Quota:
         self.chars_per_token = int(settings["reservation_chars_per_token"])
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except QuotaDatabaseError as exc:
-            raise BackendUnavailable("Quota database unavailable", str(exc)) from exc
+        return await self._async(asyncio.to_thread(fn, *args, **kwargs))
 
     @staticmethod
     async def _async(call: Awaitable[T]) -> T:
@@ -156,7 +153,7 @@ class Quota:
                 await self._run(self.store.ensure_rows, self.limiters, auth.user_id,
                                 self.clock())
             rows = await self._async(self.store.settle(holds, usage.total, self.clock(),
-                                                             history))
+                                                       history))
         except BackendUnavailable as exc:
             # The answer is already given: the reservation stays charged as the best estimate.
             log.error("quota settlement failed; the reservation stays charged: %s", exc.cause)

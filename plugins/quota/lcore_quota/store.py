@@ -197,10 +197,8 @@ class QuotaStore:
         self._setup_lock = threading.Lock()
         self.ready = False
         # The reservation and the settlement, on every query's path, run on the event loop.
-        pg = settings.get("postgres")
-        self.pg = AsyncPostgres.of(
-            self.db, max_size=AsyncPostgres.split(pg["max_connections"])[0],
-            prepare=pg.get("prepared_statements", True)) if self.is_postgres else None
+        self.pg = AsyncPostgres.sharing(self.db, settings["postgres"]) \
+            if self.is_postgres else None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -229,9 +227,7 @@ class QuotaStore:
             if not self.ready:
                 await asyncio.to_thread(self._setup)
             return await self.pg.fetch(sql, params)
-        except (psycopg.Error, OSError) as exc:
-            raise QuotaDatabaseError(self.where, exc) from exc
-        except (peewee.PeeweeException, MaxConnectionsExceeded) as exc:
+        except (psycopg.Error, OSError, peewee.PeeweeException, MaxConnectionsExceeded) as exc:
             raise QuotaDatabaseError(self.where, exc) from exc
 
     def setup(self) -> None:
@@ -347,23 +343,6 @@ class QuotaStore:
             SELECT k.ord, k.available, t.epoch FROM locked k LEFT JOIN taken t USING (ord)"""
         return sql, [value for row in values for value in row] + [_naive(now), len(values)]
 
-    @staticmethod
-    def _reserved(wanted: list[tuple[Limiter, str, int]],
-                  rows: Iterable[Iterable[Any]]) -> list[Hold] | list[int]:
-        """The holds the reservation statement took, or the indexes of `wanted` without a row
-        (to create, then try again); raises `Refused`."""
-        found = {ord_: (available, epoch) for ord_, available, epoch in rows}
-        missing = [i for i in range(len(wanted)) if i not in found]
-        if missing:
-            return missing
-        if all(epoch is not None for _, epoch in found.values()):
-            return [Hold(limiter.name, limiter.subject_type, subject_id, tokens, found[i][1])
-                    for i, (limiter, subject_id, tokens) in enumerate(wanted)]
-        for i, (limiter, _, tokens) in enumerate(wanted):
-            if found[i][0] < max(tokens, 1):
-                raise Refused(limiter, found[i][0], max(tokens, 1))
-        raise Refused(wanted[0][0], 0, max(wanted[0][2], 1))  # not reached: one was short
-
     async def reserve(self, wanted: Iterable[tuple[Limiter, str, int]],
                       now: dt.datetime) -> list[Hold]:
         """Take `tokens` from each (limiter, subject, tokens), all or nothing; raises `Refused`
@@ -380,27 +359,27 @@ class QuotaStore:
         sql, params = self._reserve_statement(wanted, now)
         missing: list[int] = []
         for _ in range(RESERVE_ATTEMPTS):
-            outcome = self._reserved(wanted, (
-                (row["ord"], row["available"], row["epoch"])
-                for row in await self._pg_fetch(sql, params)))
-            if outcome and isinstance(outcome[0], Hold):
-                return outcome  # type: ignore[return-value]
-            # First use, or rows committed after the statement's snapshot (then the insert
-            # does nothing): the next attempt sees them all.
-            missing = outcome  # type: ignore[assignment]
-            await asyncio.to_thread(self.call, partial(
-                self._create_rows, [wanted[i][:2] for i in missing], now))
+            found = {row["ord"]: (row["available"], row["epoch"])
+                     for row in await self._pg_fetch(sql, params)}
+            missing = [i for i in range(len(wanted)) if i not in found]
+            if missing:
+                # First use, or rows committed after the statement's snapshot (then the
+                # insert does nothing): the next attempt sees them all.
+                await asyncio.to_thread(self.call, partial(
+                    self._create_rows, [wanted[i][:2] for i in missing], now))
+                continue
+            if all(epoch is not None for _, epoch in found.values()):
+                return [Hold(limiter.name, limiter.subject_type, subject_id, tokens, found[i][1])
+                        for i, (limiter, subject_id, tokens) in enumerate(wanted)]
+            for i, (limiter, _, tokens) in enumerate(wanted):
+                if found[i][0] < max(tokens, 1):
+                    raise Refused(limiter, found[i][0], max(tokens, 1))
         limiter, _, tokens = wanted[missing[0] if missing else 0]
         raise Refused(limiter, 0, max(tokens, 1))
 
     def _settle_rows(self, holds: Iterable[Hold], used: int, now: dt.datetime,
                      usage: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-        """`settle` on SQLite, in one transaction (a worker thread's call).
-
-        A hold taken before the row's budget was overwritten (a reset, `set`, `revoke`: the
-        epoch moved on) refunds nothing: that budget is gone; `used` is still charged.
-        `usage` (user_id, provider, model, input_tokens, output_tokens) adds a history row.
-        """
+        """`settle` on SQLite, in one transaction (a worker thread's call)."""
         holds = list(holds)
         L = self.Limit
 
