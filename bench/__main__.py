@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0.0,
                         help="seconds of mixed traffic per LCore target (600 for the 10-minute "
                              "soak)")
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--out", help="write the report here (default: bench/RESULTS.md for a "
+                                      "full run, nowhere for a partial or profiled one)")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--profile", help="py-spy each point of each target into this directory")
     args = parser.parse_args(argv)
@@ -528,12 +529,21 @@ def main(argv: list[str] | None = None) -> int:
             if "lcore-full" in args.targets:
                 drop_schema(namespace)
     text = report(results, args, command)
-    Path(args.out).write_text(text)
+    out = args.out or (str(HERE / "RESULTS.md") if full_run(args) else None)
+    if out:
+        Path(out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(text)
-    say(f"wrote {args.out}")
+    say(f"wrote {out}" if out else
+        "a partial or profiled run: bench/RESULTS.md left as it was (pass --out to keep this)")
     return 0
+
+
+def full_run(args: argparse.Namespace) -> bool:
+    """Only a run of every target and point, unprofiled, replaces bench/RESULTS.md by default."""
+    return (args.targets == list(TARGETS) and args.endpoints == ["query", "stream"]
+            and args.concurrency == [1, 16, 64] and not args.profile and not args.soak)
 
 
 if __name__ == "__main__":
