@@ -234,7 +234,7 @@ def start_target(name: str, workdir: Path, stack: LlamaStackServer, llm: Scripte
     bindir = Path(sys.executable).parent
     if name == "floor":
         command = [str(bindir / "hypercorn"), "--bind", f"127.0.0.1:{port}",
-                   "--log-level", "warning", "bench.floor:app"]
+                   "--log-level", "warning", *floor_worker_class(), "bench.floor:app"]
         env = {"FLOOR_LLAMA_URL": stack.url, "FLOOR_MODEL": LLM_MODEL_ID,
                "FLOOR_INSTRUCTIONS": INSTRUCTIONS, "PYTHONPATH": str(HERE.parent)}
         process = spawn(command, log, env)
@@ -479,6 +479,15 @@ def run_target(target: str, workdir: Path, stack: LlamaStackServer, llm: Scripte
     finally:
         service.stop()
     return result
+
+
+def floor_worker_class() -> list[str]:
+    """The floor runs on uvloop when it is installed, as LCore does."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return []
+    return ["--worker-class", "uvloop"]
 
 
 def main(argv: list[str] | None = None) -> int:

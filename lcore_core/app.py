@@ -130,7 +130,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         await plugins.startup(runtime)
         await _publish_models(runtime)
         log.info("started", name=config.name, auth=config.authentication.module,
-                 cache=config.conversation_cache.type)
+                 cache=config.conversation_cache.type, event_loop=_loop_name())
 
     @app.after_serving
     async def shutdown() -> None:
@@ -168,6 +168,11 @@ class CoreReadiness:
 
         return [ReadinessCheck("llama-stack", runtime.llama.health),
                 ReadinessCheck("database", userdb)]
+
+
+def _loop_name() -> str:
+    """"uvloop" or "asyncio": the event loop this process runs on."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def _cors_origins(origins: list[str]) -> Any:

@@ -108,6 +108,9 @@ def serve(args: argparse.Namespace) -> int:
     hyper = HypercornConfig()
     hyper.bind = [f"{host}:{port}"]
     hyper.accesslog = None
+    # With several workers Hypercorn ends the open requests itself once the grace period is
+    # over (it cancels them). One process cuts them first, cleanly (`_serve_one`): Hypercorn's
+    # own cancellation must not come before that cut.
     hyper.graceful_timeout = service.graceful_shutdown_seconds
     tls = service.tls_config
     if tls.tls_certificate_path and tls.tls_key_path:
@@ -129,6 +132,8 @@ def serve(args: argparse.Namespace) -> int:
             os.environ["LCORE_CONFIG"] = str(Path(args.config).resolve())
         hyper.application_path = "lcore_core.asgi:app"
         hyper.workers = workers
+        if loop_factory() is not None:
+            hyper.worker_class = "uvloop"
         # The workers inherit the environment: each writes its metrics there, /metrics adds up.
         created = prepare_multiprocess_dir(workers)
         print(f"lcore {__version__}: serving on http://{host}:{port} with {workers} workers "
@@ -138,25 +143,47 @@ def serve(args: argparse.Namespace) -> int:
         finally:
             remove_multiprocess_dir(created)
 
+    hyper.graceful_timeout = service.graceful_shutdown_seconds + CUT_S + 1
     app = create_app(config, plugins=plugins)
     print(f"lcore {__version__}: serving on http://{host}:{port}", file=sys.stderr)
     from hypercorn.utils import LifespanFailureError
 
     try:
-        asyncio.run(_serve_one(app, hyper, service.graceful_shutdown_seconds))
+        asyncio.run(_serve_one(app, hyper, service.graceful_shutdown_seconds),
+                    loop_factory=loop_factory())
     except LifespanFailureError as exc:
         print(f"lcore: start-up failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return 0
 
 
+# After the grace period: how long the cut streams get to end at their next event before what
+# still runs is cancelled.
+CUT_S = 5.0
+
+
+def loop_factory() -> Any:
+    """uvloop's event loop when it is installed (the default on Linux), else asyncio's own.
+
+    `LCORE_EVENT_LOOP=asyncio` keeps asyncio's loop, e.g. for its debug mode.
+    """
+    if os.environ.get("LCORE_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 async def _serve_one(app: Any, hyper: Any, grace: float = 30.0) -> None:
     """Serve until SIGTERM/SIGINT, then let requests in flight finish for `grace` seconds.
 
-    Hypercorn alone waits for every open connection however long it takes; past the grace
-    period open streams end at their next event (their quota reservations released), and what
-    still runs 5 s later is cancelled; the app's shutdown runs either way, so state is flushed
-    and connections closed.
+    Hypercorn alone would cancel the open requests when its graceful timeout ends, wherever
+    they are; here, past the grace period, open streams end at their next event (their quota
+    reservations released), and what still runs `CUT_S` later is cancelled. Hypercorn's own
+    timeout is set beyond both. The app's shutdown runs either way, so state is flushed and
+    connections closed.
     """
     from hypercorn.asyncio import serve as hypercorn_serve
 
@@ -181,7 +208,7 @@ async def _serve_one(app: Any, hyper: Any, grace: float = 30.0) -> None:
     # Streams end cleanly at their next event (reservations released, nothing half-stored);
     # whatever is still running after that is cancelled.
     app.runtime.cutting_streams = True
-    done, _ = await asyncio.wait([server], timeout=5)
+    done, _ = await asyncio.wait([server], timeout=CUT_S)
     if done:
         server.result()
         return

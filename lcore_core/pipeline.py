@@ -153,7 +153,7 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
         return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {},
                              request_headers or {}, meta)
     except BaseException:
-        await _release(runtime, auth, ticket)
+        await release(runtime, auth, ticket)
         raise
 
 
@@ -163,11 +163,14 @@ def _discard(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def _release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> None:
+async def release(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket) -> None:
+    """Give back a reservation the answer will not settle (once per ticket).
+
+    Shielded: a cancelled request (client gone) must still give its reservation back.
+    """
     if ticket.settled:
         return
     ticket.settled = True
-    # Shielded: a cancelled request must still give its reservation back.
     await asyncio.shield(runtime.plugins.quota_release(auth, ticket, runtime))
 
 
@@ -437,7 +440,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         raise
     except BaseException:
         # Cancelled (client gone, task cancelled): nothing was used, refund the reservation.
-        await _release(runtime, plan.auth, plan.ticket)
+        await release(runtime, plan.auth, plan.ticket)
         raise
     finally:
         runtime.llama.answers.settle(admitted, answered)
@@ -614,7 +617,7 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
 
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
-    await _release(runtime, plan.auth, plan.ticket)
+    await release(runtime, plan.auth, plan.ticket)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     runtime.metrics.llm_failures.labels(plan.provider, plan.model, plan.endpoint).inc()
@@ -669,7 +672,7 @@ async def stream(runtime: Runtime, plan: QueryPlan, *,
     finally:
         runtime.llama.answers.settle(admitted, plan.answered)
         if not plan.ticket.settled:
-            await _release(runtime, plan.auth, plan.ticket)
+            await release(runtime, plan.auth, plan.ticket)
 
 
 async def _stream(runtime: Runtime, plan: QueryPlan,

@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "LCORE_CONFIG"}
+        env = {**{k: v for k, v in os.environ.items()
+                  if k not in ("LCORE_CONFIG", "LCORE_EVENT_LOOP")}, **(env or {})}
         self.process = subprocess.Popen(
             [str(LCORE), "serve", "-c", str(config), "--host", "127.0.0.1",
              "--port", str(self.port), *extra],
@@ -67,8 +68,8 @@ class Server:
 def server_factory() -> Iterator[Any]:
     started: list[Server] = []
 
-    def start(config: Path, *extra: str) -> Server:
-        server = Server(config, *extra)
+    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(config, *extra, env=env)
         started.append(server)
         return server
 
@@ -116,6 +117,21 @@ def test_serve_with_two_workers(write_config: Any, server_factory: Any) -> None:
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     code, err = server.stop(timeout=15)
     assert code == 0, err
+    # Each worker runs on uvloop, as a single process does.
+    loops = [r.get("event_loop") for r in json_lines(err) if r.get("event") == "started"]
+    assert loops == ["uvloop", "uvloop"], err
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, "uvloop"), ("asyncio", "asyncio")])
+def test_serve_runs_on_uvloop_unless_told_otherwise(write_config: Any, server_factory: Any,
+                                                    setting: str | None, expected: str) -> None:
+    server = server_factory(write_config(),
+                            env={"LCORE_EVENT_LOOP": setting} if setting else None)
+    server.wait_healthy()
+    code, err = server.stop()
+    assert code == 0, err
+    loops = [r.get("event_loop") for r in json_lines(err) if r.get("event") == "started"]
+    assert loops == [expected], err
 
 
 def test_invalid_config_exits_2_with_file_and_line(tmp_path: Path) -> None:

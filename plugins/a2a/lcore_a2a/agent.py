@@ -312,11 +312,7 @@ class A2AService:
 
     async def _release(self, plan: pipeline.QueryPlan) -> None:
         """Give back the quota reserved for a turn canceled before the LLM answered."""
-        if plan.ticket.settled:
-            return
-        plan.ticket.settled = True
-        await asyncio.shield(self.runtime.plugins.quota_release(plan.auth, plan.ticket,
-                                                                self.runtime))
+        await pipeline.release(self.runtime, plan.auth, plan.ticket)
 
     def _running(self, task_id: str) -> asyncio.Event:
         cancel = asyncio.Event()
