@@ -1,6 +1,7 @@
 """Added latency at concurrency 1, measured in pairs: one request to each target in turn.
 
     python -m bench.paired [--rounds 300] [--targets direct,floor,lcore-min,lcore-lib]
+                           [--endpoint query|stream]
 
 On a shared 2-core machine the speed drifts by tens of percent within minutes, so targets
 measured one after the other (as `python -m bench` does) can differ by more than what sets them
@@ -8,13 +9,19 @@ apart. Here every target runs at once against one Llama Stack server (lcore-lib 
 process) and each round sends one query to each target in turn, in a shuffled order: every
 target meets the same machine. Prints p50/p95 per target, the p50 of the per-round
 differences from `direct` (the added latency) with their spread, and, when `floor` runs too,
-the p50 of the per-round differences from `floor`.
+the p50 of the per-round differences from `floor`. A stream is timed to its last byte.
+
+Also the CPU each process spent per request over the timed rounds (/proc, user + system): a far
+steadier figure than the latencies, and at c=1 the difference between two targets' CPU is
+what one adds to the other's latency. Llama Stack's server is shared: its CPU is divided by the
+calls it served (lcore-lib's Llama Stack runs inside lcore-lib, in that target's figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import statistics
 import tempfile
@@ -24,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.__main__ import Service, drop_schema, say, start_target
+from bench.__main__ import Service, _children, drop_schema, say, start_target
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
 from lcore_core.testing.llm import ScriptedLLM
 
@@ -36,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--targets", default="direct,floor,lcore-min,lcore-lib")
+    parser.add_argument("--endpoint", choices=["query", "stream"], default="query")
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     if "direct" not in targets:
@@ -51,19 +59,21 @@ def main(argv: list[str] | None = None) -> int:
             for name in targets:
                 say(f"{name}: starting")
                 services.append(start_target(name, workdir, stack, llm, namespace))
-            times = measure(services, args.rounds)
+            times, cpu = measure(services, args.rounds, args.endpoint, stack)
         finally:
             for service in services:
                 service.stop()
             stack.stop()
             if "lcore-full" in targets:
                 drop_schema(namespace)
-    print(f"\n{args.rounds} rounds, one /v2/query (or direct Responses call) per target each, "
+    path = "/v2/query" if args.endpoint == "query" else "/v2/streaming_query"
+    print(f"\n{args.rounds} rounds, one {path} (or direct Responses call) per target each, "
           "in a shuffled order\n")
     floor = "floor" in times
     print("| target | p50 ms | p95 ms | added p50 ms (paired, vs direct) | "
-          "middle half of the added ms |" + (" over the floor p50 ms (paired) |" if floor else ""))
-    print("|---|---|---|---|---|" + ("---|" if floor else ""))
+          "middle half of the added ms |" + (" over the floor p50 ms (paired) |" if floor else "")
+          + " CPU ms per request |")
+    print("|---|---|---|---|---|" + ("---|" if floor else "") + "---|")
     for service in services:
         mine = times[service.name]
         added = paired(mine, times["direct"])
@@ -71,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         over = (f" {statistics.median(paired(mine, times['floor'])):+.1f} |" if floor else "")
         print(f"| {service.name} | {statistics.median(mine):.1f} | "
               f"{statistics.quantiles(mine, n=20)[-1]:.1f} | {statistics.median(added):+.1f} | "
-              f"{quartiles[0]:+.1f} .. {quartiles[2]:+.1f} |{over}")
+              f"{quartiles[0]:+.1f} .. {quartiles[2]:+.1f} |{over} "
+              f"{cpu.get(service.name, float('nan')):.2f} |")
+    print(f"\nLlama Stack server: {cpu['llama-stack']:.2f} ms CPU per call it served.")
     return 0
 
 
@@ -80,28 +92,53 @@ def paired(mine: list[float], base: list[float]) -> list[float]:
     return sorted(m - b for m, b in zip(mine, base, strict=True))
 
 
-def measure(services: list[Service], rounds: int) -> dict[str, list[float]]:
+def measure(services: list[Service], rounds: int, endpoint: str,
+            stack: LlamaStackServer) -> tuple[dict[str, list[float]], dict[str, float]]:
     """`rounds` timed rounds (after a warm-up) of one request per service, in a shuffled
-    order; a failed request stops the run (added latency of an error means nothing)."""
+    order; a failed request stops the run (added latency of an error means nothing). Returns
+    the times and each process's CPU ms per request over the timed rounds."""
     times: dict[str, list[float]] = {s.name: [] for s in services}
     order = list(services)
+    pids = {s.name: s.process.pid for s in services if s.process is not None}
+    assert stack.process is not None
+    pids["llama-stack"] = stack.process.pid
+    before: dict[str, float] = {}
     with httpx.Client(timeout=60, trust_env=False) as client:
         for round_no in range(WARMUP_ROUNDS + rounds):
+            if round_no == WARMUP_ROUNDS:
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             random.shuffle(order)
             for service in order:
-                body = service.body("query").replace("{n}", f"paired-{round_no}")
+                body = service.body(endpoint).replace("{n}", f"paired-{round_no}")
                 headers = dict(h.split(":", 1) for h in service.headers)
                 headers["Content-Type"] = "application/json"
                 started = time.perf_counter()
-                response = client.post(service.url + service.paths["query"], content=body,
-                                       headers=headers)
+                with client.stream("POST", service.url + service.paths[endpoint], content=body,
+                                   headers=headers) as response:
+                    content = response.read()
                 elapsed = (time.perf_counter() - started) * 1000
                 if response.status_code != 200:
                     raise RuntimeError(f"{service.name}: HTTP {response.status_code} "
-                                       f"{response.text[:300]}")
+                                       f"{content[:300]!r}")
                 if round_no >= WARMUP_ROUNDS:
                     times[service.name].append(elapsed)
-    return times
+    served = sum(1 for s in services if s.name != "lcore-lib") * rounds
+    cpu = {name: (cpu_seconds(pid) - before[name]) * 1000 / (
+        served if name == "llama-stack" else rounds) for name, pid in pids.items()}
+    return times, cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for one in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 if __name__ == "__main__":

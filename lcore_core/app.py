@@ -23,7 +23,7 @@ from lcore_core.errors import ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
 from lcore_core.local_model import LocalModel
-from lcore_core.logs import configure_logging
+from lcore_core.logs import configure_logging, flush_logging
 from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
 from lcore_core.metrics import (
     CoreMetrics,
@@ -144,6 +144,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             if tracer is not None:
                 # Last, so the spans of the work above are sent too.
                 await asyncio.to_thread(tracer.shutdown)
+            # A worker process of `--workers N` ends without running atexit: write the queued
+            # lines now; what is logged after this is written directly.
+            flush_logging()
 
     cors_settings = config.service.cors
     return cors(app, allow_origin=_cors_origins(cors_settings.allow_origins),

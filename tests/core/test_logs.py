@@ -75,3 +75,46 @@ def test_auto_is_the_default_and_other_formats_are_refused(tmp_path, write_confi
     with pytest.raises(ConfigError, match=r"service\.log_format"):
         load_config(write_config({"service": {"log_format": "xml"}}),
                     load_plugins(entrypoints=False))
+
+
+STALLED = """
+import asyncio, sys, time
+import structlog
+from lcore_core.logs import configure_logging
+configure_logging("json")
+log = structlog.get_logger("lcore.test")
+
+async def main():
+    started = time.monotonic()
+    for n in range({lines}):
+        log.info("line", n=n, padding="x" * 200)  # far more than a pipe holds
+        await asyncio.sleep(0)
+    print(f"loop done {{time.monotonic() - started:.3f}}", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_stalled_log_reader_does_not_stall_the_event_loop() -> None:
+    """Nobody reads standard error while the loop logs 2,000 lines (about 500 KB; a pipe holds
+    64 KB): the loop still finishes; then every line comes out, once and in order."""
+    import select
+
+    lines = 2000
+    process = subprocess.Popen([sys.executable, "-c", STALLED.format(lines=lines)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        # A loop writing its own log lines would be stuck on the full pipe: nothing on stdout.
+        assert ready, "the event loop stalled on a full standard error"
+        assert process.stdout.readline().startswith(b"loop done")
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    numbers = [json.loads(line)["n"] for line in err.decode().splitlines()
+               if line.startswith("{") and '"line"' in line]
+    assert numbers == list(range(lines))
