@@ -425,11 +425,10 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         while True:
             try:
                 with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
-                    # Plain JSON (cast_to=object): building the client's pydantic models, only
-                    # to dump them again, cost more than everything else LCore does per query.
-                    response = await runtime.llama.client.post(
-                        "/v1/responses", body=_create_args(plan), cast_to=object,
-                        options={"headers": _call_headers(plan)})
+                    # Plain JSON: building the client's pydantic models, only to dump them
+                    # again, cost more than everything else LCore does per query.
+                    response = await runtime.llama.respond(_create_args(plan),
+                                                           _call_headers(plan))
                 answered = True
                 break
             except LCoreError as exc:

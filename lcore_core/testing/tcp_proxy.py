@@ -3,7 +3,8 @@
 Point a service at ``proxy.port`` instead of the real port (PostgreSQL, say): ``cut()`` drops every
 open connection and refuses new ones, ``start()`` brings the "backend" back on the same port, and
 ``kill_on`` drops the connection carrying a given byte string before it is forwarded (a
-``COMMIT`` lost on the wire). It runs on the caller's event loop.
+``COMMIT`` lost on the wire). ``sent`` keeps what clients sent upstream when ``record`` is set
+(what a service really puts on the wire). It runs on the caller's event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class TcpProxy:
         self.writers: set[asyncio.StreamWriter] = set()
         self.kill_on: bytes | None = None
         self.connections = 0
+        self.record = False
+        self.sent = bytearray()
 
     @property
     def up(self) -> bool:
@@ -75,6 +78,8 @@ class TcpProxy:
                     if watch and self.kill_on and self.kill_on in data:
                         self._drop()  # the marked bytes never reach the backend
                         return
+                    if watch and self.record:
+                        self.sent += data
                     dst.write(data)
                     await dst.drain()
             dst.close()
