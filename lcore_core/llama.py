@@ -7,22 +7,25 @@ of LCore is mode-agnostic: it calls `llama.client` and wraps calls in `llama_err
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
+from httpx_sse import EventSource, SSEError
 from llama_stack_client import (
     APIConnectionError,
     APIError,
     APIStatusError,
     AsyncLlamaStackClient,
+    AsyncStream,
     DefaultAsyncHttpxClient,
 )
 
@@ -122,21 +125,44 @@ class LlamaStack:
         if http is None:
             return await self.client.post("/v1/responses", body=body, cast_to=object,
                                           options={"headers": headers})
+        response = await self._send(http, body, headers, stream=False)
+        return response.json()
+
+    async def respond_stream(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
+        """One streamed Responses call: an async iterator of its events as plain JSON, with an
+        async `close()`. Server mode reads the events off the connection pool with httpx-sse, as
+        `respond` does (0.1 ms less per stream than the client's decoder, and its request
+        building saved); library mode asks the library client."""
+        body = {**body, "stream": True}
+        http = self._http
+        if http is None:
+            return await self.client.post("/v1/responses", body=body, cast_to=object,
+                                          stream=True, stream_cls=AsyncStream[object],
+                                          options={"headers": headers})
+        return EventStream(await self._send(http, body, headers, stream=True))
+
+    async def _send(self, http: httpx.AsyncClient, body: dict[str, Any],
+                    headers: dict[str, str], *, stream: bool) -> httpx.Response:
+        """POST a Responses call; a refusal raised as the client's errors are mapped."""
+        request = http.build_request("POST", self._responses_url, json=body,
+                                     headers={**self._headers, **headers},
+                                     timeout=self.settings.timeout)
         try:
-            response = await http.post(self._responses_url, json=body,
-                                       headers={**self._headers, **headers},
-                                       timeout=self.settings.timeout)
+            response = await http.send(request, stream=stream)
         except httpx.TransportError as exc:  # the client calls all of them connection errors
             raise BackendUnavailable("Unable to connect to Llama Stack",
                                      str(exc) or type(exc).__name__) from exc
-        if response.status_code >= 400:
-            try:
-                said: Any = response.json()
-            except ValueError:
-                said = None
-            raise from_status(response.status_code,
-                              _detail(said, response.text or response.reason_phrase))
-        return response.json()
+        if response.status_code < 400:
+            return response
+        try:
+            await response.aread()
+            said: Any = response.json()
+        except (ValueError, httpx.HTTPError):
+            said = None
+        finally:
+            await response.aclose()
+        raise from_status(response.status_code,
+                          _detail(said, response.text or response.reason_phrase))
 
     async def close(self) -> None:
         await self.conversations.drain()
@@ -154,6 +180,42 @@ class LlamaStack:
         with llama_errors("models.list"):
             await self.client.models.list()
         return None
+
+
+class EventStream:
+    """The events of a streamed Responses call (server mode), as plain JSON.
+
+    An `error` event ends it with LCore's error, as the client's stream raises for one (Llama
+    Stack reports a dead MCP server that way, after its 200).
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._events = self._read()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._events
+
+    async def _read(self) -> AsyncGenerator[Any, None]:
+        try:
+            async for event in EventSource(self.response).aiter_sse():
+                if event.data.startswith("[DONE]"):
+                    return
+                data = json.loads(event.data)
+                error = data.get("error") if isinstance(data, dict) else None
+                if error:
+                    message = error.get("message") if isinstance(error, dict) else None
+                    raise BackendUnavailable("Llama Stack failed", str(
+                        message or "An error occurred during streaming"))
+                yield data
+        except SSEError as exc:
+            raise BackendUnavailable("Llama Stack failed", str(exc)) from exc
+        finally:
+            await self.response.aclose()
+
+    async def close(self) -> None:
+        await self._events.aclose()
+        await self.response.aclose()
 
 
 # tiktoken caches a download under the sha1 of its URL; this is the one for cl100k_base.

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from llama_stack_client import AsyncStream
 
 from lcore_core import rag, tokens, tracing
 from lcore_core.auth import Action, AuthTuple, may
@@ -386,12 +385,10 @@ async def _open_stream(runtime: Runtime, plan: QueryPlan) -> Any:
     while True:
         try:
             with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
-                # Plain JSON events (AsyncStream[object]), as for `run`: the client's typed
-                # events cost a pydantic model per chunk, which `as_dict` then took apart.
-                return await runtime.llama.client.post(
-                    "/v1/responses", body={**_create_args(plan), "stream": True},
-                    cast_to=object, stream=True, stream_cls=AsyncStream[object],
-                    options={"headers": _call_headers(plan)})
+                # Plain JSON events, as for `run`: the client's typed events cost a pydantic
+                # model per chunk, which `as_dict` then took apart.
+                return await runtime.llama.respond_stream(_create_args(plan),
+                                                          _call_headers(plan))
         except LCoreError as exc:
             if not await _without_dead_mcp(runtime, plan, exc):
                 raise
