@@ -98,7 +98,7 @@ def _load(path: str | None) -> tuple[Config, Plugins]:
 def serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config as HypercornConfig
 
-    from lcore_core.app import create_app
+    from lcore_core.app import create_app, freeze_after_startup
 
     config, plugins = _load(args.config)
     service = config.service
@@ -145,6 +145,7 @@ def serve(args: argparse.Namespace) -> int:
 
     hyper.graceful_timeout = service.graceful_shutdown_seconds + CUT_S + 1
     app = create_app(config, plugins=plugins)
+    freeze_after_startup(app)
     print(f"lcore {__version__}: serving on http://{host}:{port}", file=sys.stderr)
     from hypercorn.utils import LifespanFailureError
 

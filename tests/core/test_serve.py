@@ -108,6 +108,8 @@ def test_serve_health_request_id_log_and_clean_sigterm(write_config: Any,
     assert mine, err
     assert mine[0]["path"] == "/health" and mine[0]["status"] == 200
     assert mine[0]["method"] == "GET" and "duration_ms" in mine[0]
+    # Started: what the process keeps for good is out of the collector's way.
+    assert len(frozen(err)) == 1 and frozen(err)[0] > 10_000, err
 
 
 def test_serve_with_two_workers(write_config: Any, server_factory: Any) -> None:
@@ -120,6 +122,13 @@ def test_serve_with_two_workers(write_config: Any, server_factory: Any) -> None:
     # Each worker runs on uvloop, as a single process does.
     loops = [r.get("event_loop") for r in json_lines(err) if r.get("event") == "started"]
     assert loops == ["uvloop", "uvloop"], err
+    assert len(frozen(err)) == 2 and min(frozen(err)) > 10_000, err
+
+
+def frozen(err: str) -> list[int]:
+    """How many objects each serving process moved out of the garbage collector's reach."""
+    return [r["objects"] for r in json_lines(err)
+            if r.get("event") == "startup objects frozen out of the garbage collector"]
 
 
 @pytest.mark.parametrize(("setting", "expected"), [(None, "uvloop"), ("asyncio", "asyncio")])
