@@ -107,8 +107,8 @@ class LlamaStack:
                 base_url=self.settings.url, api_key=self.settings.api_key,
                 timeout=self.settings.timeout, max_retries=0, http_client=http)
             self._responses_url = str(client.base_url).rstrip("/") + "/v1/responses"
-            self._headers = ({"Authorization": f"Bearer {self.settings.api_key}"}
-                             if self.settings.api_key else {})
+            # The client's own (the key from the configuration or LLAMA_STACK_CLIENT_API_KEY).
+            self._headers = dict(client.auth_headers)
             self._client, self._http = client, http
         log.info("llama stack client ready", mode="library" if self.library else "server",
                  seconds=round(time.perf_counter() - started, 3))
@@ -155,12 +155,14 @@ class LlamaStack:
         if response.status_code < 400:
             return response
         try:
+            # A body cut short is a lost connection (`llama_errors`), as through the client.
             await response.aread()
-            said: Any = response.json()
-        except (ValueError, httpx.HTTPError):
-            said = None
         finally:
             await response.aclose()
+        try:
+            said: Any = response.json()
+        except ValueError:
+            said = None
         raise from_status(response.status_code,
                           _detail(said, response.text or response.reason_phrase))
 

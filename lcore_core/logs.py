@@ -1,9 +1,9 @@
 """structlog set-up: one JSON object per line (or a console renderer on a terminal).
 
-Lines are rendered and written by a thread of their own: a log call on the event loop only
-queues its record, so a slow or stalled reader of standard error (a full pipe) never stalls
-the loop, and the loop does not spend its time formatting. The queue keeps the order; it is
-emptied at exit and when the app shuts down (`flush_logging`).
+A line is rendered where it is logged (its context variables, exception and time are there) and
+written by a thread of its own: a slow or stalled reader of standard error (a full pipe) never
+stalls the event loop. The queue keeps the order; it is emptied at exit and when the app shuts
+down (`flush_logging`), after which lines are written directly.
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ import structlog
 
 _configured: str | None = None
 _level = logging.INFO
-_listener: QueueListener | None = None
-
-
-class _Enqueue(QueueHandler):
-    """Queues the record as it is: the writer thread renders it (a record is not changed once
-    emitted, and structlog's event dict travels in it)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+# While lines are queued: the queue, its handler on the root logger, and the writer thread.
+_queued: tuple[queue.SimpleQueue[logging.LogRecord], QueueHandler, QueueListener] | None = None
 
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     """Idempotent: structlog's configuration is process-wide."""
-    global _configured, _level
+    global _configured, _level, _queued
     if _configured == fmt:
         return
     _configured, _level = fmt, level
@@ -52,12 +45,6 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    writer = logging.StreamHandler()
-    writer.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
-    ))
     flush_logging()
     root = logging.getLogger()
     # Ours from an earlier call, and plain stderr handlers that a library's logging.basicConfig()
@@ -66,12 +53,18 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
                 if getattr(h, "_lcore", False) or type(h) is logging.StreamHandler]:
         root.removeHandler(old)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = _Enqueue(records)
+    handler = QueueHandler(records)  # renders with its formatter, in the logging thread
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
     handler._lcore = True  # type: ignore[attr-defined]
-    writer._lcore = True  # type: ignore[attr-defined]
-    global _listener
-    _listener = QueueListener(records, writer)
-    _listener.start()
+    writer = logging.StreamHandler()
+    writer.setFormatter(logging.Formatter("%(message)s"))  # the line as rendered
+    listener = QueueListener(records, writer)
+    listener.start()
+    _queued = (records, handler, listener)
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("hypercorn.access", "httpx", "httpcore"):
@@ -79,19 +72,27 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
 
 
 def flush_logging() -> None:
-    """Write out every queued line, then write directly from the calling thread (for what is
-    logged after shutdown, when no writer thread may be left to do it)."""
-    global _listener, _configured
-    listener, _listener = _listener, None
-    if listener is None:
+    """Write out every queued line; lines logged from now on are written directly, by the thread
+    that logs them (for what is logged after shutdown, when no writer thread may be left)."""
+    global _queued, _configured
+    if _queued is None:
         return
+    records, handler, listener = _queued
+    _queued = None
     _configured = None  # a later configure_logging queues again
-    listener.stop()  # the thread writes what is queued, then ends
+    direct = logging.StreamHandler()
+    direct.setFormatter(handler.formatter)
+    direct._lcore = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _Enqueue)]:
-        root.removeHandler(handler)
-    for writer in listener.handlers:
-        root.addHandler(writer)
+    # One assignment: no line logged meanwhile goes nowhere or out twice.
+    root.handlers = [direct if h is handler else h for h in root.handlers]
+    listener.stop()  # the thread writes what is queued, then ends
+    writer = listener.handlers[0]
+    while True:  # a line queued by another thread just as the writer stopped
+        try:
+            writer.handle(records.get_nowait())
+        except queue.Empty:
+            break
 
 
 atexit.register(flush_logging)

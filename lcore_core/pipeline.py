@@ -688,13 +688,13 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
                                     "cause": exc.cause})
         return
-    yield start
     token_no = 0
     round_no = 0
     texts: list[str] = []
     completed: dict[str, Any] | None = None
     iterator = upstream.__aiter__()
     try:
+        yield start  # inside: a client gone right after it still closes the upstream stream
         while True:
             t0 = time.perf_counter()
             try:

@@ -118,3 +118,57 @@ def test_a_stalled_log_reader_does_not_stall_the_event_loop() -> None:
     numbers = [json.loads(line)["n"] for line in err.decode().splitlines()
                if line.startswith("{") and '"line"' in line]
     assert numbers == list(range(lines))
+
+
+CONTEXT = """
+import logging, structlog
+from lcore_core.logs import configure_logging
+configure_logging("json")
+structlog.contextvars.bind_contextvars(request_id="rid-42")
+try:
+    1 / 0
+except ZeroDivisionError:
+    structlog.get_logger("lcore.test").exception("it broke")
+logging.getLogger("some.library").warning("plain line")
+"""
+
+
+def test_lines_keep_their_traceback_and_request_id() -> None:
+    """Rendered where they are logged: a structlog `exception()` line carries its traceback, and
+    a plain `logging` line from a library carries the request id bound in that context."""
+    err = subprocess.run([sys.executable, "-c", CONTEXT], capture_output=True, text=True,
+                         timeout=60, check=True).stderr
+    records = {r["event"]: r for r in map(json.loads, err.splitlines()) if "event" in r}
+    assert "ZeroDivisionError" in records["it broke"].get("exception", ""), err
+    assert records["it broke"]["request_id"] == "rid-42", err
+    assert records["plain line"]["request_id"] == "rid-42", err
+
+
+RACE = """
+import logging, threading, structlog
+from lcore_core.logs import configure_logging, flush_logging
+configure_logging("json")
+log = structlog.get_logger("lcore.test")
+start = threading.Barrier(3)
+
+def chatter(name):
+    start.wait()
+    for n in range(20000):
+        log.info("line", who=name, n=n)
+
+threads = [threading.Thread(target=chatter, args=(w,)) for w in ("a", "b")]
+for t in threads:
+    t.start()
+start.wait()
+flush_logging()  # while both threads are still logging
+for t in threads:
+    t.join()
+"""
+
+
+def test_flushing_while_other_threads_log_loses_no_line() -> None:
+    err = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True,
+                         timeout=120, check=True).stderr
+    seen = [(r["who"], r["n"]) for r in map(json.loads, err.splitlines())]
+    for who in ("a", "b"):
+        assert [n for w, n in seen if w == who] == list(range(20000)), who
