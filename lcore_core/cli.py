@@ -108,10 +108,6 @@ def serve(args: argparse.Namespace) -> int:
     hyper = HypercornConfig()
     hyper.bind = [f"{host}:{port}"]
     hyper.accesslog = None
-    # With several workers Hypercorn ends the open requests itself once the grace period is
-    # over (it cancels them). One process cuts them first, cleanly (`_serve_one`): Hypercorn's
-    # own cancellation must not come before that cut.
-    hyper.graceful_timeout = service.graceful_shutdown_seconds
     tls = service.tls_config
     if tls.tls_certificate_path and tls.tls_key_path:
         hyper.certfile = tls.tls_certificate_path
@@ -132,6 +128,9 @@ def serve(args: argparse.Namespace) -> int:
             os.environ["LCORE_CONFIG"] = str(Path(args.config).resolve())
         hyper.application_path = "lcore_core.asgi:app"
         hyper.workers = workers
+        # With several workers Hypercorn ends the open requests itself once the grace period
+        # is over (it cancels them).
+        hyper.graceful_timeout = service.graceful_shutdown_seconds
         if loop_factory() is not None:
             hyper.worker_class = "uvloop"
         # The workers inherit the environment: each writes its metrics there, /metrics adds up.
@@ -143,6 +142,8 @@ def serve(args: argparse.Namespace) -> int:
         finally:
             remove_multiprocess_dir(created)
 
+    # One process cuts them first, cleanly (`_serve_one`): Hypercorn's own cancellation must
+    # not come before that cut.
     hyper.graceful_timeout = service.graceful_shutdown_seconds + CUT_S + 1
     app = create_app(config, plugins=plugins)
     freeze_after_startup(app)
