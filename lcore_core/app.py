@@ -130,6 +130,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp())
         await plugins.startup(runtime)
         await _publish_models(runtime)
+        for warning in config.warnings:
+            log.warning("configuration", detail=warning)
         log.info("started", name=config.name, auth=config.authentication.module,
                  cache=config.conversation_cache.type, event_loop=_loop_name())
 

@@ -242,6 +242,8 @@ def config_dump(args: argparse.Namespace) -> int:
 
 def config_check(args: argparse.Namespace) -> int:
     config, _ = _load(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK (authentication: {config.authentication.module}, "
           f"conversation cache: {config.conversation_cache.type})")
     return 0

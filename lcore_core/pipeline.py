@@ -185,7 +185,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
         runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
         skip=frozenset(unavailable))
     attachments = body.get("attachments") or []
-    hits = await rag.retrieve(runtime, body["query"])
+    hits = await rag.retrieve(runtime, body["query"], body.get("vector_store_ids"))
     return QueryPlan(ticket=ticket, mcp_unavailable=unavailable, inline_hits=hits,
         auth=auth, query=body["query"], conversation_id=conversation.id,
         new_conversation=conversation.new, chained=conversation.chained,
@@ -323,13 +323,17 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
                        client_headers: dict[str, Any], request_headers: dict[str, str],
                        skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
-    stores = vector_store_ids
+    stores = None if vector_store_ids is None else rag.to_store_ids(runtime.config,
+                                                                     vector_store_ids)
     if stores is None:
         stores = await rag.tool_store_ids(runtime)  # the `rag.tool` list, when configured
     if stores is None:
         stores = await all_vector_store_ids(runtime)
     if stores:
-        tools.append({"type": "file_search", "vector_store_ids": stores})
+        search: dict[str, Any] = {"type": "file_search", "vector_store_ids": stores}
+        if (most := rag.tool_max_chunks(runtime.config)) is not None:
+            search["max_num_results"] = most
+        tools.append(search)
     from lcore_core.mcp import mcp_tools
 
     tools.extend(mcp_tools(runtime, auth, client_headers, request_headers, skip))

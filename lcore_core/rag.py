@@ -1,10 +1,11 @@
-"""RAG sources from the `byok_rag` and `rag` sections: inline retrieval and the file_search stores.
+"""RAG sources from the `rag` section (either layout) and `byok_rag`: inline retrieval and the
+file_search stores.
 
 Inline RAG searches the configured vector stores before the call and puts the best chunks in
 the instructions, so the answer can use them without the model calling a tool (small local
-models do not). Tool RAG offers the stores as `file_search`. A source is a `byok_rag` rag_id or
-a Llama Stack vector store id or name (names let a config name a store indexed at start-up,
-whose id is only known then).
+models do not). Tool RAG offers the stores as `file_search`. A source is a rag_id (`okp` for
+the portal's Solr store) or, in the 0.6 layout, a Llama Stack vector store id or name (names
+let a config name a store indexed at start-up, whose id is only known then).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import structlog
 
+from lcore_core.config.schema import OKP_RAG_ID, OKP_VECTOR_STORE
 from lcore_core.llama import llama_errors
 from lcore_core.runtime import Runtime
 
@@ -25,10 +28,12 @@ INDEX_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Source:
-    ref: str  # as configured: a rag_id, a vector store id or a name
+    ref: str  # as configured: a rag_id, okp, a vector store id or a name
     store: str  # the vector store id or name to resolve
     multiplier: float = 1.0
     cutoff: float | None = None
+    # How many chunks to ask this store for (None: the section's store_max_chunks).
+    max_chunks: int | None = None
 
 
 def _source(config: Any, ref: str) -> Source:
@@ -36,24 +41,53 @@ def _source(config: Any, ref: str) -> Source:
         if byok["rag_id"] == ref:
             return Source(ref, byok["vector_db_id"], byok["score_multiplier"],
                           byok["relevance_cutoff_score"])
+    rag = config.get("rag") or {}
+    okp = rag.get("okp")
+    if ref == OKP_RAG_ID and okp is not None:
+        return Source(ref, OKP_VECTOR_STORE, max_chunks=okp["max_chunks"])
     return Source(ref, ref)
 
 
-def inline_sources(config: Any) -> list[Source]:
+def inline_sources(config: Any, requested: list[str] | None = None) -> list[Source]:
+    """The inline sources; a request's `vector_store_ids` narrows them (never widens them:
+    only what the configuration lists for inline use is searched before the call)."""
     rag = config.get("rag") or {}
-    return [_source(config, ref) for ref in rag.get("inline") or []]
+    refs = list(rag.get("inline") or [])
+    if requested is not None:
+        wanted = set(requested) | set(to_store_ids(config, requested))
+        refs = [r for r in refs if r in wanted or _source(config, r).store in wanted]
+    return [_source(config, ref) for ref in refs]
 
 
 def tool_sources(config: Any) -> list[Source] | None:
     """The stores to offer as file_search; None means every store Llama Stack has."""
     rag = config.get("rag")
     if rag is None:
-        return None
+        # As upstream's current release: no rag section, no tool RAG (a request may still
+        # name stores in vector_store_ids).
+        return []
     tool = rag.get("tool")
     if tool is None:
-        # Upstream: with neither list, every registered store; with only `inline`, no tool RAG.
+        # The 0.6 layout: with neither list, every registered store; with only `inline`, none.
         return None if not rag.get("inline") else []
     return [_source(config, ref) for ref in tool]
+
+
+def to_store_ids(config: Any, ids: list[str]) -> list[str]:
+    """A request's `vector_store_ids` with each rag_id replaced by its vector store id, as
+    upstream translates them (other ids pass through)."""
+    return [_source(config, i).store if i in _rag_ids(config) else i for i in ids]
+
+
+def _rag_ids(config: Any) -> set[str]:
+    ids = {b["rag_id"] for b in config.get("byok_rag") or []}
+    if (config.get("rag") or {}).get("okp") is not None:
+        ids.add(OKP_RAG_ID)
+    return ids
+
+
+def tool_max_chunks(config: Any) -> int | None:
+    return (config.get("rag") or {}).get("tool_max_chunks")
 
 
 async def _index(runtime: Runtime) -> dict[str, str]:
@@ -96,18 +130,25 @@ async def tool_store_ids(runtime: Runtime) -> list[str] | None:
     return [store_id for _, store_id in await resolve(runtime, sources)]
 
 
-async def retrieve(runtime: Runtime, query: str) -> list[dict[str, Any]]:
+async def retrieve(runtime: Runtime, query: str,
+                   requested: list[str] | None = None) -> list[dict[str, Any]]:
     """The best chunks of the inline sources for `query`, best first (scores weighted)."""
-    sources = inline_sources(runtime.config)
+    sources = inline_sources(runtime.config, requested)
     if not sources or not query.strip():
         return []
     rag = runtime.config.get("rag") or {}
     per_store = int(rag.get("store_max_chunks") or 10)
+    okp = rag.get("okp") or {}
 
     async def search(source: Source, store_id: str) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"query": query, "max_num_results": per_store}
+        body: dict[str, Any] = {"query": query,
+                                "max_num_results": source.max_chunks or per_store}
         if source.cutoff is not None:
             body["ranking_options"] = {"score_threshold": source.cutoff}
+        if source.ref == OKP_RAG_ID and okp.get("search_mode"):
+            # Llama Stack's names: vector (semantic), hybrid, keyword.
+            mode = okp["search_mode"]
+            body["search_mode"] = "vector" if mode == "semantic" else mode
         with llama_errors("vector_stores.search", {"lcore.rag.source": source.ref}):
             page = await runtime.llama.client.post(f"/v1/vector_stores/{store_id}/search",
                                                    body=body, cast_to=object)
@@ -117,15 +158,29 @@ async def retrieve(runtime: Runtime, query: str) -> list[dict[str, Any]]:
             if source.cutoff is not None and score < source.cutoff:
                 continue
             text = "".join(part.get("text") or "" for part in hit.get("content") or [])
+            attrs = dict(hit.get("attributes") or {})
+            if source.ref == OKP_RAG_ID and okp:
+                attrs["url"] = okp_url(okp, attrs)
             hits.append({"text": text, "score": score * source.multiplier,
-                         "filename": hit.get("filename"),
-                         "attributes": hit.get("attributes") or {}, "source": source.ref})
+                         "filename": hit.get("filename"), "attributes": attrs,
+                         "source": source.ref})
         return hits
 
     found = await resolve(runtime, sources)
     batches = await asyncio.gather(*(search(source, store_id) for source, store_id in found))
     merged = sorted((h for batch in batches for h in batch), key=lambda h: -h["score"])
     return merged[:int(rag.get("inline_max_chunks") or 10)]
+
+
+DEFAULT_OKP_URL = "http://localhost:8081"
+
+
+def okp_url(okp: dict[str, Any], attrs: dict[str, Any]) -> str | None:
+    """An OKP document's link into the portal: by its source path offline, by its public
+    reference URL online (each falling back to the document id)."""
+    ref = (attrs.get("source_path") if okp["offline"] else attrs.get("reference_url")) \
+        or attrs.get("doc_id") or attrs.get("document_id")
+    return urljoin(okp.get("rhokp_url") or DEFAULT_OKP_URL, ref) if ref else None
 
 
 def title_and_url(hit: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -58,6 +58,8 @@ class Config(Settings):
 
     source: str = "<defaults>"
     valid_actions: frozenset[str] = frozenset()
+    # file:line: key: message lines about what was accepted with a caveat.
+    warnings: tuple[str, ...] = ()
 
     def masked(self) -> dict[str, Any]:
         """A plain copy with every secret replaced by `*****`."""
@@ -93,10 +95,13 @@ class _Report:
     name the file used (an upstream alias such as `ogx`)."""
 
     def __init__(self, doc: Document, errors: list[ConfigError],
-                 rename: dict[str, str] | None = None) -> None:
+                 rename: dict[str, str] | None = None,
+                 warnings: list[str] | None = None) -> None:
         self.doc = doc
         self.errors = errors
         self.rename = rename or {}
+        # Accepted, but worth telling the operator (file:line: key: message lines).
+        self.warnings = warnings if warnings is not None else []
 
     def _shown(self, path: KeyPath) -> KeyPath:
         if path and path[0] in self.rename:
@@ -106,6 +111,9 @@ class _Report:
     def add(self, path: KeyPath, message: str, *, at: KeyPath | None = None) -> None:
         self.errors.append(self.doc.error(
             self._shown(path), message, at=None if at is None else self._shown(at)))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        self.warnings.append(str(self.doc.error(self._shown(path), message)))
 
     def invalid(self, base: KeyPath, messages: Any) -> None:
         """marshmallow's error messages, each at its key's line."""
@@ -162,6 +170,10 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
             report.add((key,), f"unknown section{_did_you_mean(key, known)}; known sections: "
                                f"{', '.join(sorted(known))}")
 
+    rag = data.get("rag")
+    if data.get("byok_rag") and isinstance(rag, dict) and "byok" in rag:
+        report.add(("byok_rag",), "give the stores either as byok_rag (0.6 layout) or as "
+                                  "rag.byok.stores (0.7 layout), not both")
     main = Schema.from_dict(schema_fields, name="LightspeedStackConfig")()
     body = {k: v for k, v in data.items() if k in schema_fields}
     loaded: dict[str, Any] = {}
@@ -171,6 +183,7 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
         report.invalid((), exc.messages)
         loaded = exc.valid_data if isinstance(exc.valid_data, dict) else {}
 
+    core.normalise_rag(loaded)
     loaded["authentication"] = _authentication(report, data.get("authentication"), plugins)
     loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 
@@ -188,6 +201,7 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     config = Config(Settings.wrap(loaded))
     config.source = doc.file
     config.valid_actions = valid_actions
+    config.warnings = tuple(report.warnings)
     return config
 
 
@@ -365,8 +379,12 @@ def _check_actions(report: _Report, base: KeyPath, rules: list[dict[str, Any]],
                 message = (f"action {action!r} needs the plugin {dist}, which is not "
                            f"installed (pip install {dist})")
             elif action in core.UPSTREAM_ACTIONS:
-                message = (f"action {action!r} is not supported by LCore: "
-                           f"{core.UPSTREAM_ACTIONS[action]}; remove it")
+                # Upstream's action for an endpoint LCore does not serve yet: granting it
+                # grants nothing, so the file still loads.
+                report.warn((*base, i, "actions", j),
+                            f"action {action!r} grants nothing in LCore: it is for "
+                            f"{core.UPSTREAM_ACTIONS[action]}, which LCore does not serve")
+                continue
             else:
                 message = (f"unknown action {action!r}"
                            f"{_did_you_mean(action, sorted(valid))}; valid actions: "
@@ -393,7 +411,7 @@ def _rules_file(report: _Report, authz: dict[str, Any],
     except ConfigError as exc:
         report.errors.append(exc)
         return []
-    rules = _Report(rules_doc, report.errors)
+    rules = _Report(rules_doc, report.errors, warnings=report.warnings)
     try:
         loaded = core.RulesFileSchema().load(rules_doc.data)
     except ValidationError as exc:

@@ -350,6 +350,26 @@ def _header_names(value: list[str]) -> None:
         seen.add(name.lower())
 
 
+def _no_approvals(value: Any) -> None:
+    if value == "never":
+        return
+    if isinstance(value, dict) and set(value) <= {"always", "never"}:
+        always, never = value.get("always") or [], value.get("never") or []
+        if not isinstance(always, list) or not isinstance(never, list):
+            raise ValidationError("always and never must be lists of tool names")
+        if set(always) & set(never):
+            raise ValidationError(f"tools cannot be in both always and never: "
+                                  f"{sorted(set(always) & set(never))}")
+        if not always:
+            return
+        raise ValidationError(f"LCore does not hold tool calls for human approval: tools "
+                              f"{sorted(always)} would never run; remove them from always")
+    if value == "always":
+        raise ValidationError("LCore does not hold tool calls for human approval: with "
+                              "'always' no tool of this server would run; use 'never'")
+    raise ValidationError("must be 'always', 'never' or a mapping with always/never lists")
+
+
 class MCPServerSchema(Base):
     name = fields.String(required=True, validate=validate.Length(min=1))
     provider_id = fields.String(load_default="model-context-protocol")
@@ -359,6 +379,9 @@ class MCPServerSchema(Base):
     # header name -> secret file path, or one of: client, kubernetes, oauth
     authorization_headers = fields.Dict(keys=fields.String(), values=fields.String(),
                                         load_default=dict)
+    # Upstream: "always", "never" or {always: [tools], never: [tools]}. LCore runs every tool
+    # without asking (Llama Stack's require_approval "never"), so only that is accepted.
+    require_approval = fields.Raw(load_default="never", validate=_no_approvals)
 
 
 def _unique_names(servers: list[dict[str, Any]]) -> None:
@@ -404,6 +427,8 @@ class InferenceSchema(Base):
     # Defaults for Responses calls; a request may override them; null disables the limit.
     max_infer_iters = positive(load_default=10, allow_none=True)
     max_tool_calls = positive(load_default=30, allow_none=True)
+    # Upstream: each model's context window, for compaction (off: see the compaction section).
+    context_windows = fields.Dict(keys=fields.String(), values=positive(), load_default=dict)
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
@@ -451,12 +476,20 @@ class LocalModelSchema(Base):
     documents = optional(DocumentsSchema)
 
 
-class ByokRagSchema(Base):
-    """One knowledge source (upstream's `byok_rag` entry): a Llama Stack vector store.
+RAG_BACKENDS = ("faiss", "pgvector")
+OKP_RAG_ID = "okp"
+# The vector store upstream registers for OKP's Solr provider (`rag.okp`).
+OKP_VECTOR_STORE = "portal-rag"
 
-    LCore reads the store Llama Stack already serves: the provisioning keys upstream turns into
-    run.yaml entries (rag_type, embedding_model, embedding_dimension, db_path and the pgvector
-    connection) are accepted so existing files load, and belong in Llama Stack's run.yaml.
+
+class ByokRagSchema(Base):
+    """One knowledge source: a Llama Stack vector store (`rag.byok.stores[]`, or the older
+    top-level `byok_rag[]`).
+
+    LCore searches the store Llama Stack serves. The provisioning keys (backend, embedding
+    model and dimension, db_path and the pgvector connection) describe that store to the
+    run configuration LCore synthesises in unified mode; in legacy mode they belong in
+    Llama Stack's own run.yaml.
     """
 
     rag_id = fields.String(required=True, validate=validate.Length(min=1))
@@ -465,9 +498,13 @@ class ByokRagSchema(Base):
                                     validate=validate.Range(min=0, min_inclusive=False))
     # Inline RAG drops chunks scoring below this (upstream's default, in the store's own scale).
     relevance_cutoff_score = fields.Float(load_default=0.3)
-    rag_type = fields.String(load_default="inline::faiss")
-    embedding_model = fields.String(load_default=None, allow_none=True)
-    embedding_dimension = positive(load_default=None, allow_none=True)
+    backend = fields.String(load_default="faiss", validate=validate.OneOf(
+        RAG_BACKENDS, error="unsupported RAG backend {input!r}; supported: faiss, pgvector"))
+    # The 0.6 layout's name for the backend (a Llama Stack provider type).
+    rag_type = fields.String(load_default=None, allow_none=True)
+    embedding_model = fields.String(load_default="sentence-transformers/all-mpnet-base-v2",
+                                    allow_none=True)
+    embedding_dimension = positive(load_default=768, allow_none=True)
     db_path = fields.String(load_default=None, allow_none=True)
     host = fields.String(load_default=None, allow_none=True)
     port = fields.Raw(load_default=None, allow_none=True)
@@ -476,36 +513,195 @@ class ByokRagSchema(Base):
     password = fields.String(load_default=None, allow_none=True)
 
 
+class ByokStoreSchema(ByokRagSchema):
+    """`rag.byok.stores[]` (0.7 layout): upstream's stricter rules for a store LCore may have
+    to describe to Llama Stack."""
+
+    relevance_cutoff_score = fields.Float(load_default=0.3,
+                                          validate=validate.Range(min=0, min_inclusive=False))
+
+    @validates_schema
+    def _backend_fields(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("backend") == "faiss" and not data.get("db_path"):
+            raise ValidationError("db_path is required when backend is 'faiss'", "db_path")
+
+
 def _unique_rag_ids(sources: list[dict[str, Any]]) -> None:
     ids = [str(s.get("rag_id")) for s in sources]
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
-        raise ValidationError(f"byok_rag rag_id values must be unique; repeated: "
-                              f"{', '.join(twice)}")
+        raise ValidationError(f"rag_id values must be unique; repeated: {', '.join(twice)}")
 
 
 def _no_okp(ids: list[str]) -> None:
-    if "okp" in ids:
-        raise ValidationError("'okp' (OKP search) is not supported by LCore; list byok_rag "
-                              "rag_id values or Llama Stack vector store ids/names")
+    if OKP_RAG_ID in ids:
+        raise ValidationError("'okp' is a source of the 0.7 layout only: list it under "
+                              "rag.retrieval.inline.sources or rag.retrieval.tool.sources "
+                              "and configure rag.okp")
+
+
+class ByokSchema(Base):
+    max_chunks = positive(load_default=10)
+    stores = fields.List(fields.Nested(ByokStoreSchema), load_default=list,
+                         validate=_unique_rag_ids)
+
+
+class OkpSchema(Base):
+    """OKP (Red Hat's offline knowledge portal) searched through the Solr vector store that
+    Llama Stack serves (upstream registers it as `portal-rag`)."""
+
+    rhokp_url = fields.String(load_default=None, allow_none=True, validate=HTTP_URL)
+    # Referenced documents point at the portal's public pages (false) or at the documents'
+    # own source paths (true, as upstream's offline default).
+    offline = fields.Boolean(load_default=True)
+    chunk_filter_query = fields.String(load_default=None, allow_none=True)
+    search_mode = fields.String(load_default=None, allow_none=True,
+                                validate=validate.OneOf(["semantic", "hybrid", "keyword"]))
+    max_chunks = positive(load_default=5)
+
+
+class RerankerSchema(Base):
+    enabled = fields.Boolean(load_default=False)
+    model = fields.String(load_default="cross-encoder/ms-marco-MiniLM-L6-v2")
+
+    @validates_schema
+    def _available(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("enabled"):
+            raise ValidationError(
+                "LCore does not rerank with a cross-encoder (it would load a "
+                "sentence-transformers model in every replica); chunks are merged by their "
+                "weighted scores (score_multiplier, relevance_cutoff_score): set enabled: false",
+                "enabled")
+
+
+class StrategySchema(Base):
+    sources = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    max_chunks = positive(load_default=10)
+    reranker = optional(RerankerSchema)
+
+
+class RetrievalSchema(Base):
+    inline = section(StrategySchema)
+    tool = section(StrategySchema)
+
+
+LEGACY_RAG_KEYS = ("inline", "tool", "inline_max_chunks", "store_max_chunks")
+RAG_KEYS = ("byok", "okp", "retrieval")
 
 
 class RagSchema(Base):
-    """How knowledge is used (upstream's `rag`): each entry is a `byok_rag` rag_id or, as an
-    LCore addition, a Llama Stack vector store id or name.
+    """How knowledge is used, in either of upstream's layouts.
 
-    inline: searched before every query, the chunks added to the instructions (no tool call
-    needed: works with models too small to call tools). tool: offered as `file_search`; when
-    the section is present without `tool`, tool RAG is off.
+    0.7 (upstream's current one): `byok.stores` declares the stores, `retrieval.inline` /
+    `retrieval.tool` list the rag_ids (and `okp`) used before every query (the chunks go into
+    the instructions) and offered as `file_search`. Tool RAG is off when `retrieval.tool`
+    lists nothing.
+
+    0.6: `inline` / `tool` list `byok_rag` rag_ids or, as an LCore addition, Llama Stack vector
+    store ids or names; with neither list, every store Llama Stack has is offered as
+    `file_search`; with only `inline`, none. LCore adds `inline_max_chunks` and
+    `store_max_chunks` to this layout.
+
+    Either way the loaded section is normalised (see `normalise_rag`): `inline`, `tool`,
+    `inline_max_chunks`, `store_max_chunks`, `tool_max_chunks`, `okp`.
     """
 
-    inline = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
-                         validate=_no_okp)
+    byok = optional(ByokSchema)
+    okp = optional(OkpSchema)
+    retrieval = optional(RetrievalSchema)
+    inline = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None,
+                         allow_none=True, validate=_no_okp)
     tool = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None,
                        allow_none=True, validate=_no_okp)
-    # LCore additions: how many chunks inline RAG adds in all, and asks each store for.
-    inline_max_chunks = positive(load_default=10)
-    store_max_chunks = positive(load_default=10)
+    inline_max_chunks = positive(load_default=None, allow_none=True)
+    store_max_chunks = positive(load_default=None, allow_none=True)
+
+    @validates_schema(pass_original=True)
+    def _one_layout(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        if not isinstance(original, dict):
+            return
+        legacy = [k for k in LEGACY_RAG_KEYS if k in original]
+        current = [k for k in RAG_KEYS if k in original]
+        if legacy and current:
+            raise ValidationError(
+                f"{legacy[0]} belongs to the 0.6 layout and {current[0]} to the 0.7 layout: "
+                f"use one (0.7: rag.byok.stores and rag.retrieval.inline/tool.sources)",
+                legacy[0])
+        if data.get("retrieval") is None:
+            return
+        known = {s.get("rag_id") for s in (data.get("byok") or {}).get("stores") or []}
+        known.add(OKP_RAG_ID)
+        for strategy in ("inline", "tool"):
+            unknown = sorted(set(data["retrieval"][strategy]["sources"]) - known - {None})
+            if unknown:
+                raise ValidationError(
+                    {"retrieval": {strategy: {"sources": [
+                        f"unknown RAG ids {unknown}; declared: {sorted(known)} (rag.byok."
+                        f"stores[].rag_id, or okp)"]}}})
+
+
+def normalise_rag(loaded: dict[str, Any]) -> None:
+    """One shape for both layouts: `rag` gets inline/tool/limits/okp, and the 0.7 stores join
+    `byok_rag` (where lcore_core.rag looks rag_ids up). Partial data (a file with errors)
+    normalises too, so every error can still be reported."""
+    rag = loaded.get("rag")
+    if rag is None:
+        loaded["rag"] = None
+        return
+    if any(rag.get(k) is not None for k in RAG_KEYS):
+        byok = rag.get("byok") or {}
+        retrieval = rag.get("retrieval") or {}
+        inline, tool = retrieval.get("inline") or {}, retrieval.get("tool") or {}
+        loaded["byok_rag"] = [*(loaded.get("byok_rag") or []), *(byok.get("stores") or [])]
+        loaded["rag"] = {
+            "layout": "0.7",
+            "inline": list(inline.get("sources") or []),
+            "tool": list(tool.get("sources") or []),
+            "inline_max_chunks": inline.get("max_chunks") or 10,
+            "store_max_chunks": byok.get("max_chunks") or 10,
+            "tool_max_chunks": tool.get("max_chunks") or 10,
+            "okp": rag.get("okp") or OkpSchema().load({}),
+        }
+        return
+    loaded["rag"] = {
+        "layout": "0.6",
+        "inline": list(rag.get("inline") or []),
+        "tool": rag.get("tool"),
+        "inline_max_chunks": rag.get("inline_max_chunks") or 10,
+        "store_max_chunks": rag.get("store_max_chunks") or 10,
+        "tool_max_chunks": None,
+        "okp": None,
+    }
+
+
+def _ratio(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValidationError("must be between 0.0 and 1.0 (inclusive)")
+
+
+class CompactionSchema(Base):
+    """Upstream's conversation-history compaction, off by default there too."""
+
+    enabled = fields.Boolean(load_default=False)
+    threshold_ratio = fields.Float(load_default=0.7, validate=_ratio)
+    token_floor = fields.Integer(load_default=4096, validate=validate.Range(min=0))
+    buffer_turns = fields.Integer(load_default=4, validate=validate.Range(min=0))
+    buffer_max_ratio = fields.Float(load_default=0.3, validate=_ratio)
+
+    @validates_schema
+    def _off(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("enabled"):
+            raise ValidationError("LCore does not compact conversation history yet: a "
+                                  "conversation is replayed whole; set enabled: false",
+                                  "enabled")
+
+
+class ApprovalsSchema(Base):
+    """Timeouts of upstream's tool-call approvals; LCore asks for none (see
+    mcp_servers[].require_approval), so these bound nothing."""
+
+    approval_timeout_seconds = positive(load_default=300)
+    approval_retention_days = positive(load_default=30)
 
 
 class PluginsSchema(Base):
@@ -535,6 +731,8 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "byok_rag": fields.List(fields.Nested(ByokRagSchema), load_default=list,
                             validate=_unique_rag_ids),
     "rag": optional(RagSchema),
+    "compaction": section(CompactionSchema),
+    "approvals": section(ApprovalsSchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -545,7 +743,7 @@ PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 
 # Upstream features LCore does not have: refused by name rather than as "unknown key".
 UNSUPPORTED_SECTIONS = {
-    "okp": "OKP (Offline Knowledge Portal) search",
+    "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
     "vector_store": "dynamic vector-store providers",
     "rlsapi_v1": "the RHEL Lightspeed rlsapi v1 endpoint",
@@ -553,9 +751,6 @@ UNSUPPORTED_SECTIONS = {
     "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
     "deployment_environment": "deployment environment tagging of telemetry events",
     "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
-    "conversation_history": "server-side conversation history compaction",
-    "compaction": "server-side conversation history compaction",
-    "approvals": "human-in-the-loop approval of MCP tool calls",
     "skills": "agent skills",
     "saved_prompts": "saved prompts",
     "shields": "LCore-side guardrail shields (use Llama Stack shields)",
@@ -572,12 +767,10 @@ UNSUPPORTED_KEYS: dict[tuple[str, ...], str] = {
     ("user_data_collection", "data_collector"): "the ingress data collector",
     ("user_data_collection", "config_enabled"): "storing configuration snapshots",
     ("user_data_collection", "config_storage"): "storing configuration snapshots",
-    ("mcp_servers", "*", "require_approval"): "human-in-the-loop approval of MCP tool calls",
     ("customization", "profile_path"): "Python custom profiles (use system_prompt or "
                                        "system_prompt_path)",
     ("customization", "custom_profile"): "Python custom profiles",
     ("inference", "providers"): "unified mode (synthesising Llama Stack's run.yaml)",
-    ("inference", "context_windows"): "conversation history compaction",
 }
 
 # Upstream provider names and the LCore plugin that provides them (None: no LCore plugin).
@@ -591,7 +784,8 @@ KNOWN_CACHE_TYPES: dict[str, str | None] = {
     "postgres": "lcore-cache-postgres",
 }
 
-# Upstream authorization actions LCore's core does not know (plugins may add some of them).
+# Upstream authorization actions whose endpoints LCore does not serve yet: accepted in access
+# rules with a warning (they grant nothing). Plugins may register some of them.
 UPSTREAM_ACTIONS: dict[str, str] = {
     "responses": "the /v1/responses pass-through endpoint",
     "get_skills": "agent skills",

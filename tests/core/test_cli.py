@@ -69,6 +69,17 @@ def test_check_bad_file_exits_2_with_file_line_key(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_check_prints_warnings_and_passes(tmp_path):
+    path = tmp_path / "warn.yaml"
+    path.write_text("name: x\nllama_stack:\n  url: http://localhost:8321\nauthorization:\n"
+                    "  access_rules:\n    - {role: x, actions: [manage_prompts]}\n")
+    result = lcore("config", "check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert (f"warning: {path}:6: authorization.access_rules[0].actions[0]: action "
+            f"'manage_prompts' grants nothing in LCore") in result.stderr
+
+
 def test_check_missing_file_exits_2(tmp_path):
     result = lcore("config", "check", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2

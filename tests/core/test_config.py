@@ -455,8 +455,8 @@ def test_plugin_section_without_its_plugin(tmp_path, plugins):
 
 def test_unsupported_upstream_section(tmp_path, plugins):
     assert errors(tmp_path, BASE + "okp:\n  offline: true\n", plugins) == [
-        "F:3: okp: not supported by LCore: OKP (Offline Knowledge Portal) search; remove "
-        "the section"]
+        "F:3: okp: not supported by LCore: the 0.6 layout's OKP section (upstream moved it "
+        "to rag.okp, which LCore reads); remove the section"]
 
 
 def test_byok_rag_entry_needs_its_vector_store(tmp_path, plugins):
@@ -477,8 +477,8 @@ def test_unsupported_upstream_nested_keys(tmp_path, plugins):
         """), plugins) == [
         "F:4: service.max_concurrent_file_uploads: not supported by LCore: file uploads "
         "(/v1/files); remove the key",
-        "F:10: mcp_servers[1].require_approval: not supported by LCore: human-in-the-loop "
-        "approval of MCP tool calls; remove the key"]
+        "F:10: mcp_servers[1].require_approval: LCore does not hold tool calls for human "
+        "approval: with 'always' no tool of this server would run; use 'never'"]
 
 
 def test_unified_format_refused(tmp_path, plugins):
@@ -500,11 +500,16 @@ def test_unknown_action(tmp_path, plugins):
                            "'streming_query' (did you mean streaming_query?); valid actions: ")
 
 
-def test_upstream_action_lcore_lacks(tmp_path, plugins):
-    assert errors(tmp_path, BASE + "authorization:\n  access_rules:\n"
-                                   "    - {role: x, actions: [manage_files]}\n", plugins) == [
-        "F:5: authorization.access_rules[0].actions[0]: action 'manage_files' is not "
-        "supported by LCore: file uploads; remove it"]
+def test_upstream_action_lcore_lacks_loads_with_a_warning(tmp_path, plugins):
+    config = load(tmp_path, BASE + "authorization:\n  access_rules:\n"
+                                   "    - {role: x, actions: [manage_files, query]}\n", plugins)
+    path = str(tmp_path / "lightspeed-stack.yaml")
+    assert [w.replace(path, "F") for w in config.warnings] == [
+        "F:5: authorization.access_rules[0].actions[0]: action 'manage_files' grants nothing "
+        "in LCore: it is for file uploads, which LCore does not serve"]
+    # The rule keeps what it grants.
+    assert RbacResolver(config.authorization.access_rules).allowed(
+        AuthTuple("u", "u", frozenset({"x"}), None), "query")
 
 
 def test_missing_rules_file(tmp_path, plugins):

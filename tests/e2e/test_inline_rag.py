@@ -147,3 +147,117 @@ def test_config_refuses_okp_and_repeated_rag_ids(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             create_app(path, plugins=load_plugins(entrypoints=False))
         assert needle in str(caught.value) and str(path) in str(caught.value), caught.value
+
+
+# --- upstream's 0.7 layout: rag.byok.stores, rag.okp, rag.retrieval --------------------------
+
+PORTAL_DOC = "Routes expose OpenShift services at a public host name."
+
+
+@pytest.fixture(scope="module")
+async def portal_store(llama_stack_server: Any) -> str:
+    """A store named as upstream registers OKP's Solr store, with portal-style metadata."""
+    from llama_stack_client import AsyncLlamaStackClient
+
+    client = AsyncLlamaStackClient(base_url=llama_stack_server.url)
+    upload = io.BytesIO(PORTAL_DOC.encode())
+    upload.name = "routes.txt"
+    file = await client.files.create(file=upload, purpose="assistants")
+    store = await client.vector_stores.create(name="portal-rag")
+    await client.vector_stores.files.create(
+        vector_store_id=store.id, file_id=file.id,
+        attributes={"title": "Routes", "source_path": "/docs/routes",
+                    "reference_url": "https://portal.example/routes"})
+    return store.id
+
+
+async def _layout_07(tmp_path_factory: pytest.TempPathFactory, server: Any,
+                     stores: dict[str, str], okp: dict[str, Any]) -> Lcore:
+    workdir = tmp_path_factory.mktemp("rag-07")
+    config = lcore_config(
+        workdir, "server", server.url,
+        rag={"byok": {"max_chunks": 5, "stores": [
+                {"rag_id": "open-kb", "vector_db_id": stores["open"], "backend": "faiss",
+                 "db_path": "/unused/by/server/mode.db", "score_multiplier": 3.0,
+                 "relevance_cutoff_score": 0.0001},
+                {"rag_id": "other-kb", "vector_db_id": stores["other"], "backend": "faiss",
+                 "db_path": "/unused/by/server/mode.db", "relevance_cutoff_score": 0.0001}]},
+             "okp": okp,
+             "retrieval": {"inline": {"sources": ["open-kb", "other-kb", "okp"]},
+                           "tool": {"sources": ["other-kb"], "max_chunks": 1}}})
+    return Lcore(create_app(config, plugins=load_plugins(entrypoints=False)), None, "server",
+                 workdir)
+
+
+@pytest.fixture(scope="module")
+async def lcore_07(tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any,
+                   stores: dict[str, str], portal_store: str) -> AsyncIterator[Lcore]:
+    made = await _layout_07(tmp_path_factory, llama_stack_server, stores,
+                            {"rhokp_url": "https://okp.example:8443", "offline": True})
+    async with started(made.app) as test_app:
+        lcore = Lcore(made.app, test_app.test_client(), "server", made.workdir)
+        yield lcore
+        await lcore.runtime.drain()
+
+
+async def test_current_layout_inlines_by_rag_id(lcore_07: Lcore, llm: Any,
+                                                stores: dict[str, str]) -> None:
+    llm.script("layout question five", text=echo_system)
+    body = await (await lcore_07.query("layout question five", no_tools=True,
+                                       generate_topic_summary=False)).get_json()
+    answer = body["response"]
+    assert OPEN_DOC in answer and OTHER_DOC in answer and PORTAL_DOC in answer, answer
+    docs = body["referenced_documents"]
+    # OKP's documents link into the portal by their source path (offline: true).
+    assert {"doc_title": "Routes", "doc_url": "https://okp.example:8443/docs/routes"} in docs
+    # open-kb's score_multiplier (3.0) puts its chunk first.
+    assert "separately installable" in body["rag_chunks"][0]["content"]
+
+
+async def test_request_store_ids_narrow_inline_rag_and_name_rag_ids(
+        lcore_07: Lcore, llm: Any) -> None:
+    llm.script("layout question six", text=echo_system)
+    body = await (await lcore_07.query("layout question six", vector_store_ids=["open-kb"],
+                                       no_tools=False, generate_topic_summary=False)
+                  ).get_json()
+    assert OPEN_DOC in body["response"], body
+    assert OTHER_DOC not in body["response"] and PORTAL_DOC not in body["response"]
+    # The rag_id reached Llama Stack as its vector store id: file_search was offered on it.
+    offered = [r for r in llm.chat_requests if "layout question six" in str(r.messages)]
+    assert offered and "file_search" in offered[-1].tool_names
+
+
+async def test_tool_rag_uses_the_tool_sources_and_their_limit(lcore_07: Lcore,
+                                                              stores: dict[str, str]) -> None:
+    from lcore_core.auth import AuthTuple
+    from lcore_core.pipeline import select_tools
+
+    auth = AuthTuple("u", "u", frozenset(), None)
+    tools = await select_tools(lcore_07.runtime, auth, None, {}, {})
+    assert tools == [{"type": "file_search", "vector_store_ids": [stores["other"]],
+                      "max_num_results": 1}]
+    tools = await select_tools(lcore_07.runtime, auth, ["open-kb", "vs_literal"], {}, {})
+    assert tools[0]["vector_store_ids"] == [stores["open"], "vs_literal"]
+
+
+async def test_without_a_rag_section_no_store_is_offered(lcore: Lcore) -> None:
+    from lcore_core.auth import AuthTuple
+    from lcore_core.pipeline import select_tools
+
+    tools = await select_tools(lcore.runtime, AuthTuple("u", "u", frozenset(), None), None,
+                               {}, {})
+    assert [t for t in tools if t["type"] == "file_search"] == []
+
+
+async def test_okp_online_links_to_the_public_page(
+        tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any,
+        stores: dict[str, str], portal_store: str, llm: Any) -> None:
+    made = await _layout_07(tmp_path_factory, llama_stack_server, stores, {"offline": False})
+    async with started(made.app) as test_app:
+        lcore = Lcore(made.app, test_app.test_client(), "server", made.workdir)
+        llm.script("layout question seven", text=echo_system)
+        body = await (await lcore.query("layout question seven", no_tools=True,
+                                        generate_topic_summary=False)).get_json()
+        await lcore.runtime.drain()
+    assert {"doc_title": "Routes", "doc_url": "https://portal.example/routes"} in (
+        body["referenced_documents"])
