@@ -9,9 +9,6 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 
-_NOTHING: Any = object()
-
-
 @dataclass(frozen=True)
 class RoleRule:
     path: JSONPath
@@ -28,25 +25,24 @@ class RoleRule:
                    rule["value"], frozenset(rule["roles"]), regex)
 
     def matches(self, claims: dict[str, Any]) -> bool:
-        # Upstream's semantics: `found` is the list of every value the path selects, `equals`
-        # compares that list, `contains` looks for the value in it, `in` looks for it in the
-        # value. A path that selects one value is also compared as that value itself, so
-        # `$.realm_access.roles` contains "admin" and `$.org` equals "acme" work as read.
+        # Upstream's semantics, exactly: `found` is the list of every value the path selects
+        # (a path to one list selects that list: use `[*]` to select its items). `equals`
+        # compares that list with the value, `contains` looks for the value among its items
+        # (whole items: no substring match), `in` looks for the list in the value, `match`
+        # searches each string item with the regex.
         found = [m.value for m in self.path.find(claims)]
-        single = found[0] if len(found) == 1 else _NOTHING
         result = False
         try:
             if self.operator == "equals":
-                result = found == self.value or single == self.value
+                result = found == self.value
             elif self.operator == "contains":
-                result = self.value in found or (
-                    isinstance(single, list | str) and self.value in single)
+                result = self.value in found
             elif self.operator == "in":
-                result = found in self.value or (single is not _NOTHING
-                                                  and single in self.value)
+                result = found in self.value
             elif self.operator == "match" and self.regex is not None:
-                result = any(isinstance(v, str) and self.regex.search(v) for v in found)
-        except TypeError:  # e.g. `in` with a scalar value: no match rather than an error
+                result = any(isinstance(v, str) and bool(self.regex.search(v)) for v in found)
+        except TypeError:
+            # `in` with a scalar value: upstream fails the request; LCore grants nothing.
             result = False
         return not result if self.negate else result
 

@@ -372,8 +372,10 @@ async def test_local_jwks_file(tmp_path: Any, signer: Signer, make_app: Any,
 ROLE_RULES = [
     {"jsonpath": "$.realm_access.roles[*]", "operator": "contains", "value": "lcore-admin",
      "roles": ["admin"]},
-    {"jsonpath": "$.groups", "operator": "contains", "value": "devs", "roles": ["developer"]},
-    {"jsonpath": "$.org", "operator": "in", "value": ["acme", "initech"], "roles": ["customer"]},
+    {"jsonpath": "$.groups[*]", "operator": "contains", "value": "devs", "roles": ["developer"]},
+    # As upstream: `in` looks for the list of found values in the value.
+    {"jsonpath": "$.org", "operator": "in", "value": [["acme"], ["initech"]],
+     "roles": ["customer"]},
     {"jsonpath": "$.email", "operator": "match", "value": "@example\\.com$", "roles": ["staff"]},
     {"jsonpath": "$.email_verified", "operator": "equals", "value": [True], "negate": True,
      "roles": ["unverified"]},
@@ -409,3 +411,40 @@ async def test_role_rules_drive_access_rules(jwks: JwksServer, signer: Signer, m
         assert await roles_of(signer.token(org="acme", email="x@example.com.evil",
                                            email_verified=False)) == {"customer", "unverified"}
         assert await roles_of(signer.token(org="umbrella", email_verified=True)) == set()
+
+
+NEAR_MISS_RULES = [
+    {"jsonpath": "$.role", "operator": "contains", "value": "lcore-admin", "roles": ["c1"]},
+    {"jsonpath": "$.roles", "operator": "contains", "value": "lcore-admin", "roles": ["c2"]},
+    {"jsonpath": "$.roles[*]", "operator": "contains", "value": "lcore-admin", "roles": ["c3"]},
+    {"jsonpath": "$.role", "operator": "equals", "value": "lcore-admin", "roles": ["e1"]},
+    {"jsonpath": "$.role", "operator": "equals", "value": ["lcore-admin"], "roles": ["e2"]},
+    {"jsonpath": "$.role", "operator": "in", "value": ["lcore-admin", "ops"], "roles": ["i1"]},
+    {"jsonpath": "$.role", "operator": "in", "value": "lcore-admin-requested", "roles": ["i2"]},
+    {"jsonpath": "$.role", "operator": "in", "value": [["lcore-admin"]], "roles": ["i3"]},
+    {"jsonpath": "$.role", "operator": "match", "value": "^lcore-admin$", "roles": ["m1"]},
+]
+
+
+@pytest.mark.parametrize(("claims", "roles"), [
+    # The exact value: every rule written for it matches, in upstream's reading.
+    ({"role": "lcore-admin", "roles": ["lcore-admin"]}, {"c1", "c3", "e2", "i3", "m1"}),
+    # Near misses: a longer or prefixed string never matches (no substring tests).
+    ({"role": "lcore-admin-requested", "roles": ["lcore-admin-requested"]}, set()),
+    ({"role": "not-lcore-admin", "roles": ["not-lcore-admin", "x"]}, set()),
+    ({"role": "lcore-admi", "roles": ["lcore-admi"]}, set()),
+    ({"role": "LCORE-ADMIN", "roles": ["LCORE-ADMIN"]}, set()),
+    # A string claim where a list is expected (a whole value: matches), and the reverse.
+    ({"role": ["lcore-admin"], "roles": "lcore-admin"}, {"c2"}),
+])
+async def test_role_rules_never_match_near_misses(jwks: JwksServer, signer: Signer,
+                                                  make_app: Any, serving: Any,
+                                                  claims: dict[str, Any],
+                                                  roles: set[str]) -> None:
+    app = make_app(jwk_config(jwks.url, jwt_configuration={"role_rules": NEAR_MISS_RULES}),
+                   lcore_auth_jwk.plugin)
+    async with serving(app):
+        async with app.test_request_context("/", headers=bearer(signer.token(**claims))):
+            from quart import request
+
+            assert (await app.runtime.authenticator.authenticate(request)).roles == roles
