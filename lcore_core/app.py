@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import traceback
 import uuid
 from collections.abc import Awaitable
@@ -75,7 +76,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     configure_logging(config.service.log_format)
     tracer = tracing.configure(config.service.get("tracing"), source=config.source)
 
-    app = LCoreApp("lcore")
+    # No static folder: Quart's default /static/<file> route would serve files from the
+    # working directory to anyone.
+    app = LCoreApp("lcore", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.service.max_request_size
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     plugins.register(Rbac(config), "rbac", distribution="lcore-core")
@@ -213,6 +216,14 @@ def _blocked_plugins(config: Config | Document | str | Path | None) -> list[str]
     return [str(b) for b in blocked] if isinstance(blocked, list) else []
 
 
+# A client's X-Request-ID is kept only when it is an id (it goes into logs and headers).
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# The one HTML page (the API docs) is self-contained: an inline style, nothing else.
+HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'none'")
+
+
 def _install_middleware(app: Quart, runtime: Runtime) -> None:
     metrics = runtime.metrics
     tracer = runtime.tracing
@@ -222,7 +233,7 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         g.stats = begin_request(rule)
         rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if 0 < len(rid) <= 128 and rid.isprintable() else uuid.uuid4().hex
+        g.request_id = rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
         if tracer is not None:
             g.server_span = tracer.begin_request(request.method, rule, request.headers,
@@ -233,6 +244,9 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         rid = getattr(g, "request_id", None)
         if rid:
             response.headers["X-Request-ID"] = rid
+        response.headers.update(SECURITY_HEADERS)
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", HTML_CSP)
         view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
         stats: RequestStats | None = getattr(g, "stats", None)
         if stats is not None and stats.path in getattr(view, "lcore_deprecated_aliases", ()):

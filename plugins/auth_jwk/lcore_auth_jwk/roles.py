@@ -9,6 +9,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 
+
 @dataclass(frozen=True)
 class RoleRule:
     path: JSONPath

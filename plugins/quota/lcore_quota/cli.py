@@ -10,7 +10,7 @@ from typing import Any
 from lcore_core import ConfigError
 from lcore_core.cli import EXIT_CONFIG, config_arg
 from lcore_quota.quota import Quota, iso
-from lcore_quota.store import CLUSTER_SUBJECT, Limiter, QuotaDatabaseError
+from lcore_quota.store import CLUSTER_SUBJECT, MAX_TOKENS, Limiter, QuotaDatabaseError
 
 EXIT_DATABASE = 4
 
@@ -29,7 +29,7 @@ def add_commands(subparsers: Any) -> None:
             ("increase", "add tokens to the available tokens", increase_command)):
         parser = commands.add_parser(name, help=helptext)
         _subject_args(parser)
-        parser.add_argument("tokens", type=int, help="number of tokens")
+        parser.add_argument("tokens", type=_tokens, help="number of tokens (0 to 2^63-1)")
         parser.add_argument("--limiter", help="only this limiter (default: every limiter of "
                                               "the subject's type)")
         parser.set_defaults(handler=handler)
@@ -39,6 +39,17 @@ def add_commands(subparsers: Any) -> None:
     _subject_args(revoke)
     revoke.add_argument("--limiter", help="only this limiter")
     revoke.set_defaults(handler=revoke_command)
+
+
+def _tokens(text: str) -> int:
+    """A token count the quota database can hold (a 64-bit signed integer, never negative)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TOKENS}, not {value}")
+    return value
 
 
 def _subject_args(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,8 @@ COMPONENT = "quota"
 CONNECT_TIMEOUT_S = 5
 POOL_WAIT_S = 30
 CLUSTER_SUBJECT = ""
+# The largest token count a quota column (64-bit signed) holds.
+MAX_TOKENS = 2**63 - 1
 RESERVE_ATTEMPTS = 3
 T = TypeVar("T")
 
@@ -525,12 +527,15 @@ class QuotaStore:
         return self.call(update, atomic=True)
 
     def increase(self, limiter: Limiter, subject_id: str, tokens: int, now: dt.datetime) -> int:
-        """Add `tokens` to the available tokens (one atomic update)."""
+        """Add `tokens` to the available tokens (one atomic update), at most MAX_TOKENS."""
         L = self.Limit
+        # Capped in SQL: PostgreSQL refuses a bigint overflow, SQLite turns it into a float.
+        capped = peewee.Case(None, [(L.available > MAX_TOKENS - tokens, MAX_TOKENS)],
+                             L.available + tokens)
 
         def update() -> int:
             self._create_row(limiter, subject_id, now)
-            return L.update(available=L.available + tokens, updated_at=_naive(now)).where(
+            return L.update(available=capped, updated_at=_naive(now)).where(
                 self._key(limiter.name, limiter.subject_type, subject_id)).execute()
 
         return self.call(update, atomic=True)

@@ -443,8 +443,8 @@ async def test_role_rules_never_match_near_misses(jwks: JwksServer, signer: Sign
                                                   roles: set[str]) -> None:
     app = make_app(jwk_config(jwks.url, jwt_configuration={"role_rules": NEAR_MISS_RULES}),
                    lcore_auth_jwk.plugin)
-    async with serving(app):
-        async with app.test_request_context("/", headers=bearer(signer.token(**claims))):
-            from quart import request
+    token = signer.token(**claims)
+    async with serving(app), app.test_request_context("/", headers=bearer(token)):
+        from quart import request
 
-            assert (await app.runtime.authenticator.authenticate(request)).roles == roles
+        assert (await app.runtime.authenticator.authenticate(request)).roles == roles

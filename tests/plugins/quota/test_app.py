@@ -165,3 +165,23 @@ def test_cli_errors(write_config: Any, sqlite_storage: Any,
     assert "no quota limiters are configured" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lcore(["quota", "show", "-c", path])  # --user or --cluster is required
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"], indirect=True)
+def test_cli_token_counts_are_range_checked(write_config: Any, storage: dict[str, Any],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Negative counts and counts past a 64-bit column are refused before any write; an
+    increase that would pass the largest count stops at it (no float, no overflow error)."""
+    path = str(write_config(quota_yaml(storage)))
+    for args in (["set", "--user", "dave", "-5"], ["increase", "--user", "dave", "-1"],
+                 ["set", "--user", "dave", str(2**63)], ["increase", "--cluster", "1e9"]):
+        with pytest.raises(SystemExit) as exited:
+            lcore(["quota", *args, "-c", path])
+        assert exited.value.code == 2
+        assert "tokens:" in capsys.readouterr().err
+    assert lcore(["quota", "set", "--user", "dave", str(2**63 - 10), "-c", path]) == 0
+    assert lcore(["quota", "increase", "--user", "dave", str(2**63 - 1), "-c", path]) == 0
+    capsys.readouterr()
+    assert lcore(["quota", "show", "--user", "dave", "--json", "-c", path]) == 0
+    [state] = json.loads(capsys.readouterr().out)["limiters"]
+    assert state["available"] == 2**63 - 1 and isinstance(state["available"], int)

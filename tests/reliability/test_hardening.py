@@ -1,0 +1,59 @@
+"""Hardening found by probing LCore as an attacker would (issue 23): each test fails on the code
+before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+async def test_no_static_file_route(make_app: Any, serving: Any, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quart's default /static/<file> served files of the working directory without auth."""
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "secret.txt").write_text("do not serve")
+    (tmp_path / "secret.txt").write_text("do not serve")
+    monkeypatch.chdir(tmp_path)
+    app = make_app()
+    assert not any(rule.rule.startswith("/static") for rule in app.url_map.iter_rules())
+    async with serving(app) as client:
+        for path in ("/static/secret.txt", "/static/../secret.txt"):
+            response = await client.get(path)
+            assert response.status_code == 404
+            assert b"do not serve" not in await response.get_data()
+
+
+async def test_security_headers_on_every_response(make_app: Any, serving: Any) -> None:
+    async with serving(make_app()) as client:
+        for path in ("/liveness", "/v1/info", "/nowhere", "/docs"):
+            response = await client.get(path)
+            assert response.headers["X-Content-Type-Options"] == "nosniff", path
+            assert response.headers["Referrer-Policy"] == "no-referrer", path
+        page = await client.get("/docs")
+        assert page.mimetype == "text/html"
+        csp = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "script-src" not in csp  # no script may run on the page
+
+
+@pytest.mark.parametrize(("sent", "kept"), [
+    ("abc-123_DEF.9:x", True),
+    ("a" * 128, True),
+    ("a" * 129, False),
+    ("id with spaces", False),
+    ('id"quoted', False),
+    ("id\x1b[31mred", False),
+    ("évident", False),
+    ("-leading-dash", False),
+])
+async def test_client_request_ids_only_when_well_formed(make_app: Any, serving: Any, sent: str,
+                                                        kept: bool) -> None:
+    async with serving(make_app()) as client:
+        response = await client.get("/liveness", headers={"X-Request-ID": sent})
+        returned = response.headers["X-Request-ID"]
+    if kept:
+        assert returned == sent
+    else:
+        assert returned != sent and len(returned) == 32 and int(returned, 16) >= 0
