@@ -29,6 +29,8 @@ from lcore_core.errors import (
 )
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
+from lcore_core.jsonsafe import TooDeep as JsonTooDeep
+from lcore_core.jsonsafe import loads as load_json
 from lcore_core.pgasync import AsyncPostgres
 from lcore_core.pgpool import PostgresPool
 from lcore_core.plugins import Plugins, load_plugins
@@ -46,10 +48,10 @@ __all__ = [
     "Action", "AsyncPostgres", "AuthProvider", "AuthTuple", "Authenticator",
     "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection",
-    "ConversationCache", "ConversationInfo", "Forbidden", "HttpUrl", "LCoreError",
+    "ConversationCache", "ConversationInfo", "Forbidden", "HttpUrl", "JsonTooDeep", "LCoreError",
     "MemoryCache", "NoopCache", "NotFound", "PluginLoadError", "Plugins", "PostgresPool",
     "PostgresSchema", "PreparedQuery", "QueryCompleted", "QuotaExceeded", "QuotaTicket",
     "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError", "Unauthorized",
     "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
-    "install_schema", "load_body", "load_config", "load_plugins", "may", "route",
+    "install_schema", "load_body", "load_config", "load_json", "load_plugins", "may", "route",
 ]

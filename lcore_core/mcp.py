@@ -16,6 +16,7 @@ import certifi
 import httpx
 import structlog
 
+from lcore_core import jsonsafe
 from lcore_core.auth import AuthTuple
 from lcore_core.errors import BackendUnavailable, BadRequest
 from lcore_core.hookspecs import hookimpl
@@ -34,7 +35,9 @@ def parse_mcp_headers(raw: str | None, servers: list[Any]) -> dict[str, dict[str
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = jsonsafe.loads(raw)
+    except jsonsafe.TooDeep as exc:
+        raise BadRequest("Invalid MCP-HEADERS header", str(exc)) from None
     except json.JSONDecodeError as exc:
         raise BadRequest("Invalid MCP-HEADERS header", f"not valid JSON: {exc.msg}") from None
     if not isinstance(data, dict) or not all(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, fields, validate
 
+from lcore_core import jsonsafe
 from lcore_core.auth import AuthTuple
 from lcore_core.errors import BadRequest, Forbidden, Unauthorized
 
@@ -65,7 +65,9 @@ class RhIdentityAuth:
         if len(raw) > self.max_size:
             raise _invalid(f"{HEADER} header exceeds {self.max_size} bytes")
         try:
-            data = json.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
+            data = jsonsafe.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
+        except jsonsafe.TooDeep as exc:
+            raise _invalid(f"{HEADER}: {exc}") from None
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise _invalid(f"{HEADER} is not base64-encoded JSON") from None
         identity = data.get("identity") if isinstance(data, dict) else None

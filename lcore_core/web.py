@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from marshmallow import Schema, ValidationError
 from quart import Blueprint, request
 
+from lcore_core import jsonsafe
 from lcore_core.errors import BadRequest, UnprocessableEntity
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,7 +58,9 @@ async def json_body() -> Any:
     raw = await request.get_data()
     try:
         # bytes: json.loads detects UTF-8/16/32 and an undecodable body is a 400, not a 500
-        return json.loads(raw)
+        return jsonsafe.loads(raw)
+    except jsonsafe.TooDeep as exc:
+        raise BadRequest("Invalid request", f"JSON body: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest("Invalid request", f"malformed JSON body: {exc}") from None
 

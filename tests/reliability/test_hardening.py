@@ -57,3 +57,37 @@ async def test_client_request_ids_only_when_well_formed(make_app: Any, serving: 
         assert returned == sent
     else:
         assert returned != sent and len(returned) == 32 and int(returned, 16) >= 0
+
+
+DEEP = "[" * 50_000
+
+
+async def test_deeply_nested_request_body_is_400(make_app: Any, serving: Any) -> None:
+    async with serving(make_app()) as client:
+        for body in ('{"query": ' + DEEP, '{"query": "q", "x": ' + "[" * 100 + "]" * 100 + "}"):
+            response = await client.post("/v2/query", data=body,
+                                         headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, await response.get_data(as_text=True)
+            assert "nested deeper than 64" in (await response.get_json())["detail"]["cause"]
+
+
+async def test_deeply_nested_identity_header_is_400(make_app: Any, serving: Any) -> None:
+    import base64
+
+    app = make_app({"authentication": {"module": "rh-identity",
+                                       "rh_identity_config": {"max_header_size": 65536}}})
+    deep = base64.b64encode(("{" + '"a":' * 1 + "[" * 20_000).encode()).decode()
+    async with serving(app) as client:
+        response = await client.get("/v1/conversations", headers={"X-RH-Identity": deep})
+        assert response.status_code == 400
+        assert "nested deeper" in (await response.get_json())["detail"]["cause"]
+
+
+async def test_deeply_nested_mcp_headers_is_400(make_app: Any, serving: Any) -> None:
+    app = make_app({"mcp_servers": [{"name": "tools", "url": "http://127.0.0.1:9/mcp"}],
+                    "service": {"skip_unreachable_mcp": True}})
+    async with serving(app) as client:
+        response = await client.post("/v2/query", json={"query": "q"},
+                                     headers={"MCP-HEADERS": '{"tools": ' + "[" * 5000})
+        assert response.status_code == 400, await response.get_data(as_text=True)
+        assert "nested deeper" in (await response.get_json())["detail"]["cause"]

@@ -5,7 +5,6 @@ Every answer is JSON (HTTP 200, as a2a-sdk's clients expect), never an HTML page
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,8 @@ from a2a.types import (
     UnsupportedOperationError,
 )
 from pydantic import BaseModel, ValidationError
+
+from lcore_core import load_json
 
 SEND = "message/send"
 STREAM = "message/stream"
@@ -63,8 +64,8 @@ class Call:
 def parse(raw: bytes) -> Call:
     """Validate one JSON-RPC request for a method LCore offers; raise `RpcError` otherwise."""
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = load_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise RpcError(JSONParseError(data=str(exc))) from None
     if isinstance(body, list):
         raise RpcError(InvalidRequestError(message="Batch requests are not supported"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 import warnings
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lcore_auth_jwk.keys import Jwks, key_type_for
 from lcore_auth_jwk.roles import RoleRule, resolve_roles
-from lcore_core import AuthTuple, Unauthorized
+from lcore_core import AuthTuple, Unauthorized, load_json
 
 with warnings.catch_warnings():
     import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
@@ -39,7 +38,8 @@ log = logging.getLogger("lcore.auth.jwk")
 
 def _b64json(segment: str) -> Any:
     padded = segment + "=" * (-len(segment) % 4)
-    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    # Before authentication: nesting is bounded (a deep header is a 401, not a 500).
+    return load_json(base64.urlsafe_b64decode(padded.encode("ascii")))
 
 
 class JwkTokenAuth:

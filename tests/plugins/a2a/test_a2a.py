@@ -355,6 +355,10 @@ def _message(**params: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("payload", "code", "rpc_id"), [
     ("{not json", -32700, None),
     (b"\xff\xfe", -32700, None),
+    # Nested past any parser's patience: a parse error, not a 500.
+    ('{"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": ' + "[" * 50_000,
+     -32700, None),
+    ("[" * 3000 + "]" * 3000, -32700, None),
     ("[]", -32600, None),
     ('"a string"', -32600, None),
     ({"jsonrpc": "1.0", "id": 1, "method": "message/send", "params": {}}, -32600, 1),

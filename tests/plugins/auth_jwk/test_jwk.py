@@ -413,6 +413,19 @@ async def test_role_rules_drive_access_rules(jwks: JwksServer, signer: Signer, m
         assert await roles_of(signer.token(org="umbrella", email_verified=True)) == set()
 
 
+async def test_deeply_nested_token_header_is_401(jwks: JwksServer, make_app: Any,
+                                                 serving: Any) -> None:
+    """The header is decoded before any key is chosen: nesting must not reach the parser's
+    recursion limit (a 500 before the fix)."""
+    header = base64.urlsafe_b64encode(b'{"alg": ' + b"[" * 2000 + b"]" * 2000 + b"}")
+    token = f"{header.decode().rstrip('=')}.e30.c2ln"
+    app = make_app(jwk_config(jwks.url), lcore_auth_jwk.plugin)
+    async with serving(app) as client:
+        response = await client.get("/v1/conversations", headers=bearer(token))
+        assert response.status_code == 401, await response.get_data(as_text=True)
+        assert "detail" in await response.get_json()
+
+
 NEAR_MISS_RULES = [
     {"jsonpath": "$.role", "operator": "contains", "value": "lcore-admin", "roles": ["c1"]},
     {"jsonpath": "$.roles", "operator": "contains", "value": "lcore-admin", "roles": ["c2"]},
