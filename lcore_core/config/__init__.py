@@ -7,6 +7,7 @@ import difflib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields
 
@@ -63,19 +64,45 @@ class Config(Settings):
 
     def masked(self) -> dict[str, Any]:
         """A plain copy with every secret replaced by `*****`."""
-        return _mask(copy.deepcopy(dict(self)))
+        return mask(copy.deepcopy(dict(self)))
 
 
-def _mask(value: Any, key: str = "") -> Any:
+def mask(value: Any, key: str = "") -> Any:
+    """`value` with every secret replaced by `*****`: values under secret-sounding keys, the
+    values of `SECRET_MAPPINGS`, and credentials inside URLs."""
     if key in SECRET_MAPPINGS and isinstance(value, dict):
         return {k: MASK if v else v for k, v in value.items()}
     if isinstance(value, dict):
-        return {k: _mask(v, k) for k, v in value.items()}
+        return {k: mask(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(v, key) for v in value]
+        return [mask(v, key) for v in value]
     if value and isinstance(value, str) and any(s in key.lower() for s in SECRET_KEYS):
         return MASK
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
     return value
+
+
+_SECRET_PARAMS = (*SECRET_KEYS, "key", "sig", "auth", "credential")
+
+
+def mask_url(url: str) -> str:
+    """A URL without its secrets: the password of `user:password@` and the values of query
+    parameters named like secrets (`?api_key=`, `?token=`, `?sig=`...)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = "&".join(
+        f"{name}={MASK}" if value and any(s in name.lower() for s in _SECRET_PARAMS)
+        else f"{name}={value}" if sep else name
+        for name, sep, value in (p.partition("=") for p in parts.query.split("&") if p))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class ConfigErrors(ConfigError):

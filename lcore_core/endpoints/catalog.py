@@ -12,8 +12,8 @@ import structlog
 from marshmallow import Schema, fields
 from quart import Blueprint, current_app, g, jsonify, request
 
-from lcore_core.auth import Action, authorize
-from lcore_core.config import SECRET_KEYS
+from lcore_core.auth import Action, authorize, may
+from lcore_core.config import mask, mask_url
 from lcore_core.errors import BadRequest, NotFound
 from lcore_core.llama import llama_errors
 from lcore_core.mcp import MCP_HEADERS, list_server_tools, mcp_tools, parse_mcp_headers
@@ -202,22 +202,11 @@ async def get_provider(provider_id: str) -> Any:
     # mode for an unknown id (400 vs a raw ValueError).
     for p in await _providers():
         if p.get("provider_id") == provider_id:
-            return jsonify({"api": p.get("api"), "config": _mask(p.get("config") or {}),
+            return jsonify({"api": p.get("api"), "config": mask(p.get("config") or {}),
                             "health": p.get("health") or {},
                             "provider_id": p.get("provider_id"),
                             "provider_type": p.get("provider_type")})
     raise _not_found("Provider", provider_id)
-
-
-def _mask(value: Any, key: str = "") -> Any:
-    """Llama Stack redacts its own secrets; mask again by key name in case a provider did not."""
-    if isinstance(value, dict):
-        return {k: _mask(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, key) for v in value]
-    if value and isinstance(value, str) and any(s in key.lower() for s in SECRET_KEYS):
-        return "*****"
-    return value
 
 
 # --- tools -------------------------------------------------------------------------------
@@ -245,19 +234,25 @@ def builtin_tool_entry(tool: dict[str, Any]) -> dict[str, Any]:
             "type": "tool", "source": BUILTIN_SOURCE}
 
 
+def server_source(server: Any) -> str:
+    """Where an MCP server's tools come from, as this caller may see it: the URL (credentials
+    masked) for an admin, the server's name for everyone else (URLs reveal internal hosts)."""
+    return mask_url(server.url) if may(g.auth, Action.ADMIN) else server.name
+
+
 def mcp_server_entry(server: Any, note: str = "") -> dict[str, Any]:
     """A server whose tools could not be listed for this caller; `note` says why."""
     description = f"MCP server {server.name}" + (f" ({note})" if note else "")
     return {"identifier": server.name, "description": description,
             "parameters": [], "provider_id": server.provider_id, "toolgroup_id": server.name,
-            "server_source": server.url, "type": "mcp_server", "source": MCP_SOURCE}
+            "server_source": server_source(server), "type": "mcp_server", "source": MCP_SOURCE}
 
 
 def mcp_tool_entry(server: Any, tool: dict[str, Any]) -> dict[str, Any]:
     return {"identifier": tool.get("name") or "", "description": tool.get("description") or "",
             "parameters": _parameters(tool.get("inputSchema")),
             "provider_id": server.provider_id, "toolgroup_id": server.name,
-            "server_source": server.url, "type": "tool", "source": MCP_SOURCE}
+            "server_source": server_source(server), "type": "tool", "source": MCP_SOURCE}
 
 
 async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:

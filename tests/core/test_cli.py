@@ -113,6 +113,22 @@ def test_dump_masks_secrets(tmp_path):
     assert dumped["llama_stack"]["url"] == "http://localhost:8321"
 
 
+def test_dump_masks_credentials_inside_urls(tmp_path):
+    path = tmp_path / "urls.yaml"
+    path.write_text("llama_stack:\n  url: http://ls:hunter2-pw@localhost:8321/\n"
+                    "mcp_servers:\n  - name: a\n"
+                    "    url: https://tools.example/mcp?api_key=hunter2-k&region=eu&token=\n"
+                    "  - name: b\n    url: https://hunter2-user@tools.example/mcp\n")
+    result = lcore("config", "dump", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    dumped = json.loads(result.stdout)
+    assert dumped["llama_stack"]["url"] == "http://ls:*****@localhost:8321/"
+    assert [s["url"] for s in dumped["mcp_servers"]] == [
+        "https://tools.example/mcp?api_key=*****&region=eu&token=",
+        "https://*****@tools.example/mcp"]
+
+
 def test_dump_uses_lcore_config_env(tmp_path):
     result = lcore("config", "dump", env={"LCORE_CONFIG": str(EXAMPLE)})
     assert result.returncode == 0, result.stderr

@@ -197,3 +197,37 @@ async def test_impossible_rag_id_is_400_not_a_backend_error(lcore: Started) -> N
     response = await lcore.client.get("/v1/rags/bad%01id")
     assert response.status_code == 400
     assert (await response.get_json())["detail"]["response"] == "Invalid rag ID"
+
+
+async def test_tools_show_mcp_urls_only_to_admins(tmp_path: Path,
+                                                  llama_stack_server: Any) -> None:
+    """Server URLs name internal hosts (and may carry credentials): other callers see the
+    server's name; an admin sees the URL with its credentials masked."""
+    import base64
+    import json
+
+    secret_url = "http://svc:hunter2@127.0.0.1:9/mcp?api_key=abc123&region=eu"
+    identity = base64.b64encode(json.dumps({"identity": {
+        "type": "User", "org_id": "o", "user": {"user_id": "u1", "username": "ann"}}}).encode())
+
+    async def mcp_tool(actions: list[str]) -> tuple[str, dict[str, Any]]:
+        path = write_config(
+            tmp_path / "-".join(actions), {"url": llama_stack_server.url},
+            mcp_servers=[{"name": MCP_NAME, "url": secret_url}],
+            authentication={"module": "rh-identity", "rh_identity_config": {}},
+            authorization={"access_rules": [{"role": "*", "actions": actions}]})
+        app = create_app(path, plugins=load_plugins(entrypoints=False))
+        async with app.test_app_class(app, startup_timeout=STARTUP_TIMEOUT_S) as test_app:
+            response = await test_app.test_client().get(
+                "/v1/tools", headers={"X-RH-Identity": identity.decode()})
+            text = await response.get_data(as_text=True)
+            assert response.status_code == 200, text
+            [mcp] = [t for t in json.loads(text)["tools"] if t["source"] == "mcp"]
+            return text, mcp
+
+    text, mcp = await mcp_tool(["get_tools"])
+    assert "hunter2" not in text and "abc123" not in text and "127.0.0.1" not in text
+    assert mcp["server_source"] == MCP_NAME
+    text, mcp = await mcp_tool(["admin"])
+    assert "hunter2" not in text and "abc123" not in text
+    assert mcp["server_source"] == "http://svc:*****@127.0.0.1:9/mcp?api_key=*****&region=eu"
