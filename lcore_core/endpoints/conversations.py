@@ -252,7 +252,9 @@ async def _forget(operation: str, delete: Any, llama_id: str) -> None:
      body=UpdateRequestSchema, responses={200: UpdateSchema, 404: "Unknown conversation"})
 @authorize(Action.UPDATE_CONVERSATION)
 async def update_conversation(conversation_id: str) -> Any:
-    meta = await _owned(conversation_id, g.auth, Action.READ_OTHERS_CONVERSATIONS)
+    # Renaming another user's conversation is a write: upstream's action for acting on others'
+    # conversations (reading them is not enough).
+    meta = await _owned(conversation_id, g.auth, Action.QUERY_OTHERS_CONVERSATIONS)
     body = await load_body(UpdateRequestSchema)
     runtime = _runtime()
     await runtime.userdb.set_topic_summary(conversation_id, body["topic_summary"])

@@ -26,7 +26,7 @@ from marshmallow import (
 from quart import Blueprint, current_app, g, jsonify
 
 from lcore_core.auth import Action, authenticate_request, authorize
-from lcore_core.errors import Forbidden, StorageError
+from lcore_core.errors import Forbidden, NotFound, StorageError
 from lcore_core.schemas import CONVERSATION_ID_PATTERN
 from lcore_core.web import doc, load_body, route
 
@@ -156,17 +156,32 @@ def store_feedback(directory: str | Path, record: dict[str, Any]) -> Path:
     return target
 
 
+async def _check_owner(runtime: Any, conversation_id: str, user_id: str) -> None:
+    """Feedback only on a conversation that exists and is the caller's (upstream's texts)."""
+    meta = await runtime.userdb.get(conversation_id)
+    if meta is None:
+        raise NotFound("Conversation not found",
+                       f"Conversation with ID {conversation_id} does not exist")
+    if meta["user_id"] != user_id:
+        raise Forbidden("User does not have permission to perform this action",
+                        f"User {user_id} does not have permission to submit feedback for "
+                        f"conversation with ID {conversation_id}")
+
+
 @route(bp, "/v1/feedback", "/feedback", methods=["POST"])
 @doc(summary="Store the caller's feedback on an answer", tags=["feedback"],
      body=FeedbackRequestSchema,
-     responses={200: FeedbackResponseSchema, 403: "Feedback is disabled or not allowed",
-                500: "Feedback could not be stored"})
+     responses={200: FeedbackResponseSchema,
+                403: "Feedback is disabled or not allowed, or the conversation is another "
+                     "user's",
+                404: "Unknown conversation", 500: "Feedback could not be stored"})
 @authorize(Action.FEEDBACK)
 async def feedback() -> Any:
     runtime = _runtime()
     if not feedback_enabled(runtime):
         raise Forbidden("Storing feedback is disabled", "Storing feedback is disabled.")
     body = await load_body(FeedbackRequestSchema)
+    await _check_owner(runtime, body["conversation_id"], g.auth.user_id)
     storage = runtime.config.user_data_collection.feedback_storage
     if not storage:
         raise StorageError("Error storing user feedback",

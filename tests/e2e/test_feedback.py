@@ -59,11 +59,20 @@ class Started:
         return {p for p in self.workdir.rglob("*") if p.is_file()}
 
 
+# Another user's conversation: feedback on it is refused.
+ALICES = "a11ce000000000000000000000000000"
+
+
 @contextlib.asynccontextmanager
 async def started(workdir: Path, llama_url: str, **kwargs: Any) -> AsyncIterator[Started]:
     app = create_app(write_config(workdir, llama_url, **kwargs),
                      plugins=load_plugins(entrypoints=False))
     async with app.test_app() as test_app:
+        # Feedback is given on a conversation of the caller's (upstream checks it).
+        userdb = app.runtime.userdb
+        await userdb.record_turn(GOOD["conversation_id"], DEFAULT_USER_ID, model="m",
+                                 provider="p")
+        await userdb.record_turn(ALICES, "alice", model="m", provider="p")
         yield Started(app, test_app.test_client(), workdir)
 
 
@@ -107,10 +116,24 @@ async def test_feedback_is_stored_as_one_json_file(clean: Started) -> None:
 
 
 async def test_feedback_records_the_callers_user_id(clean: Started) -> None:
-    response = await clean.client.post("/v1/feedback?user_id=alice", json=GOOD)
+    response = await clean.client.post("/v1/feedback?user_id=alice",
+                                       json={**GOOD, "conversation_id": ALICES})
     assert response.status_code == 200
     (file,) = clean.stored()
     assert json.loads(file.read_text(encoding="utf-8"))["user_id"] == "alice"
+
+
+async def test_feedback_only_on_the_callers_own_conversations(clean: Started) -> None:
+    status, body = await post_feedback(clean, {**GOOD, "conversation_id": "0" * 32})
+    assert status == 404 and body["detail"] == {
+        "response": "Conversation not found",
+        "cause": f"Conversation with ID {'0' * 32} does not exist"}
+    status, body = await post_feedback(clean, {**GOOD, "conversation_id": ALICES})
+    assert status == 403 and body["detail"] == {
+        "response": "User does not have permission to perform this action",
+        "cause": f"User {DEFAULT_USER_ID} does not have permission to submit feedback for "
+                 f"conversation with ID {ALICES}"}
+    assert clean.stored() == []
 
 
 @pytest.mark.parametrize("bad", [

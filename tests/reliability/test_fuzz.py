@@ -129,8 +129,15 @@ def test_path_traversal_in_ids(fuzz_lcore: LcoreProcess, conversation_id: str) -
     body = {"conversation_id": conversation_id, "user_question": "q", "llm_response": "a",
             "sentiment": 1, "user_feedback": conversation_id}
     assert "conversation_id" in error(post(fuzz_lcore, "/v1/feedback", json=body), 422)
-    # A valid id: the record lands in the feedback directory and nowhere else.
-    stored = post(fuzz_lcore, "/v1/feedback", json={**body, "conversation_id": "conv-ok"})
+    # A valid id of the caller's own conversation: the record lands in the feedback
+    # directory and nowhere else.
+    asked = post(fuzz_lcore, "/v2/query", json={"query": "a question to give feedback on",
+                                               "no_tools": True,
+                                               "generate_topic_summary": False})
+    assert asked.status_code == 200, asked.text
+    own = asked.json()["conversation_id"]
+    before = {p.resolve() for p in fuzz_lcore.config.parent.rglob("*")}
+    stored = post(fuzz_lcore, "/v1/feedback", json={**body, "conversation_id": own})
     assert stored.status_code == 200, stored.text
     created = {p.resolve() for p in fuzz_lcore.config.parent.rglob("*")} - before
     created = {p for p in created if not p.name.endswith(".log")}

@@ -91,3 +91,54 @@ async def test_deeply_nested_mcp_headers_is_400(make_app: Any, serving: Any) -> 
                                      headers={"MCP-HEADERS": '{"tools": ' + "[" * 5000})
         assert response.status_code == 400, await response.get_data(as_text=True)
         assert "nested deeper" in (await response.get_json())["detail"]["cause"]
+
+
+class _HeaderRoles:
+    """An authentication module of this test: user and roles from two request headers."""
+
+    @staticmethod
+    def _auth() -> Any:
+        from lcore_core import AuthTuple
+
+        class Auth:
+            async def authenticate(self, request: Any) -> AuthTuple:
+                roles = frozenset(filter(None, request.headers.get("X-Roles", "").split(",")))
+                user = request.headers["X-User"]
+                return AuthTuple(user, user, roles, "")
+
+        return Auth()
+
+    from lcore_core import hookimpl
+
+    @hookimpl
+    def lcore_auth_providers(self) -> list[Any]:
+        from lcore_core import AuthProvider
+
+        return [AuthProvider("test-roles", lambda settings, config: self._auth())]
+
+
+async def test_renaming_others_conversations_needs_more_than_reading(
+        make_app: Any, serving: Any) -> None:
+    """A reader of other users' conversations could rename them (PUT); it takes upstream's
+    action for acting on others' conversations (query_other_conversations)."""
+    app = make_app({"authentication": {"module": "test-roles"},
+                    "authorization": {"access_rules": [
+                        {"role": "*", "actions": ["update_conversation", "get_conversation"]},
+                        {"role": "reader", "actions": ["read_other_conversations"]},
+                        {"role": "agent", "actions": ["query_other_conversations"]}]}},
+                   _HeaderRoles())
+    conversation = "b0b00000000000000000000000000000"
+    async with serving(app) as client:
+        await app.runtime.userdb.record_turn(conversation, "bob", model="m", provider="p")
+
+        async def rename(user: str, roles: str) -> int:
+            response = await client.put(f"/v1/conversations/{conversation}",
+                                        json={"topic_summary": f"renamed by {user}"},
+                                        headers={"X-User": user, "X-Roles": roles})
+            return response.status_code
+
+        assert await rename("eve", "reader") == 404
+        assert (await app.runtime.userdb.get(conversation))["topic_summary"] is None
+        assert await rename("ann", "agent") == 200
+        assert await rename("bob", "") == 200
+        assert (await app.runtime.userdb.get(conversation))["topic_summary"] == "renamed by bob"
