@@ -216,6 +216,8 @@ def _blocked_plugins(config: Config | Document | str | Path | None) -> list[str]
     return [str(b) for b in blocked] if isinstance(blocked, list) else []
 
 
+# The status logged for a request whose client went away before its answer (nginx's).
+CLIENT_GONE = 499
 # A client's X-Request-ID is kept only when it is an id (it goes into logs and headers).
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -252,6 +254,7 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         if stats is not None and stats.path in getattr(view, "lcore_deprecated_aliases", ()):
             response.headers["Deprecation"] = "true"
         status = response.status_code
+        g.answered = True
         auth = getattr(g, "auth", None)
         user_id = auth.user_id if auth else None
         server_span = g.pop("server_span", None) if tracer is not None else None
@@ -280,14 +283,24 @@ def _install_middleware(app: Quart, runtime: Runtime) -> None:
         structlog.contextvars.unbind_contextvars("request_id")
         return response
 
-    if tracer is not None:
-        @app.teardown_request
-        async def unanswered(exc: BaseException | None) -> None:
-            # A request that got no response (client gone, cancelled) still ends its span.
-            server_span = g.pop("server_span", None)
-            if server_span is not None:
-                auth = getattr(g, "auth", None)
-                tracer.end_request(server_span, None, auth.user_id if auth else None)
+    @app.teardown_request
+    async def unanswered(exc: BaseException | None) -> None:
+        # A request that got no response (its client went away and the handler was cancelled)
+        # still gets its log line, with nginx's 499 "client closed request", and ends its span.
+        if g.get("answered"):
+            return
+        auth = getattr(g, "auth", None)
+        stats: RequestStats | None = getattr(g, "stats", None)
+        if stats is not None:
+            # Logged, not timed: a cut request's duration would skew the latency histograms.
+            log.info("request", method=request.method, path=request.path, status=CLIENT_GONE,
+                     user_id=auth.user_id if auth else None,
+                     request_id=getattr(g, "request_id", None),
+                     duration_ms=round(stats.elapsed() * 1000, 2), streamed=False,
+                     abandoned=True)
+        server_span = g.pop("server_span", None) if tracer is not None else None
+        if tracer is not None and server_span is not None:
+            tracer.end_request(server_span, None, auth.user_id if auth else None)
 
 
 def _request_done(metrics: CoreMetrics, stats: RequestStats, line: dict[str, Any], *,
