@@ -345,6 +345,9 @@ async def _publish_models(runtime: Runtime) -> None:
 def _install_error_handlers(app: Quart) -> None:
     @app.errorhandler(LCoreError)
     async def lcore_error(exc: LCoreError) -> Any:
+        if exc.private:
+            log.warning("request failed", status=exc.status, response=exc.response,
+                        cause=exc.cause)
         response = jsonify(exc.body())
         response.status_code = exc.status
         response.headers.update(exc.headers)

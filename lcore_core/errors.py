@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+PRIVATE_CAUSE = "the details are in the service log"
+
 
 class LCoreError(Exception):
-    """An error that reaches the client as `{"detail": {"response": ..., "cause": ...}}`."""
+    """An error that reaches the client as `{"detail": {"response": ..., "cause": ...}}`.
+
+    A `private` error's cause (a database driver's message: hosts, ports, paths) stays in the
+    service log; the client reads that it is there."""
 
     status = 500
+    private = False
 
     def __init__(
         self,
@@ -17,15 +23,19 @@ class LCoreError(Exception):
         *,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        private: bool | None = None,
     ) -> None:
         super().__init__(f"{response}: {cause}" if cause else response)
         self.response = response
         self.cause = cause
         self.headers = headers or {}
         self.extra = extra or {}
+        if private is not None:
+            self.private = private
 
     def body(self) -> dict[str, Any]:
-        detail: dict[str, Any] = {"response": self.response, "cause": self.cause}
+        cause = PRIVATE_CAUSE if self.private and self.cause else self.cause
+        detail: dict[str, Any] = {"response": self.response, "cause": cause}
         detail.update(self.extra)
         return {"detail": detail}
 
@@ -66,9 +76,11 @@ class QuotaExceeded(LCoreError):
 
 
 class StorageError(LCoreError):
-    """A database or cache failed; nothing half-written is kept."""
+    """A database or cache failed; nothing half-written is kept. The driver's message is
+    logged, not sent."""
 
     status = 500
+    private = True
 
 
 class BackendUnavailable(LCoreError):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify
 
 from lcore_core import __version__
 from lcore_core.auth import Action, authorize
+from lcore_core.errors import PRIVATE_CAUSE
 from lcore_core.metrics import render
 from lcore_core.openapi import build_openapi, render_docs
 from lcore_core.schemas import InfoSchema, LivenessSchema, ReadinessSchema
 from lcore_core.web import doc, route
 
+log = structlog.get_logger("lcore.system")
 bp = Blueprint("system", __name__)
 READINESS_TIMEOUT_S = 5.0
 
@@ -44,7 +47,9 @@ async def _run_check(name: str, check: Any) -> dict[str, Any]:
     except TimeoutError:
         reason = f"no answer within {READINESS_TIMEOUT_S:g}s"
     except Exception as exc:  # a failing component is reported, never raised
-        reason = f"{type(exc).__name__}: {exc}"
+        # The probe may be unauthenticated: a driver's message (hosts, ports) stays in the log.
+        log.warning("readiness check failed", check=name, error=f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}; {PRIVATE_CAUSE}"
     status = "ok" if reason is None else "error"
     return {"provider_id": name, "status": status, "message": reason}
 

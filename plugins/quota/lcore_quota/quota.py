@@ -79,7 +79,8 @@ class Quota:
         try:
             return await call
         except QuotaDatabaseError as exc:
-            raise BackendUnavailable("Quota database unavailable", str(exc)) from exc
+            raise BackendUnavailable("Quota database unavailable", str(exc),
+                                     private=True) from exc
 
     def limiter(self, name: str) -> Limiter:
         for lim in self.limiters:
