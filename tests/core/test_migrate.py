@@ -321,7 +321,8 @@ async def _state(target: Target) -> dict[str, Any]:
     cache = target.cache()
     a2a = target.a2a()
     try:
-        conversations = {user: await userdb.list(user) for user in ("alice", "bob", "carol")}
+        conversations = {user: await userdb.list(user)
+                         for user in ("alice", "bob", "carol", "dave")}
         entries = {user: [e.to_dict() for e in await cache.get(user, conv)]
                    for user, conv in (("alice", f"conv_{ALICE_CONV}"), ("bob", f"conv_{BOB_CONV}"))}
         listed = {user: [vars(c) for c in await cache.list(user)] for user in ("alice", "bob")}
@@ -552,3 +553,26 @@ def test_wrong_upstream_configuration(tmp_path: Path,
     assert status == 2
     assert re.search(rf"{re.escape(str(source))}:\d+: database\.sqlite\.db_pth: ", err), err
     assert "Traceback" not in err + out
+
+
+def test_one_sqlite_file_for_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """LCore's tables have names of their own: with no `database` section both sides default to
+    the same file, and one lightspeed-stack.yaml may serve as both configurations."""
+    upstream = Upstream("sqlite", tmp_path / "shared", "")
+    upstream.fill()
+    # More rows than one read takes: the reads must not hold the file while LCore writes.
+    upstream.run("user", [], [
+        ("INSERT INTO user_conversation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         (f"{n:048x}", "dave", "m1", "p1", "2025-03-04 05:06:07.000000",
+          "2025-03-04 05:06:07.000000", None, 1, "")) for n in range(1, 1201)])
+    target = Target("sqlite", tmp_path / "shared", "")
+    source = upstream.config(tmp_path / "upstream.yaml")
+    config = target.config(tmp_path / "lcore.yaml")
+    status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
+    assert status == 0, err
+    assert out.rstrip().endswith("total: 1212 imported, 5 skipped")
+    assert len(state(target)["conversations"]["dave"]) == 1200
+    assert [e["query"] for e in state(target)["entries"]["alice"]] == [
+        "How do I install it?", "And then?"]
+    status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
+    assert out.rstrip().endswith("total: 0 imported, 1217 skipped")
