@@ -576,3 +576,14 @@ def test_one_sqlite_file_for_both(tmp_path: Path, capsys: pytest.CaptureFixture[
         "How do I install it?", "And then?"]
     status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
     assert out.rstrip().endswith("total: 0 imported, 1217 skipped")
+
+
+def test_unreachable_lcore_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    upstream = Upstream("sqlite", tmp_path / "upstream", "")
+    upstream.fill()
+    source = upstream.config(tmp_path / "upstream.yaml")
+    config = write_yaml(tmp_path / "lcore.yaml", {"database": {"postgres": {**PG, "port": 1}}})
+    status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
+    assert status == 1
+    assert "lcore migrate: failed: Database error: OperationalError: " in err, err
+    assert "Traceback" not in err + out
