@@ -31,6 +31,7 @@ from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
 from lcore_core.jsonsafe import TooDeep as JsonTooDeep
 from lcore_core.jsonsafe import loads as load_json
+from lcore_core.migrate import Migration, MigrationError
 from lcore_core.pgasync import AsyncPostgres
 from lcore_core.pgpool import PostgresPool
 from lcore_core.plugins import Plugins, load_plugins
@@ -39,6 +40,7 @@ from lcore_core.providers import (
     CacheBackend,
     ConfigSection,
     ReadinessCheck,
+    UpstreamImporter,
 )
 from lcore_core.runtime import Runtime
 from lcore_core.userdb import PreparedQuery, install_schema
@@ -49,9 +51,10 @@ __all__ = [
     "BackendUnavailable", "BadRequest",
     "CacheBackend", "CacheEntry", "Config", "ConfigError", "ConfigSection",
     "ConversationCache", "ConversationInfo", "Forbidden", "HttpUrl", "JsonTooDeep", "LCoreError",
-    "MemoryCache", "NoopCache", "NotFound", "PluginLoadError", "Plugins", "PostgresPool",
-    "PostgresSchema", "PreparedQuery", "QueryCompleted", "QuotaExceeded", "QuotaTicket",
-    "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings", "StorageError", "Unauthorized",
-    "UnprocessableEntity", "Usage", "__version__", "authorize", "doc", "hookimpl",
-    "install_schema", "load_body", "load_config", "load_json", "load_plugins", "may", "route",
+    "MemoryCache", "Migration", "MigrationError", "NoopCache", "NotFound", "PluginLoadError",
+    "Plugins", "PostgresPool", "PostgresSchema", "PreparedQuery", "QueryCompleted",
+    "QuotaExceeded", "QuotaTicket", "ReadinessCheck", "Runtime", "SQLiteSchema", "Settings",
+    "StorageError", "Unauthorized", "UnprocessableEntity", "UpstreamImporter", "Usage",
+    "__version__", "authorize", "doc", "hookimpl", "install_schema", "load_body", "load_config",
+    "load_json", "load_plugins", "may", "route",
 ]

@@ -1,4 +1,4 @@
-"""The `lcore` command: serve, config generate|dump|check, plugins list."""
+"""The `lcore` command: serve, config generate|dump|check, plugins list, migrate."""
 
 from __future__ import annotations
 
@@ -55,6 +55,16 @@ def build_parser(installed: Plugins | None = None) -> argparse.ArgumentParser:
     plist = psub.add_parser("list", help="installed plugins, their hooks and providers")
     config_arg(plist)
     plist.add_argument("--json", action="store_true", help="machine-readable output")
+
+    migrate = sub.add_parser(
+        "migrate", help="import upstream Lightspeed Core Stack's stored data into LCore's stores")
+    config_arg(migrate)
+    migrate.add_argument("--from-upstream", required=True, metavar="FILE",
+                         help="upstream's lightspeed-stack.yaml: its database, "
+                              "conversation_cache, quota_handlers and a2a_state sections say "
+                              "where the data is")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="count what would be imported, write nothing")
     if installed is not None:
         installed.cli_commands(sub)
     return parser
@@ -71,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return {"generate": config_generate, "dump": config_dump,
                     "check": config_check}[args.config_command](args)
+        if args.command == "migrate":
+            return migrate(args)
         return plugins_list(args)
     except ConfigError as exc:
         print(f"lcore: configuration error:\n{exc}", file=sys.stderr)
@@ -81,7 +93,7 @@ def _cli_plugins(argv: list[str] | None) -> Plugins | None:
     """Installed plugins, for their subcommands; skipped for the core's own commands."""
     words = sys.argv[1:] if argv is None else argv
     first = next((w for w in words if not w.startswith("-")), None)
-    if first in ("serve", "config", "plugins"):
+    if first in ("serve", "config", "plugins", "migrate"):
         return None
     return load_plugins()
 
@@ -247,6 +259,15 @@ def config_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK (authentication: {config.authentication.module}, "
           f"conversation cache: {config.conversation_cache.type})")
     return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from lcore_core.migrate.command import run
+
+    target, plugins = _load(args.config)
+    # Upstream's file is read with the same plugins: LCore accepts upstream's configuration.
+    source = validate_document(read_document(args.from_upstream), plugins)
+    return run(source, target, plugins, dry_run=args.dry_run)
 
 
 def plugins_list(args: argparse.Namespace) -> int:

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from lcore_core.auth import AuthTuple
     from lcore_core.config import Config
     from lcore_core.events import QueryCompleted, QuotaTicket, Usage
-    from lcore_core.providers import AuthProvider, CacheBackend, ConfigSection, ReadinessCheck
+    from lcore_core.providers import (
+        AuthProvider,
+        CacheBackend,
+        ConfigSection,
+        ReadinessCheck,
+        UpstreamImporter,
+    )
     from lcore_core.runtime import Runtime
 
 PROJECT = "lcore"
@@ -110,6 +116,22 @@ def lcore_cli_commands(subparsers: argparse._SubParsersAction) -> None:
     `subparsers.add_parser(name, ...)` and `set_defaults(handler=fn)` on the new parser, where
     `fn(args) -> int` runs the command and returns the exit status. `args.config` holds the
     `-c/--config` path when the parser declares it (`lcore_core.cli.config_arg(parser)`).
+    """
+
+
+@hookspec
+def lcore_upstream_importers(config: Config) -> Iterable[UpstreamImporter]:
+    """Return importers of upstream Lightspeed Core Stack data into this plugin's stores.
+
+    Called by `lcore migrate --from-upstream` (see docs/migrate.md) with `config`, LCore's
+    configuration: return an importer only for a store it selects (e.g. the cache backend
+    `conversation_cache.type` names). `UpstreamImporter(name, section, run)`: `section` is the
+    section of upstream's configuration that says where the data is; the core awaits
+    `run(migration)` (a `lcore_core.Migration`), which reads `migration.upstream(section)`,
+    writes unless `migration.dry_run`, leaves a row LCore already has as it is, and counts every
+    upstream row as imported or skipped (with the reason) in `migration.table(...)`. Raise
+    `MigrationError` for what stops it (a missing table). Upstream data no importer claims is
+    reported as skipped.
     """
 
 

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from lcore_core.config import Config
     from lcore_core.events import QueryCompleted, QuotaTicket, Usage
     from lcore_core.metrics import MetricsRegistry
-    from lcore_core.providers import AuthProvider, CacheBackend, ConfigSection, ReadinessCheck
+    from lcore_core.providers import (
+        AuthProvider,
+        CacheBackend,
+        ConfigSection,
+        ReadinessCheck,
+        UpstreamImporter,
+    )
     from lcore_core.runtime import Runtime
 
 log = logging.getLogger("lcore.plugins")
@@ -149,6 +155,10 @@ class Plugins:
 
     def config_sections(self) -> dict[str, ConfigSection]:
         return self._collect(self.pm.hook.lcore_config_sections, "config section")
+
+    def upstream_importers(self, config: Config) -> dict[str, UpstreamImporter]:
+        return self._collect(self.pm.hook.lcore_upstream_importers, "upstream importer",
+                             config=config)
 
     def actions(self) -> set[str]:
         names: set[str] = set()

@@ -65,3 +65,18 @@ class ReadinessCheck:
 
     name: str
     check: Callable[[], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class UpstreamImporter:
+    """Imports one kind of upstream Lightspeed Core Stack data for `lcore migrate`.
+
+    `section` is the section of upstream's configuration whose database it reads
+    (`conversation_cache`, `quota_handlers`, `a2a_state`); `run(migration)` (may be async) reads
+    it through `migration.upstream(section)`, writes into the plugin's own store unless
+    `migration.dry_run`, and counts every row in `migration.table(...)`.
+    """
+
+    name: str
+    section: str
+    run: Callable[[Any], Any]

@@ -254,15 +254,26 @@ class UserDB:
         """Create tables idempotently and record the schema version."""
 
         def create() -> None:
-            pg_namespace = None
-            if isinstance(self.db, peewee.PostgresqlDatabase):
-                options = self.db.connect_params.get("options", "")
-                if "search_path=" in options:
-                    pg_namespace = options.split("search_path=")[1].split(",")[0]
             install_schema(self.db, [self.Conversation], self.Version, "userdb", SCHEMA_VERSION,
-                           namespace=pg_namespace)
+                           namespace=self._namespace())
 
         await self._run(create)
+
+    def _namespace(self) -> str | None:
+        """The PostgreSQL schema `namespace` names (None: SQLite, or the default schema)."""
+        if isinstance(self.db, peewee.PostgresqlDatabase):
+            options = self.db.connect_params.get("options", "")
+            if "search_path=" in options:
+                return str(options.split("search_path=")[1].split(",")[0])
+        return None
+
+    async def installed(self) -> bool:
+        """Whether the tables exist (creating nothing, not even the SQLite file)."""
+        if isinstance(self.db, peewee.SqliteDatabase) and not Path(self.db.database).exists():
+            return False
+        return bool(await self._run(lambda: self.db.table_exists(
+            self.Conversation._meta.table_name,
+            self._namespace() or ("public" if self.pg is not None else None))))
 
     async def close(self) -> None:
         if self.pg is not None:

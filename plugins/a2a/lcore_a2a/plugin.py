@@ -14,9 +14,10 @@ from lcore_a2a.agent import A2AService
 from lcore_a2a.card import build_card
 from lcore_a2a.config import A2AStateSchema
 from lcore_a2a.jsonrpc import describe
+from lcore_a2a.migrate import import_a2a
 from lcore_a2a.store import MemoryStore, open_store
 from lcore_a2a.web import ACTIONS, STATE_KEY, blueprint
-from lcore_core import ConfigError, ConfigSection, ReadinessCheck, hookimpl
+from lcore_core import ConfigError, ConfigSection, ReadinessCheck, UpstreamImporter, hookimpl
 
 if TYPE_CHECKING:
     from quart import Blueprint
@@ -44,6 +45,14 @@ def lcore_blueprints(config: Config) -> list[Blueprint]:
         raise ConfigError(f"invalid agent card: {describe(exc)}", file=config.source,
                           key="customization.agent_card_config") from None
     return [blueprint()]
+
+
+@hookimpl
+def lcore_upstream_importers(config: Config) -> list[UpstreamImporter]:
+    state = config.get("a2a_state") or {}
+    if not (state.get("sqlite") or state.get("postgres")):
+        return []  # kept in memory: nothing to import into
+    return [UpstreamImporter("a2a", "a2a_state", import_a2a)]
 
 
 @hookimpl

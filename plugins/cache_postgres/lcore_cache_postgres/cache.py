@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -244,6 +244,53 @@ class PostgresCache:
     async def ready(self) -> None:
         await self._run(lambda: self.db.execute_sql("SELECT 1").fetchone())
 
+    # --- import (lcore migrate) ---------------------------------------------------------------
+
+    async def holds(self, user_id: str, conversation_id: str) -> bool:
+        """Whether the cache has this conversation; creates nothing (for a dry run)."""
+        E, C = self.Entry, self.Conversation
+
+        def check() -> bool:
+            if not self.db.table_exists(C._meta.table_name, self.namespace):
+                return False
+            return _has(E, C, user_id, conversation_id)
+
+        return await asyncio.to_thread(self._call, check, False)
+
+    async def import_conversation(self, user_id: str, conversation_id: str,
+                                  entries: Sequence[tuple[dt.datetime | None, CacheEntry]],
+                                  topic_summary: str | None,
+                                  last_message_timestamp: str) -> bool:
+        """Add a whole conversation (turns in order, `created_at` kept) in one transaction,
+        unless the cache has it already: then nothing changes and the answer is False."""
+        E, C = self.Entry, self.Conversation
+
+        def write() -> bool:
+            # A lock per conversation keeps a second import of it (another `lcore migrate`)
+            # out until this transaction ends; the check below then sees its rows.
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                (f"lcore-cache-import:{user_id}:{conversation_id}",))
+            if _has(E, C, user_id, conversation_id):
+                return False
+            last_id = 0
+            for created_at, entry in entries:
+                last_id = E.insert(user_id=user_id, conversation_id=conversation_id,
+                                   created_at=created_at or _utcnow(),
+                                   **entry.to_dict()).execute()
+            C.insert(user_id=user_id, conversation_id=conversation_id,
+                     topic_summary=topic_summary, last_message_timestamp=last_message_timestamp,
+                     last_entry_id=last_id, message_count=len(entries)).execute()
+            return True
+
+        return bool(await self._run(write, atomic=True))
+
     async def close(self) -> None:
         await self.pg.close()
         await asyncio.to_thread(self.db.close_all)
+
+
+def _has(E: Any, C: Any, user_id: str, conversation_id: str) -> bool:
+    return bool(
+        C.select().where((C.user_id == user_id) & (C.conversation_id == conversation_id)).exists()
+        or E.select().where((E.user_id == user_id)
+                            & (E.conversation_id == conversation_id)).exists())

@@ -8,7 +8,8 @@ from lcore_cache_postgres.cache import PostgresCache
 
 # PostgresSchema: upstream's keys {host, port, db, user, password, namespace, ssl_mode,
 # gss_encmode, ca_cert_path} plus LCore's password_path and max_connections (pool size).
-from lcore_core import CacheBackend, PostgresSchema, ReadinessCheck, hookimpl
+from lcore_cache_postgres.migrate import import_cache
+from lcore_core import CacheBackend, PostgresSchema, ReadinessCheck, UpstreamImporter, hookimpl
 
 if TYPE_CHECKING:
     from lcore_core import Config, Runtime
@@ -36,3 +37,10 @@ def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
     if not isinstance(runtime.cache, PostgresCache):
         return []
     return [ReadinessCheck("conversation-cache", runtime.cache.ready)]
+
+
+@hookimpl
+def lcore_upstream_importers(config: Config) -> list[UpstreamImporter]:
+    if config.conversation_cache.type != "postgres":
+        return []
+    return [UpstreamImporter("cache_postgres", "conversation_cache", import_cache)]

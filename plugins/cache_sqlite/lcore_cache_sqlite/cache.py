@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,8 +191,60 @@ class SqliteCache:
     async def ready(self) -> None:
         await self._run(lambda: self.db.execute_sql("SELECT 1").fetchone())
 
+    # --- import (lcore migrate) ---------------------------------------------------------------
+
+    async def holds(self, user_id: str, conversation_id: str) -> bool:
+        """Whether the cache has this conversation; creates nothing (for a dry run)."""
+        E, C = self.Entry, self.Conversation
+
+        def check() -> bool:
+            if not self.path.exists():
+                return False
+            try:
+                with self.db.connection_context():
+                    if not self.db.table_exists(C._meta.table_name):
+                        return False
+                    return _has(E, C, user_id, conversation_id)
+            except peewee.PeeweeException as exc:
+                raise StorageError("Conversation cache error",
+                                   f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
+
+        return await asyncio.to_thread(check)
+
+    async def import_conversation(self, user_id: str, conversation_id: str,
+                                  entries: Sequence[tuple[dt.datetime | None, CacheEntry]],
+                                  topic_summary: str | None,
+                                  last_message_timestamp: str) -> bool:
+        """Add a whole conversation (turns in order, `created_at` kept) in one transaction,
+        unless the cache has it already: then nothing changes and the answer is False."""
+        E, C = self.Entry, self.Conversation
+
+        def write() -> bool:
+            if _has(E, C, user_id, conversation_id):
+                return False
+            last_id = 0
+            for created_at, entry in entries:
+                data = entry.to_dict()
+                for key in JSON_FIELDS:
+                    data[key] = json.dumps(data[key] or [], ensure_ascii=False)
+                last_id = E.insert(user_id=user_id, conversation_id=conversation_id,
+                                   created_at=created_at or _utcnow(), **data).execute()
+            C.insert(user_id=user_id, conversation_id=conversation_id,
+                     topic_summary=topic_summary, last_message_timestamp=last_message_timestamp,
+                     last_entry_id=last_id, message_count=len(entries)).execute()
+            return True
+
+        return await self._run(write, write=True)
+
     async def close(self) -> None:
         await asyncio.to_thread(self.db.close)
+
+
+def _has(E: Any, C: Any, user_id: str, conversation_id: str) -> bool:
+    return bool(
+        C.select().where((C.user_id == user_id) & (C.conversation_id == conversation_id)).exists()
+        or E.select().where((E.user_id == user_id)
+                            & (E.conversation_id == conversation_id)).exists())
 
 
 def _entry(row: dict[str, Any]) -> CacheEntry:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lcore_cache_sqlite.cache import SqliteCache
-from lcore_core import CacheBackend, ReadinessCheck, SQLiteSchema, hookimpl
+from lcore_cache_sqlite.migrate import import_cache
+from lcore_core import CacheBackend, ReadinessCheck, SQLiteSchema, UpstreamImporter, hookimpl
 
 if TYPE_CHECKING:
     from lcore_core import Config, Runtime
@@ -32,3 +33,10 @@ def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
     if not isinstance(runtime.cache, SqliteCache):
         return []
     return [ReadinessCheck("conversation-cache", runtime.cache.ready)]
+
+
+@hookimpl
+def lcore_upstream_importers(config: Config) -> list[UpstreamImporter]:
+    if config.conversation_cache.type != "sqlite":
+        return []
+    return [UpstreamImporter("cache_sqlite", "conversation_cache", import_cache)]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from lcore_core import ConfigSection, LCoreError, ReadinessCheck, hookimpl
+from lcore_core import ConfigSection, LCoreError, ReadinessCheck, UpstreamImporter, hookimpl
 from lcore_quota import cli
 from lcore_quota.config import QuotaHandlersSchema
 from lcore_quota.metrics import QuotaMetrics
+from lcore_quota.migrate import import_quota
 from lcore_quota.quota import Quota
 from lcore_quota.scheduler import Scheduler
 from lcore_quota.store import Limiter
@@ -60,6 +61,13 @@ def lcore_blueprints(config: Config) -> list[Blueprint]:
 @hookimpl
 def lcore_cli_commands(subparsers: argparse._SubParsersAction) -> None:
     cli.add_commands(subparsers)
+
+
+@hookimpl
+def lcore_upstream_importers(config: Config) -> list[UpstreamImporter]:
+    if _settings(config) is None:
+        return []
+    return [UpstreamImporter("quota", "quota_handlers", import_quota)]
 
 
 @hookimpl

@@ -21,7 +21,8 @@ Tables (in `postgres.namespace` on PostgreSQL):
   so a reservation made before a reset is not refunded into the new period), `reset_at` (start of
   the last period applied), `updated_at` and `revoked_at`.
 - `lcore_quota_token_usage`: one row per successful LLM call (user, provider, model, input and
-  output tokens, time) when `enable_token_history` is on.
+  output tokens, time) when `enable_token_history` is on; `origin` is NULL for those, `upstream`
+  for the totals `lcore migrate --from-upstream` carried over from upstream's `token_usage`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from lcore_core import AsyncPostgres, PostgresPool, install_schema
 from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
 from lcore_quota.periods import Period
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lcore_quota_token_usage.origin
 COMPONENT = "quota"
 CONNECT_TIMEOUT_S = 5
 POOL_WAIT_S = 30
@@ -148,6 +149,7 @@ def _models(database: peewee.Database, namespace: str | None) -> tuple[Any, Any,
         input_tokens = peewee.BigIntegerField()
         output_tokens = peewee.BigIntegerField()
         created_at = peewee.DateTimeField()
+        origin = peewee.TextField(null=True)
 
         class Meta:
             table_name = "lcore_quota_token_usage"
@@ -245,6 +247,21 @@ class QuotaStore:
                                SCHEMA_VERSION,
                                namespace=self.namespace if self.is_postgres else None)
             self.ready = True
+
+    def peek(self, fn: Callable[[], T], default: T) -> T:
+        """`fn` on a connection if the tables exist, else `default`; creates nothing, not even
+        the SQLite file (the migration's dry run)."""
+        if self.ready:
+            return self.call(fn)
+        if not self.is_postgres and not Path(self.db.database).exists():
+            return default
+        try:
+            with self.db.connection_context():
+                if not self.db.table_exists(self.Limit._meta.table_name, self.namespace):
+                    return default
+                return fn()
+        except (peewee.PeeweeException, MaxConnectionsExceeded, OSError) as exc:
+            raise QuotaDatabaseError(self.where, exc) from exc
 
     def close(self) -> None:
         if self.is_postgres:
@@ -543,10 +560,15 @@ class QuotaStore:
     def usage_totals(self, user_id: str) -> list[dict[str, Any]]:
         """Token usage history of `user_id` summed per (provider, model)."""
         U = self.Usage
-        return self.call(lambda: list(
+        rows = self.call(lambda: list(
             U.select(U.provider, U.model, peewee.fn.SUM(U.input_tokens).alias("input_tokens"),
                      peewee.fn.SUM(U.output_tokens).alias("output_tokens"),
                      peewee.fn.COUNT(U.id).alias("calls"),
                      peewee.fn.MAX(U.created_at).alias("last_at"))
             .where(U.user_id == user_id).group_by(U.provider, U.model)
             .order_by(U.provider, U.model).dicts()))
+        # PostgreSQL's SUM of a bigint is a numeric (Decimal), which JSON cannot hold.
+        for row in rows:
+            for key in ("input_tokens", "output_tokens", "calls"):
+                row[key] = int(row[key])
+        return rows
