@@ -67,6 +67,7 @@ class Action(StrEnum):
     GET_CONFIG = "get_config"
     INFO = "info"
     MODEL_OVERRIDE = "model_override"
+    RLSAPI_V1_INFER = "rlsapi_v1_infer"
 
 
 class RbacResolver:

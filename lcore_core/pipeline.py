@@ -82,6 +82,15 @@ class QueryPlan:
     answered: bool = False
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
+    # False: a stateless call (rlsapi's /v1/infer): Llama Stack keeps no response, no
+    # conversation is continued.
+    store: bool = True
+    # Whose quota the call spends when not the caller's own (rlsapi's quota_subject).
+    quota_subject: AuthTuple | None = None
+
+    @property
+    def quota_auth(self) -> AuthTuple:
+        return self.quota_subject or self.auth
 
 
 @dataclass
@@ -359,8 +368,10 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
 
 def _create_args(plan: QueryPlan) -> dict[str, Any]:
     args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
-                            "instructions": plan.instructions, "store": True}
-    if not plan.chained:
+                            "instructions": plan.instructions, "store": plan.store}
+    if not plan.store:  # stateless: no conversation to continue
+        pass
+    elif not plan.chained:
         args["conversation"] = plan.conversation_id
     elif plan.previous_response_id:
         args["previous_response_id"] = plan.previous_response_id
@@ -440,7 +451,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         raise
     except BaseException:
         # Cancelled (client gone, task cancelled): nothing was used, refund the reservation.
-        await release(runtime, plan.auth, plan.ticket)
+        await release(runtime, plan.quota_auth, plan.ticket)
         raise
     finally:
         runtime.llama.answers.settle(admitted, answered)
@@ -553,7 +564,7 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     # connection), so the answer waits for the longer of the two, not their sum. The cache
     # entry is written only after its user DB row: a cached turn never exists alone.
     outcomes = await asyncio.gather(
-        runtime.plugins.quota_consume(plan.auth, usage, plan.ticket, runtime),
+        runtime.plugins.quota_consume(plan.quota_auth, usage, plan.ticket, runtime),
         _store_turn(runtime, plan, entry, result.response_id), return_exceptions=True)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
@@ -573,6 +584,27 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         # A second LLM call: never on the answer's path.
         runtime.spawn(summarise_topic(runtime, plan))
     return await runtime.plugins.quota_status(plan.auth, runtime)
+
+
+async def finish_stateless(runtime: Runtime, plan: QueryPlan, result: QueryResult, *,
+                           consume: bool = True) -> None:
+    """`finish` for a call that keeps no turn: settle the quota (consume, or with `consume`
+    False give the reservation back), record metrics, report the query."""
+    if consume and not plan.ticket.settled:
+        plan.ticket.settled = True
+        await runtime.plugins.quota_consume(
+            plan.quota_auth, Usage(result.input_tokens, result.output_tokens, plan.provider,
+                                   plan.model, estimated=result.tokens_estimated),
+            plan.ticket, runtime)
+    else:
+        await release(runtime, plan.quota_auth, plan.ticket)
+    _metrics(runtime, plan, result)
+    await runtime.plugins.query_completed(QueryCompleted(
+        user_id=plan.auth.user_id, conversation_id=None, provider=plan.provider,
+        model=plan.model, endpoint=plan.endpoint, input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
+        duration_s=time.perf_counter() - plan.started, llm_duration_s=result.llm_seconds,
+        shield_violations=tuple(result.shield_violations)), runtime)
 
 
 async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry,
@@ -617,12 +649,12 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
 
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:
-    await release(runtime, plan.auth, plan.ticket)
+    await release(runtime, plan.quota_auth, plan.ticket)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     runtime.metrics.llm_failures.labels(plan.provider, plan.model, plan.endpoint).inc()
     await runtime.plugins.query_completed(QueryCompleted(
-        user_id=plan.auth.user_id, conversation_id=plan.conversation_id,
+        user_id=plan.auth.user_id, conversation_id=plan.conversation_id or None,
         provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
         duration_s=time.perf_counter() - plan.started, llm_duration_s=seconds,
         streaming=plan.streaming, error=f"{type(exc).__name__}: {exc}"), runtime)
@@ -672,7 +704,7 @@ async def stream(runtime: Runtime, plan: QueryPlan, *,
     finally:
         runtime.llama.answers.settle(admitted, plan.answered)
         if not plan.ticket.settled:
-            await release(runtime, plan.auth, plan.ticket)
+            await release(runtime, plan.quota_auth, plan.ticket)
 
 
 async def _stream(runtime: Runtime, plan: QueryPlan,

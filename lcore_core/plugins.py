@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lcore.plugins")
 
 # The core's own providers, registered through the same manager as any installed plugin.
-DEFAULT_PLUGINS = ("lcore_core.builtins",)
+DEFAULT_PLUGINS = ("lcore_core.builtins", "lcore_core.rlsapi.plugin")
 CORE_DISTRIBUTION = "lcore-core"
 
 

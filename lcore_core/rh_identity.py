@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, fields, validate
+from quart import g, has_request_context
 
 from lcore_core import jsonsafe
 from lcore_core.auth import AuthTuple
@@ -31,6 +32,24 @@ _TYPES = {
     "ServiceAccount": ("service_account", "client_id", "username"),
     "System": ("system", "cn", None),
 }
+
+
+# What `identity_context` gives for a value the request did not carry (upstream's marker).
+AUTH_DISABLED = "auth_disabled"
+
+
+def identity_context() -> tuple[str, str]:
+    """(org_id, system_id) of the current request's X-RH-Identity, as upstream reports them.
+
+    system_id is the identity's own id (system.cn, user.user_id or service_account.client_id);
+    either is `AUTH_DISABLED` when the request was not authenticated by rh-identity or the
+    header left it empty.
+    """
+    remembered = g.get("rh_identity") if has_request_context() else None
+    if remembered is None:
+        return AUTH_DISABLED, AUTH_DISABLED
+    org_id, system_id = remembered
+    return org_id or AUTH_DISABLED, system_id or AUTH_DISABLED
 
 
 class RhIdentitySchema(Schema):
@@ -89,6 +108,8 @@ class RhIdentityAuth:
         if identity.get("org_id") not in (None, ""):
             _text(identity["org_id"], "identity.org_id")
         self._check_entitlements(data.get("entitlements"), user_id)
+        if has_request_context():  # for telemetry and quota subjects (`identity_context`)
+            g.rh_identity = (str(identity.get("org_id") or ""), user_id)
         return AuthTuple(user_id, username, frozenset())
 
     def _check_entitlements(self, entitlements: Any, user_id: str) -> None:

@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields
 from lcore_core.config import schema as core
 from lcore_core.config.loader import Document, KeyPath, dotted, flatten_errors, read_document
 from lcore_core.errors import ConfigError
+from lcore_core.rlsapi import config as rlsapi_config
 
 if TYPE_CHECKING:
     from lcore_core.plugins import Plugins
@@ -215,6 +216,8 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 
     _check_kubernetes_headers(report, loaded)
+    for path, message in rlsapi_config.cross_section_errors(loaded):
+        report.add(path, message)
     valid_actions = frozenset(a.value for a in Action) | plugins.actions()
     authz = loaded.get("authorization")
     if authz:

@@ -57,9 +57,10 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     okp, solr, vector_store,                   refused (see UNSUPPORTED_SECTIONS)
       compaction, conversation_history,
       approvals, skills, saved_prompts,
-      shields, splunk, observability,
-      deployment_environment, rlsapi_v1,
+      shields, observability,
       azure_entra_id, a2a_agents, a2a
+    rlsapi_v1, splunk,                         core (lcore_core.rlsapi: POST /v1/infer and its
+      deployment_environment                   Splunk HEC events)
     (LCore only) local_model.*                 core addition: a supervised local model server
     (LCore only) plugins.blocked,              core additions
       service.max_request_size, log_format,
@@ -83,6 +84,8 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+
+from lcore_core.rlsapi.config import rlsapi_sections
 
 
 def existing_file(value: str) -> None:
@@ -733,6 +736,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "rag": optional(RagSchema),
     "compaction": section(CompactionSchema),
     "approvals": section(ApprovalsSchema),
+    **rlsapi_sections(),  # rlsapi_v1, splunk, deployment_environment (lcore_core.rlsapi)
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -746,10 +750,7 @@ UNSUPPORTED_SECTIONS = {
     "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
     "vector_store": "dynamic vector-store providers",
-    "rlsapi_v1": "the RHEL Lightspeed rlsapi v1 endpoint",
-    "splunk": "Splunk event forwarding",
     "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
-    "deployment_environment": "deployment environment tagging of telemetry events",
     "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
     "skills": "agent skills",
     "saved_prompts": "saved prompts",
@@ -789,7 +790,6 @@ KNOWN_CACHE_TYPES: dict[str, str | None] = {
 UPSTREAM_ACTIONS: dict[str, str] = {
     "responses": "the /v1/responses pass-through endpoint",
     "get_skills": "agent skills",
-    "rlsapi_v1_infer": "the RHEL Lightspeed rlsapi v1 endpoint",
     "register_mcp_server": "registering MCP servers at run time",
     "list_mcp_servers": "registering MCP servers at run time",
     "delete_mcp_server": "registering MCP servers at run time",

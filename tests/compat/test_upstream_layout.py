@@ -24,7 +24,6 @@ GAPS: dict[str, str] = {
     "library-unified.yaml": "unified mode (llama_stack.config)",
     "unified-providers.yaml": "unified mode (inference.providers, vector_store)",
     "mcp-auth.yaml": "kubernetes MCP header with noop-with-token",
-    "rh-identity.yaml": "rlsapi_v1, splunk",
     "skills.yaml": "agent skills",
     "azure.yaml": "azure_entra_id",
     "api-key-trusted-proxy.yaml": "the trusted-proxy authentication module",

@@ -198,7 +198,8 @@ async def test_readiness_ok_then_503_naming_failing_plugin(make_app: Any, servin
         assert "inline-backend" in body["reason"]
         failing = [p for p in body["providers"] if p["status"] != "ok"]
         assert [p["provider_id"] for p in failing] == ["inline-backend"]
-        assert "inline backend is down" in failing[0]["message"]
+        # The probe may be unauthenticated: the error type, not its message (in the log).
+        assert failing[0]["message"] == "ConnectionError; the details are in the service log"
 
 
 async def test_info_lists_plugins(make_app: Any) -> None:
