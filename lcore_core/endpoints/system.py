@@ -102,6 +102,25 @@ async def metrics() -> Any:
     return Response(render(_runtime().registry), content_type=CONTENT_TYPE_LATEST)
 
 
+INDEX_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;text-align:center;margin-top:4em}}</style></head>
+<body><h1>{title}</h1><p>LCore {version}</p>
+<p><a href="docs">API documentation</a> &middot; <a href="openapi.json">OpenAPI document</a></p>
+</body></html>"""
+
+
+@route(bp, "/")
+@doc(summary="Index page: the service's name and links to its API documentation",
+     tags=["root"], responses={200: "HTML page"})
+@authorize(Action.INFO)
+async def index() -> Any:
+    from html import escape
+
+    page = INDEX_PAGE.format(title=escape(_runtime().config.name), version=__version__)
+    return Response(page, content_type="text/html; charset=utf-8")
+
+
 @bp.route("/openapi.json")
 async def openapi() -> Any:
     runtime = _runtime()

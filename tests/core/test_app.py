@@ -298,3 +298,12 @@ async def test_concurrent_startup_steps_fail_as_in_order() -> None:
     events.clear()
     await _concurrently(step("a", 0.02), step("b", 0.0))
     assert events == ["b", "a"]
+
+
+async def test_index_page_links_to_the_docs(make_app: Any, serving: Any) -> None:
+    """Upstream serves an HTML index page at `/` (action info)."""
+    async with serving(make_app()) as client:
+        response = await client.get("/")
+        page = await response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "<h1>LCore test</h1>" in page and 'href="docs"' in page

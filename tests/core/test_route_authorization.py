@@ -18,7 +18,7 @@ PUBLIC = {
     ("/openapi.json", "*"), ("/docs", "*"),
     ("/.well-known/agent.json", "*"), ("/.well-known/agent-card.json", "*"),
     ("/v1/feedback/status", "GET"), ("/feedback/status", "GET"),
-    ("/static/<path:filename>", "*"),
+    ("/a2a/health", "GET"),  # upstream's, unauthenticated
 }
 # Authentication without an action, as upstream: any authenticated caller may ask who they are.
 AUTHENTICATED_ONLY = {("/authorized", "POST"), ("/v1/authorized", "POST")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from lcore_a2a.agent import SEND_ENDPOINT, STREAM_ENDPOINT, A2AService
 from lcore_a2a.card import build_card
 from lcore_a2a.jsonrpc import Call, RpcError, RpcId
 from lcore_core import LCoreError, authorize, doc, route
+from lcore_core import __version__ as lcore_version
 
 # Not exported from lcore_core's root yet (asked for): the MCP-HEADERS parsing /v2/query uses.
 from lcore_core.mcp import MCP_HEADERS, parse_mcp_headers
@@ -73,7 +75,24 @@ def blueprint() -> Blueprint:
             log.exception("a2a call failed", method=call.method)
             return _answer(jsonrpc.error(call.id, _internal(exc)))
 
+    @route(bp, "/a2a/health")
+    @doc(summary="Whether the A2A service answers (public, as upstream's)", tags=["a2a"],
+         responses={200: "status, service, version, a2a_sdk_version, timestamp"})
+    async def a2a_health() -> Any:
+        return jsonify({"status": "healthy", "service": "lightspeed-a2a",
+                        "version": lcore_version, "a2a_sdk_version": _sdk_version(),
+                        "timestamp": datetime.now(UTC).isoformat()})
+
     return bp
+
+
+def _sdk_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("a2a-sdk")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 async def _dispatch(call: Call) -> Any:

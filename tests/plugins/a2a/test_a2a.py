@@ -82,6 +82,22 @@ async def test_sdk_resolves_the_card_on_both_paths(write_config: ConfigWriter) -
         assert raw["capabilities"]["streaming"] is True and "defaultInputModes" in raw
 
 
+async def test_health_endpoint_as_upstream(write_config: ConfigWriter) -> None:
+    from importlib.metadata import version
+
+    from lcore_core import __version__
+
+    async with serving(write_config(
+            authentication={"module": "api-key-token",
+                            "api_key_config": {"api_key": "k"}})) as lcore:
+        response = await lcore.http.get(f"{lcore.url}/a2a/health")  # no credentials
+        assert response.status_code == 200, response.text
+        body = response.json()
+    assert body.pop("timestamp")
+    assert body == {"status": "healthy", "service": "lightspeed-a2a", "version": __version__,
+                    "a2a_sdk_version": version("a2a-sdk")}
+
+
 async def test_card_from_yaml_file_and_base_url(write_config: ConfigWriter,
                                                 tmp_path: Path) -> None:
     card_file = tmp_path / "agent_card.yaml"
