@@ -1,7 +1,8 @@
 """The query pipeline shared by `/v2/query`, `/v2/streaming_query` and plugins such as A2A.
 
-prepare (quota check, model, conversation, tools, shields) -> Llama Stack Responses call ->
-summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
+prepare (quota check, model, shields, conversation, tools) -> the configured question_validity
+shields (lcore_core.shields; a refused question skips the next step) -> Llama Stack Responses
+call -> summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
 finish (user DB, cache, quota consume, metrics, `lcore_query_completed`). A failed or cut call
 consumes nothing and stores no half turn.
 """
@@ -66,7 +67,7 @@ class QueryPlan:
     model: str
     instructions: str
     tools: list[dict[str, Any]]
-    # Llama Stack's shields (passed on with the call) and the configured ones LCore runs.
+    # Llama Stack's shields, passed on with the call (`shields`: the configured ones LCore runs).
     guardrails: list[str]
     input: Any
     generate_topic_summary: bool
@@ -194,6 +195,9 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                   ticket: QuotaTicket, client_mcp_headers: dict[str, Any],
                   request_headers: dict[str, str], meta: dict[str, Any] | None) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
+    # Before the conversation: a refused shield_ids must not take a pooled conversation.
+    shields, others = select_named_shields(runtime, body.get("shield_ids"))
+    guardrails = await select_shields(runtime, others)
     conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"), meta)
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
@@ -201,8 +205,6 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
     tools = [] if body.get("no_tools") else await select_tools(
         runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
         skip=frozenset(unavailable))
-    shields, others = select_named_shields(runtime, body.get("shield_ids"))
-    guardrails = await select_shields(runtime, others)
     # Redaction covers all the turn sends on (the answer's call, the validity check, the
     # RAG search, the topic summary) and all LCore stores (the cache's transcript).
     query = shields.redact(body["query"])
@@ -778,23 +780,24 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     started = time.perf_counter()
     try:
         verdict = await check_question(runtime, plan)  # reports its own failure
-        if verdict.refused_by:
-            async for event in _refused_stream(runtime, plan, verdict, start):
-                yield event
-            return
-        started = time.perf_counter()
-        try:
-            upstream = await _open_stream(runtime, plan)
-        except LCoreError as exc:
-            await _failed(runtime, plan, exc, time.perf_counter() - started)
-            raise
-        waiting += time.perf_counter() - started
+        if not verdict.refused_by:
+            started = time.perf_counter()
+            try:
+                upstream = await _open_stream(runtime, plan)
+            except LCoreError as exc:
+                await _failed(runtime, plan, exc, time.perf_counter() - started)
+                raise
+            waiting += time.perf_counter() - started
     except LCoreError as exc:
         if raise_on_open:
             raise
         yield start
         yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
                                     "cause": exc.cause})
+        return
+    if verdict.refused_by:
+        async for event in _refused_stream(runtime, plan, verdict, start):
+            yield event
         return
     token_no = 0
     round_no = 0

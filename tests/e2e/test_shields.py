@@ -247,6 +247,9 @@ async def test_redaction_covers_the_answer(shielded: Lcore, llm: Any) -> None:
     turn = (await history(shielded, body["conversation_id"]))[0]
     assert turn["messages"][1]["content"] == "Your number is [SSN]."
 
+
+async def test_redaction_covers_the_streamed_answer(shielded: Lcore, llm: Any) -> None:
+    llm.script("echo my number", text=f"Your number is {SSN}.")
     _, events = await shielded.stream(on_topic("echo my number"))
     complete = next(e for e in events if e["event"] == "turn_complete")
     assert complete["data"]["token"] == "Your number is [SSN]."
