@@ -1,7 +1,8 @@
 """The query pipeline shared by `/v2/query`, `/v2/streaming_query` and plugins such as A2A.
 
-prepare (quota check, model, conversation, tools, shields) -> Llama Stack Responses call ->
-summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
+prepare (quota check, model, shields, conversation, tools) -> the configured question_validity
+shields (lcore_core.shields; a refused question skips the next step) -> Llama Stack Responses
+call -> summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
 finish (user DB, cache, quota consume, metrics, `lcore_query_completed`). A failed or cut call
 consumes nothing and stores no half turn.
 """
@@ -29,6 +30,10 @@ from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.llama import llama_errors
 from lcore_core.metrics import current_request
 from lcore_core.runtime import Runtime
+from lcore_core.shields import validity
+from lcore_core.shields.selection import NONE as NO_SHIELDS
+from lcore_core.shields.selection import Shields, not_found
+from lcore_core.shields.selection import select as select_named_shields
 
 log = structlog.get_logger("lcore.pipeline")
 
@@ -62,6 +67,7 @@ class QueryPlan:
     model: str
     instructions: str
     tools: list[dict[str, Any]]
+    # Llama Stack's shields, passed on with the call (`shields`: the configured ones LCore runs).
     guardrails: list[str]
     input: Any
     generate_topic_summary: bool
@@ -87,6 +93,7 @@ class QueryPlan:
     store: bool = True
     # Whose quota the call spends when not the caller's own (rlsapi's quota_subject).
     quota_subject: AuthTuple | None = None
+    shields: Shields = NO_SHIELDS
 
     @property
     def quota_auth(self) -> AuthTuple:
@@ -110,6 +117,8 @@ class QueryResult:
     tokens_estimated: bool = False
     # The stored Llama Stack response (the next turn of a chained conversation continues it).
     response_id: str | None = None
+    # The configured question_validity shield that refused the question (no answer call made).
+    refused_by: str | None = None
 
 
 def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
@@ -186,6 +195,9 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                   ticket: QuotaTicket, client_mcp_headers: dict[str, Any],
                   request_headers: dict[str, str], meta: dict[str, Any] | None) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
+    # Before the conversation: a refused shield_ids must not take a pooled conversation.
+    shields, others = select_named_shields(runtime, body.get("shield_ids"))
+    guardrails = await select_shields(runtime, others)
     conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"), meta)
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
@@ -193,16 +205,21 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
     tools = [] if body.get("no_tools") else await select_tools(
         runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
         skip=frozenset(unavailable))
-    attachments = body.get("attachments") or []
-    hits = await rag.retrieve(runtime, body["query"], body.get("vector_store_ids"))
+    # Redaction covers all the turn sends on (the answer's call, the validity check, the
+    # RAG search, the topic summary) and all LCore stores (the cache's transcript).
+    query = shields.redact(body["query"])
+    attachments = [{**a, "content": shields.redact(a["content"])}
+                   for a in body.get("attachments") or []]
+    hits = await rag.retrieve(runtime, query, body.get("vector_store_ids"))
     return QueryPlan(ticket=ticket, mcp_unavailable=unavailable, inline_hits=hits,
-        auth=auth, query=body["query"], conversation_id=conversation.id,
+        auth=auth, query=query, conversation_id=conversation.id,
         new_conversation=conversation.new, chained=conversation.chained,
         previous_response_id=conversation.previous_response_id,
         model_id=model_id, provider=provider, model=model,
-        instructions=system_prompt(runtime, body.get("system_prompt")) + rag.context(hits),
-        tools=tools, guardrails=await select_shields(runtime, body.get("shield_ids")),
-        input=_input_text(body["query"], attachments),
+        instructions=system_prompt(runtime, body.get("system_prompt")) + shields.redact(
+            rag.context(hits)),
+        tools=tools, guardrails=guardrails, shields=shields,
+        input=_input_text(query, attachments),
         generate_topic_summary=body.get("generate_topic_summary") is not False,
         media_type=body.get("media_type") or "application/json", endpoint=endpoint,
         attachments=attachments,
@@ -321,11 +338,16 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_i
 
 
 async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:
-    """The request's shields, else every shield Llama Stack has (as upstream does)."""
-    custom = runtime.config.get("customization") or {}
-    if requested is not None and not custom.get("disable_shield_ids_override"):
-        return list(requested)
-    return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+    """Llama Stack's shields for the call: those named (each must exist), else all of them."""
+    if requested is not None and not requested:
+        return []
+    available = await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+    if requested is None:
+        return available
+    missing = [name for name in requested if name not in available]
+    if missing:
+        raise not_found(missing)
+    return list(requested)
 
 
 async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list[str] | None,
@@ -428,8 +450,48 @@ async def _without_dead_mcp(runtime: Runtime, plan: QueryPlan, exc: LCoreError) 
     return True
 
 
+async def check_question(runtime: Runtime, plan: QueryPlan) -> validity.Verdict:
+    """The configured question_validity shields' verdict on the (redacted) question.
+
+    A refused question is still a turn, as upstream has it: it is stored with the fixed
+    answer, and a Llama Stack conversation gets both messages. Failing checks fail the query.
+    """
+    started = time.perf_counter()
+    try:
+        verdict = await validity.check(runtime, plan.shields.validity, plan.input)
+        if verdict.refused_by and not plan.chained:
+            await validity.record_refusal(runtime, plan.conversation_id, plan.input,
+                                          verdict.response)
+    except LCoreError as exc:
+        await _failed(runtime, plan, exc, time.perf_counter() - started)
+        raise
+    except BaseException:
+        await release(runtime, plan.quota_auth, plan.ticket)
+        raise
+    if verdict.refused_by:
+        log.info("question refused", shield=verdict.refused_by)
+    return verdict
+
+
+def refusal(verdict: validity.Verdict) -> QueryResult:
+    """The turn of a question a question_validity shield refused: its fixed answer."""
+    return QueryResult(response=verdict.response, input_tokens=verdict.input_tokens,
+                       output_tokens=verdict.output_tokens, llm_seconds=verdict.seconds,
+                       shield_violations=[verdict.response], refused_by=verdict.refused_by)
+
+
+def add_check(result: QueryResult, verdict: validity.Verdict) -> None:
+    """The validity checks' tokens and time count with the answer's (as upstream counts them)."""
+    result.input_tokens += verdict.input_tokens
+    result.output_tokens += verdict.output_tokens
+    result.llm_seconds += verdict.seconds
+
+
 async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
-    """Non-streaming: one Responses call, summarised."""
+    """Non-streaming: the validity checks, then one Responses call, summarised."""
+    verdict = await check_question(runtime, plan)
+    if verdict.refused_by:
+        return refusal(verdict)
     started = time.perf_counter()
     admitted = await runtime.llama.answers.admit()
     answered = False
@@ -456,9 +518,11 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
     finally:
         runtime.llama.answers.settle(admitted, answered)
     result = summarise(as_dict(response))
+    result.response = plan.shields.redact(result.response)
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
     await estimate_missing_usage(plan, result)
+    add_check(result, verdict)
     return result
 
 
@@ -639,8 +703,9 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
     m.llm_duration.labels(*labels).observe(result.llm_seconds)
     if result.shield_violations:
         m.validation_errors.labels(plan.endpoint).inc()
-        # Llama Stack's refusal does not say which shield fired.
-        m.shield_violations.labels(",".join(sorted(plan.guardrails)) or "unknown").inc()
+        # Llama Stack's refusal does not say which shield fired; LCore's own shields do.
+        m.shield_violations.labels(result.refused_by or ",".join(sorted(plan.guardrails))
+                                   or "unknown").inc()
     stats = current_request()
     if stats is not None:  # for the request log line
         stats.provider, stats.model = plan.provider, plan.model
@@ -714,15 +779,25 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     start = StreamEvent("start", {"conversation_id": plan.conversation_id})
     started = time.perf_counter()
     try:
-        upstream = await _open_stream(runtime, plan)
-        waiting += time.perf_counter() - started
+        verdict = await check_question(runtime, plan)  # reports its own failure
+        if not verdict.refused_by:
+            started = time.perf_counter()
+            try:
+                upstream = await _open_stream(runtime, plan)
+            except LCoreError as exc:
+                await _failed(runtime, plan, exc, time.perf_counter() - started)
+                raise
+            waiting += time.perf_counter() - started
     except LCoreError as exc:
-        await _failed(runtime, plan, exc, time.perf_counter() - started)
         if raise_on_open:
             raise
         yield start
         yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,
                                     "cause": exc.cause})
+        return
+    if verdict.refused_by:
+        async for event in _refused_stream(runtime, plan, verdict, start):
+            yield event
         return
     token_no = 0
     round_no = 0
@@ -798,6 +873,8 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     # An output shield replaces the streamed text: the completed response carries the refusal.
     result.response = final.response if final.shield_violations else (
         "".join(texts) or final.response)
+    # The tokens went out as they came; the whole answer is redacted (as upstream does).
+    result.response = plan.shields.redact(result.response)
     result.shield_violations = result.shield_violations or final.shield_violations
     result.input_tokens, result.output_tokens = final.input_tokens, final.output_tokens
     result.response_id = final.response_id
@@ -808,14 +885,30 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     result.referenced_documents = result.referenced_documents or final.referenced_documents
     add_inline_hits(result, plan)
     result.llm_seconds = waiting
+    add_check(result, verdict)
     plan.answered = True
     yield StreamEvent("turn_complete", {"token": result.response})
     quotas = await finish(runtime, plan, result)
+    yield _end_event(plan, result, quotas)
+
+
+async def _refused_stream(runtime: Runtime, plan: QueryPlan, verdict: validity.Verdict,
+                          start: StreamEvent) -> AsyncIterator[StreamEvent]:
+    """A refused question's stream: its fixed answer as the one token, then as the turn."""
+    result = refusal(verdict)
+    yield start
+    yield StreamEvent("token", {"id": 0, "token": result.response})
+    yield StreamEvent("turn_complete", {"token": result.response})
+    quotas = await finish(runtime, plan, result)
+    yield _end_event(plan, result, quotas)
+
+
+def _end_event(plan: QueryPlan, result: QueryResult, quotas: dict[str, int]) -> StreamEvent:
     stats = current_request()
     # The request's whole time minus every Llama Stack wait; the middleware records the same figure.
     overhead_ms = (stats.freeze_overhead() if stats is not None else
-                   max(time.perf_counter() - plan.started - waiting, 0.0)) * 1000
-    yield StreamEvent("end", {
+                   max(time.perf_counter() - plan.started - result.llm_seconds, 0.0)) * 1000
+    return StreamEvent("end", {
         "referenced_documents": result.referenced_documents, "rag_chunks": result.rag_chunks,
         "truncated": False, "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens, "tokens_estimated": result.tokens_estimated,

@@ -56,6 +56,7 @@ class InfoSchema(Schema):
 
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 MAX_QUERY_CHARS = 100_000
+MAX_SHIELD_IDS = 64
 
 
 class AttachmentSchema(Schema):
@@ -79,7 +80,9 @@ class QueryRequestSchema(Schema):
     media_type = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(
         ["application/json", "text/plain"]))
     vector_store_ids = fields.List(fields.String(), load_default=None, allow_none=True)
-    shield_ids = fields.List(fields.String(), load_default=None, allow_none=True)
+    # Names of configured shields and of Llama Stack's shields (see lcore_core.shields).
+    shield_ids = fields.List(fields.String(validate=validate.Length(1, 256)), load_default=None,
+                             allow_none=True, validate=validate.Length(max=MAX_SHIELD_IDS))
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:

@@ -54,11 +54,13 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     rag.{inline,tool}                          core: inline (pre-query) and tool RAG; "okp" is
                                                refused; LCore adds inline_max_chunks,
                                                store_max_chunks
+    shields[].{name,provider_id,config}        core: redaction, question_validity
+                                               (lcore_core.shields)
     okp, solr, vector_store,                   refused (see UNSUPPORTED_SECTIONS)
       compaction, conversation_history,
       approvals, skills, saved_prompts,
-      shields, observability,
-      azure_entra_id, a2a_agents, a2a
+      observability, azure_entra_id,
+      a2a_agents, a2a
     rlsapi_v1, splunk,                         core (lcore_core.rlsapi: POST /v1/infer and its
       deployment_environment                   Splunk HEC events)
     (LCore only) local_model.*                 core addition: a supervised local model server
@@ -86,6 +88,7 @@ from marshmallow import (
 )
 
 from lcore_core.rlsapi.config import rlsapi_sections
+from lcore_core.shields.schema import shields_field
 
 
 def existing_file(value: str) -> None:
@@ -737,6 +740,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "compaction": section(CompactionSchema),
     "approvals": section(ApprovalsSchema),
     **rlsapi_sections(),  # rlsapi_v1, splunk, deployment_environment (lcore_core.rlsapi)
+    "shields": shields_field(),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -754,7 +758,6 @@ UNSUPPORTED_SECTIONS = {
     "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
     "skills": "agent skills",
     "saved_prompts": "saved prompts",
-    "shields": "LCore-side guardrail shields (use Llama Stack shields)",
     "a2a_agents": "delegating to remote A2A agents",
     "a2a": "the A2A client (LCore's A2A plugin serves A2A; see a2a_state)",
 }

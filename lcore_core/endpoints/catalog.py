@@ -85,11 +85,15 @@ class ToolsSchema(Schema):
 
 
 class ShieldSchema(Schema):
+    """A configured shield (`name`, `config`: upstream's entry) or a Llama Stack shield."""
+
     identifier = fields.String(required=True)
+    name = fields.String(metadata={"description": "A configured shield's name"})
     provider_resource_id = fields.String(allow_none=True)
     provider_id = fields.String(required=True)
     type = fields.String()
     params = fields.Dict()
+    config = fields.Dict(metadata={"description": "A configured shield's configuration"})
 
 
 class ShieldsSchema(Schema):
@@ -300,13 +304,17 @@ async def tools() -> Any:
 
 
 @route(bp, "/v1/shields", "/shields")
-@doc(summary="Llama Stack's shields (guardrails)", tags=["shields"],
+@doc(summary="The configured shields (guardrails), then Llama Stack's", tags=["shields"],
      responses={200: ShieldsSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.GET_SHIELDS)
 async def shields() -> Any:
     with llama_errors("shields.list"):
         listed = await _client().shields.list()
-    entries = []
+    # Upstream's entries for the `shields:` section; `identifier` too, for LCore's clients.
+    entries: list[dict[str, Any]] = [
+        {"name": s["name"], "identifier": s["name"], "provider_id": s["provider_id"],
+         "type": "shield", "config": dict(s["config"])}
+        for s in current_app.runtime.config.get("shields") or []]  # type: ignore[attr-defined]
     for shield in getattr(listed, "data", listed):
         data = _dump(shield)
         entries.append({"identifier": data.get("identifier"),

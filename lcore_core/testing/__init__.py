@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lcore_core.testing.llm import UNSAFE_MARKER, RecordedRequest, Rule, ScriptedLLM, ToolCall
+from lcore_core.testing.llm import (
+    ON_TOPIC_MARKER,
+    TOPIC_CHECK_MARKER,
+    UNSAFE_MARKER,
+    RecordedRequest,
+    Rule,
+    ScriptedLLM,
+    ToolCall,
+)
 from lcore_core.testing.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
@@ -16,6 +24,8 @@ if TYPE_CHECKING:
     from lcore_core.testing.mcp_server import MCPTestServer
 
 __all__ = [
+    "ON_TOPIC_MARKER",
+    "TOPIC_CHECK_MARKER",
     "UNSAFE_MARKER",
     "LlamaStackServer",
     "MCPTestServer",

@@ -8,10 +8,13 @@ Replies, in order of precedence:
 
 1. **Llama Guard.** A request whose text contains ``UNSAFE CONTENT CATEGORIES`` is a safety check:
    the answer is ``safe``, or ``unsafe\\nS1`` when the text contains :data:`UNSAFE_MARKER`.
-2. **Scripted rules**, first match wins (see :meth:`ScriptedLLM.script`). A rule with tool calls
+2. **Topic check.** A request whose text contains :data:`TOPIC_CHECK_MARKER` (put it in a
+   ``question_validity`` shield's ``model_prompt``) is a question-validity check: the answer is
+   ``REJECTED``, or ``ALLOWED`` when the text contains :data:`ON_TOPIC_MARKER`.
+3. **Scripted rules**, first match wins (see :meth:`ScriptedLLM.script`). A rule with tool calls
    answers with them while no ``tool`` message follows the last user message, and with its
    ``then`` text once one does.
-3. **The default reply**, exactly::
+4. **The default reply**, exactly::
 
        Scripted answer to: <last user message> (user turns: <N>)
 
@@ -54,6 +57,8 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_LLM_MODEL",
     "GUARD_PROMPT_MARKER",
+    "ON_TOPIC_MARKER",
+    "TOPIC_CHECK_MARKER",
     "UNSAFE_MARKER",
     "RecordedRequest",
     "Rule",
@@ -69,6 +74,10 @@ DEFAULT_EMBEDDING_MODEL = "scripted-embed"
 UNSAFE_MARKER = "LCORE-UNSAFE"
 #: Llama Guard's prompt template always contains this heading.
 GUARD_PROMPT_MARKER = "UNSAFE CONTENT CATEGORIES"
+#: A prompt containing this is a question-validity check (answered ALLOWED or REJECTED).
+TOPIC_CHECK_MARKER = "LCORE-TOPIC-CHECK"
+#: A question containing this is on topic for the question-validity check.
+ON_TOPIC_MARKER = "LCORE-ON-TOPIC"
 
 Messages = list[dict[str, Any]]
 Predicate = Callable[[Messages], bool]
@@ -197,6 +206,10 @@ class RecordedRequest:
     @property
     def is_guard_check(self) -> bool:
         return GUARD_PROMPT_MARKER in self.text
+
+    @property
+    def is_topic_check(self) -> bool:
+        return TOPIC_CHECK_MARKER in self.text
 
 
 @dataclass
@@ -337,12 +350,19 @@ class ScriptedLLM:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        """Chat completion requests, without the Llama Guard safety checks."""
+        """Chat completion requests, without the Llama Guard and topic checks."""
         return [
             r
             for r in self.requests
-            if r.path.endswith("/chat/completions") and not r.is_guard_check
+            if r.path.endswith("/chat/completions")
+            and not r.is_guard_check
+            and not r.is_topic_check
         ]
+
+    @property
+    def topic_check_requests(self) -> list[RecordedRequest]:
+        """The question-validity checks received (see :data:`TOPIC_CHECK_MARKER`)."""
+        return [r for r in self.requests if r.is_topic_check]
 
     @property
     def guard_requests(self) -> list[RecordedRequest]:
@@ -352,6 +372,9 @@ class ScriptedLLM:
     def _answer(self, messages: Messages, prompt_text: str) -> _Answer:
         if GUARD_PROMPT_MARKER in prompt_text:
             return _Answer(text="unsafe\nS1" if UNSAFE_MARKER in prompt_text else "safe",
+                           usage=self.report_usage)
+        if TOPIC_CHECK_MARKER in prompt_text:
+            return _Answer(text="ALLOWED" if ON_TOPIC_MARKER in prompt_text else "REJECTED",
                            usage=self.report_usage)
         with self._lock:
             rule = next((r for r in self._rules if r.matches(messages)), None)

@@ -20,7 +20,6 @@ CONFIGS = Path(__file__).parent / "configs"
 # File -> why it does not load yet. Each entry is a feature still being built (issue 21);
 # a file that loads while listed here fails the test, so the list only shrinks.
 GAPS: dict[str, str] = {
-    "server-default.yaml": "shields (redaction, question_validity)",
     "library-unified.yaml": "unified mode (llama_stack.config)",
     "unified-providers.yaml": "unified mode (inference.providers, vector_store)",
     "mcp-auth.yaml": "kubernetes MCP header with noop-with-token",
