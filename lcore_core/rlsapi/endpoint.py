@@ -39,6 +39,7 @@ from lcore_core.rlsapi.schemas import (
 )
 from lcore_core.rlsapi.splunk import SplunkExporter, inference_event
 from lcore_core.runtime import Runtime
+from lcore_core.shields.selection import configured as configured_shields
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("rlsapi_v1", __name__)
@@ -157,12 +158,16 @@ async def _plan(runtime: Runtime, auth: AuthTuple, body: dict[str, Any],
     # MCP tools only: /v1/infer does no retrieval (upstream's skip_rag is reserved).
     tools = mcp_tools(runtime, auth, client_headers, dict(request.headers),
                       frozenset(unavailable))
+    # The configured shields apply as on /v2/query: redaction of everything sent on, and the
+    # question_validity check before the answer's call (pipeline.run).
+    shields = configured_shields(runtime)
     return pipeline.QueryPlan(
-        auth=auth, query=body["question"].strip(), conversation_id="", new_conversation=False,
-        model_id=model_id, provider=provider, model=model, instructions="", tools=tools,
-        guardrails=await pipeline.select_shields(runtime, None), input=input_text(body),
-        generate_topic_summary=False, media_type="application/json", endpoint=ENDPOINT,
-        store=False, quota_subject=subject, ticket=ticket, mcp_unavailable=unavailable)
+        auth=auth, query=shields.redact(body["question"].strip()), conversation_id="",
+        new_conversation=False, model_id=model_id, provider=provider, model=model,
+        instructions="", tools=tools, guardrails=await pipeline.select_shields(runtime, None),
+        shields=shields, input=shields.redact(input_text(body)), generate_topic_summary=False,
+        media_type="application/json", endpoint=ENDPOINT, store=False, quota_subject=subject,
+        ticket=ticket, mcp_unavailable=unavailable)
 
 
 async def resolve_model(runtime: Runtime) -> tuple[str, str, str]:

@@ -549,3 +549,27 @@ async def test_no_events_when_splunk_is_off(lcore: Lcore, llm: Any) -> None:
     response = await lcore.client.post("/v1/infer", json={"question": "quiet"})
     assert response.status_code == 200
     assert "lcore.splunk" not in lcore.runtime.state
+
+
+async def test_configured_shields_apply_to_infer(tmp_path: Path, llama_stack_server: Any,
+                                                 llm: Any) -> None:
+    """The `shields:` section works on /v1/infer as on /v2/query: what the LLM receives is
+    redacted, and an off-topic question gets the fixed answer without the answer's call."""
+    from .test_shields import OFF_TOPIC_ANSWER, SHIELDS, SSN, on_topic
+
+    config = lcore_config(tmp_path, "server", llama_stack_server.url, shields=SHIELDS)
+    app = create_app(config, plugins=load_plugins(entrypoints=False))
+    async with started(app) as test_app:
+        client = test_app.test_client()
+        refused = await client.post("/v1/infer", json={"question": "bake a cake infer"})
+        assert refused.status_code == 200
+        assert (await refused.get_json())["data"]["text"] == OFF_TOPIC_ANSWER
+        assert not [r for r in llm.chat_requests
+                    if "bake a cake infer" in json.dumps(r.messages)
+                    and "Is this about LCore" not in json.dumps(r.messages)]
+        question = on_topic(f"my number is {SSN} infer")
+        answered = await client.post("/v1/infer", json={"question": question})
+        assert answered.status_code == 200, await answered.get_json()
+        sent = [json.dumps(r.messages) for r in llm.chat_requests if "infer" in
+                json.dumps(r.messages)]
+        assert sent and all(SSN not in s for s in sent) and any("[SSN]" in s for s in sent)
