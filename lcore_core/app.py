@@ -81,11 +81,11 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     app = LCoreApp("lcore", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.service.max_request_size
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
-    plugins.register(Rbac(config), "rbac", distribution="lcore-core")
+    auth_provider = plugins.auth_providers()[config.authentication.module]
+    plugins.register(Rbac(config, auth_provider), "rbac", distribution="lcore-core")
     registry = MetricsRegistry()
     metrics = CoreMetrics(registry)
     plugins.register_metrics(registry, config)
-    auth_provider = plugins.auth_providers()[config.authentication.module]
     backend = plugins.cache_backends()[config.conversation_cache.type]
     plugins.register(CoreHeaderValues(), "mcp-headers", distribution="lcore-core")
     runtime = Runtime(

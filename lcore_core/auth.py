@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+import structlog
 from quart import current_app, g, request
 
 from lcore_core import tracing
@@ -15,7 +16,13 @@ from lcore_core.errors import Forbidden
 if TYPE_CHECKING:
     from quart import Request
 
+    from lcore_core.config import Config
+    from lcore_core.providers import AuthProvider
+
+log = structlog.get_logger("lcore.auth")
+
 DEFAULT_USER_ID = "00000000-0000-0000-0000-000"
+FORBIDDEN_RESPONSE = "User does not have permission to access this endpoint"
 DEFAULT_USERNAME = "lightspeed-user"
 
 
@@ -74,12 +81,12 @@ class RbacResolver:
     """Roles to actions from `authorization.access_rules`.
 
     Role `*` applies to every caller; `admin` grants every action; a rule may list `inherits`
-    (roles whose actions it also gets). With no rules at all, every action is allowed, as
-    upstream does when the `authorization` section is absent.
+    (roles whose actions it also gets). With no rules at all (no section, or an empty list),
+    every action is allowed, as upstream does.
     """
 
     def __init__(self, rules: list[dict[str, Any]] | None) -> None:
-        self.enabled = rules is not None
+        self.enabled = bool(rules)
         self._direct: dict[str, set[str]] = {}
         self._parents: dict[str, set[str]] = {}
         for rule in rules or []:
@@ -112,6 +119,24 @@ class RbacResolver:
         return Action.ADMIN in actions or action in actions
 
 
+def applied_access_rules(config: Config, provider: AuthProvider) -> list[dict[str, Any]] | None:
+    """The access rules that judge callers of the selected module, or None when none do.
+
+    As upstream, some modules leave every action allowed whatever the rules say (`noop`,
+    `noop-with-token`, `api-key-token`, `k8s`, and `jwk-token` without role rules; see
+    `AuthProvider.access_rules`); `authorization.always_apply_access_rules: true` applies them
+    to every module instead.
+    """
+    authz = config.get("authorization") or {}
+    rules = list(authz.get("access_rules") or [])
+    if not rules:
+        return None
+    if authz.get("always_apply_access_rules") or provider.applies_access_rules(
+            config.authentication.get("settings")):
+        return rules
+    return None
+
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -128,10 +153,10 @@ async def check_action(auth: AuthTuple, action: str) -> None:
     """Raise `Forbidden` unless `auth` may perform `action`."""
     runtime = current_app.runtime  # type: ignore[attr-defined]
     if not runtime.plugins.authorize(auth, action, request):
-        raise Forbidden(
-            "User is not authorized to perform this action",
-            f"User {auth.user_id} is not allowed to perform action '{action}'",
-        )
+        # Upstream's texts; the action is in the log line (the body does not name it).
+        log.info("action refused", user_id=auth.user_id, action=action)
+        raise Forbidden(FORBIDDEN_RESPONSE,
+                        f"User {auth.user_id} is not authorized to access this endpoint.")
 
 
 def may(auth: AuthTuple, action: str) -> bool:

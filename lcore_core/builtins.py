@@ -7,9 +7,16 @@ import hmac
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from lcore_core.auth import DEFAULT_USER_ID, DEFAULT_USERNAME, AuthTuple, RbacResolver
+from lcore_core.auth import (
+    DEFAULT_USER_ID,
+    DEFAULT_USERNAME,
+    AuthTuple,
+    RbacResolver,
+    applied_access_rules,
+)
 from lcore_core.cache import MemoryCache, NoopCache
 from lcore_core.errors import Unauthorized
 from lcore_core.hookspecs import hookimpl
@@ -21,6 +28,8 @@ if TYPE_CHECKING:
 
     from lcore_core.config import Config
 
+log = structlog.get_logger("lcore.auth")
+
 
 def bearer_token(request: Request) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, or None."""
@@ -31,6 +40,16 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+def require_bearer(request: Request) -> str:
+    """The Bearer token, or 401 with upstream's causes (no header / no token in it)."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized(cause="No token found in Authorization header"
+                           if request.headers.get("Authorization")
+                           else "No Authorization header found")
+    return token
+
+
 class NoopAuth:
     """Everyone is the default user (a `user_id` query parameter may name another)."""
 
@@ -38,10 +57,7 @@ class NoopAuth:
         self.need_token = need_token
 
     async def authenticate(self, request: Request) -> AuthTuple:
-        token = bearer_token(request)
-        if self.need_token and token is None:
-            raise Unauthorized("No token found in the request",
-                               "Authorization header with a Bearer token is required")
+        token = require_bearer(request) if self.need_token else bearer_token(request)
         user_id = request.args.get("user_id") or DEFAULT_USER_ID
         return AuthTuple(user_id, DEFAULT_USERNAME, frozenset(), token, skip_user_id_check=True)
 
@@ -71,10 +87,7 @@ class ApiKeyAuth:
         self._keys = [k.encode() for k in keys if k]
 
     async def authenticate(self, request: Request) -> AuthTuple:
-        token = bearer_token(request)
-        if token is None:
-            raise Unauthorized("No token found in the request",
-                               "Authorization header with a Bearer API key is required")
+        token = require_bearer(request)
         given = token.encode()
         # Compare against every key so timing does not reveal which (or whether one) matched.
         matched = False
@@ -93,12 +106,15 @@ class MemoryCacheSchema(Schema):
 @hookimpl
 def lcore_auth_providers() -> list[AuthProvider]:
     return [
-        AuthProvider("noop", lambda settings, config: NoopAuth(),
+        # As upstream, access rules do not judge the callers of these three modules.
+        AuthProvider("noop", lambda settings, config: NoopAuth(), access_rules=False,
                      description="no authentication; every caller is the default user"),
         AuthProvider("noop-with-token", lambda settings, config: NoopAuth(need_token=True),
+                     access_rules=False,
                      description="a Bearer token is required and forwarded, not checked"),
         AuthProvider("api-key-token", lambda settings, config: ApiKeyAuth(settings),
                      config_key="api_key_config", schema=ApiKeySchema, required=True,
+                     access_rules=False,
                      description="a Bearer token that must match a configured API key"),
         AuthProvider("rh-identity", lambda settings, config: RhIdentityAuth(settings),
                      config_key="rh_identity_config", schema=RhIdentitySchema,
@@ -116,11 +132,17 @@ def lcore_cache_backends() -> list[CacheBackend]:
 
 
 class Rbac:
-    """The default authorizer: `authorization.access_rules`. Registered per app by the core."""
+    """The default authorizer: `authorization.access_rules`, where they apply to the selected
+    authentication module (`applied_access_rules`). Registered per app by the core."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, provider: AuthProvider) -> None:
+        rules = applied_access_rules(config, provider)
         authz = config.get("authorization")
-        self.resolver = RbacResolver(authz["access_rules"] if authz else None)
+        if rules is None and authz and authz["access_rules"]:
+            log.warning("access rules not applied: as upstream, this authentication module "
+                        "allows every action (set authorization.always_apply_access_rules: "
+                        "true to apply them)", module=config.authentication.module)
+        self.resolver = RbacResolver(rules)
 
     @hookimpl(trylast=True)
     def lcore_authorize(self, auth: AuthTuple, action: str) -> bool:

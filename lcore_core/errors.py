@@ -47,10 +47,13 @@ class BadRequest(LCoreError):
 class Unauthorized(LCoreError):
     status = 401
 
-    def __init__(self, response: str = "Missing or invalid credentials", cause: str = "",
-                 **kwargs: Any) -> None:
+    def __init__(self, response: str = "Missing or invalid credentials provided by client",
+                 cause: str = "", *, challenge: str | None = "Bearer", **kwargs: Any) -> None:
         super().__init__(response, cause, **kwargs)
-        self.headers.setdefault("WWW-Authenticate", "Bearer")
+        # `challenge=None`: no WWW-Authenticate of LCore's own (one relayed from elsewhere, or
+        # none at all, as upstream answers when an MCP server's OAuth probe fails).
+        if challenge is not None:
+            self.headers.setdefault("WWW-Authenticate", challenge)
 
 
 class Forbidden(LCoreError):

@@ -18,7 +18,7 @@ import structlog
 
 from lcore_core import jsonsafe
 from lcore_core.auth import AuthTuple
-from lcore_core.errors import BackendUnavailable, BadRequest
+from lcore_core.errors import BackendUnavailable, BadRequest, Unauthorized
 from lcore_core.hookspecs import hookimpl
 from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
@@ -26,6 +26,10 @@ from lcore_core.runtime import Runtime
 MCP_HEADERS = "MCP-HEADERS"
 CLIENT = "client"
 KUBERNETES = "kubernetes"
+OAUTH = "oauth"
+# The authentication modules whose callers' bearer token a `kubernetes` header forwards.
+KUBERNETES_MODULES = ("k8s", "noop-with-token")
+OAUTH_PROBE_TIMEOUT_S = 10.0
 log = structlog.get_logger("lcore.mcp")
 _ENV = re.compile(r"^\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -165,18 +169,22 @@ class McpHealth:
 
 
 class CoreHeaderValues:
-    """Resolves `client`, `${env.VAR}`, a file path, or a literal (tried last by the core)."""
+    """Resolves `client`, `oauth`, `kubernetes`, `${env.VAR}`, a file path, or a literal (tried
+    last by the core)."""
 
     @hookimpl(trylast=True)
-    def lcore_mcp_header_value(self, spec: str, header: str,
+    def lcore_mcp_header_value(self, spec: str, header: str, auth: AuthTuple,
                                client_headers: dict[str, str]) -> str | None:
-        if spec == CLIENT:
+        if spec in (CLIENT, OAUTH):
+            # `oauth`: the token the client obtained from this server's authorization server
+            # (without one, `check_oauth` has already answered 401 when the server needs it).
             for name, value in client_headers.items():
                 if name.lower() == header.lower():
                     return value
             return None
         if spec == KUBERNETES:
-            return None
+            # The caller's own bearer token (configuration allows this with KUBERNETES_MODULES).
+            return f"Bearer {auth.token}" if auth.token else None
         env = _ENV.match(spec)
         if env:
             return os.environ.get(env.group(1))
@@ -184,6 +192,55 @@ class CoreHeaderValues:
         if spec.startswith(("/", "./", "~")) and path.expanduser().is_file():
             return path.expanduser().read_text(encoding="utf-8").strip()
         return spec
+
+
+def oauth_headers(server: Any) -> list[str]:
+    """The authorization headers of `server` that carry a client-obtained OAuth token."""
+    return [name for name, spec in server.authorization_headers.items()
+            if spec.strip() == OAUTH]
+
+
+async def check_oauth(runtime: Runtime, auth: AuthTuple,
+                      client_headers: dict[str, dict[str, str]]) -> None:
+    """Upstream's OAuth probe: each server with an `oauth` header is asked (a GET, with the
+    Authorization this caller's tool call would carry); a 401 from any of them becomes LCore's
+    401, relaying that server's WWW-Authenticate so the client can run the OAuth flow and
+    send the token in `MCP-HEADERS`. A server that cannot be asked is a 401 as well (as upstream).
+    """
+    probes = []
+    for server in runtime.config.mcp_servers:
+        if not oauth_headers(server):
+            continue
+        authorization = None
+        for name, spec in server.authorization_headers.items():
+            if name.lower() == "authorization":
+                authorization = runtime.plugins.mcp_header_value(
+                    spec, server, name, auth, client_headers.get(server.name) or {})
+        if authorization and not authorization.startswith("Bearer "):
+            authorization = f"Bearer {authorization}"
+        timeout = min(float(server.timeout or OAUTH_PROBE_TIMEOUT_S), OAUTH_PROBE_TIMEOUT_S)
+        probes.append(_probe_oauth(server.url, authorization, timeout))
+    refusals = await asyncio.gather(*probes, return_exceptions=True)
+    for refusal in refusals:
+        if isinstance(refusal, BaseException):
+            raise refusal
+
+
+async def _probe_oauth(url: str, authorization: str | None, timeout: float) -> None:
+    refused = f"MCP server at {url} requires OAuth"
+    headers = {"Authorization": authorization} if authorization else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout, verify=tls_context()) as client:
+            response = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        log.warning("mcp oauth probe failed", url=url, error=type(exc).__name__)
+        raise Unauthorized(cause=refused, challenge=None) from None
+    if response.status_code != 401:
+        return
+    challenge = response.headers.get("WWW-Authenticate")
+    if challenge is None:
+        log.warning("mcp server answered 401 without WWW-Authenticate", url=url)
+    raise Unauthorized(cause=refused, challenge=challenge)
 
 
 @functools.cache

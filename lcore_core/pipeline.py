@@ -151,6 +151,11 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   endpoint: str, client_mcp_headers: dict[str, Any] | None = None,
                   request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
+    if runtime.config.mcp_servers and not body.get("no_tools"):
+        from lcore_core.mcp import check_oauth
+
+        # As upstream, before the quota: a client owing an MCP server's OAuth token hears so.
+        await check_oauth(runtime, auth, client_mcp_headers or {})
     ticket = QuotaTicket(query=body["query"], endpoint=endpoint)
     # A follow-up turn's conversation is read while the quota is checked (two round trips on
     # two connections, overlapped). The quota still speaks first: its refusal is the answer,

@@ -20,6 +20,10 @@ class AuthProvider:
 
     `factory(settings, config)` builds the authenticator; `settings` is the validated
     `authentication.<config_key>` mapping (None when absent), `config` the whole configuration.
+    `access_rules` says whether `authorization.access_rules` judge this module's callers: True
+    (the default), False (every action is allowed, as upstream does for `noop` or `k8s`), or a
+    callable of `settings` deciding it (`jwk-token` applies them only with role rules).
+    `authorization.always_apply_access_rules: true` applies them whatever this says.
     """
 
     name: str
@@ -28,6 +32,11 @@ class AuthProvider:
     schema: type[Schema] | None = None
     required: bool = False
     description: str = ""
+    access_rules: bool | Callable[[Any], bool] = True
+
+    def applies_access_rules(self, settings: Any) -> bool:
+        rule = self.access_rules
+        return bool(rule(settings) if callable(rule) else rule)
 
 
 @dataclass(frozen=True)

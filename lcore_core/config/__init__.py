@@ -250,14 +250,19 @@ def _beside_the_file(doc: Document, section: Any, key: str) -> None:
 
 
 def _check_kubernetes_headers(report: _Report, loaded: dict[str, Any]) -> None:
-    """`kubernetes` MCP header values forward the caller's Kubernetes token: k8s auth only."""
+    """`kubernetes` MCP header values forward the caller's bearer token, which only the `k8s`
+    and `noop-with-token` modules keep (as upstream; upstream drops such a server with a
+    warning, LCore refuses the configuration)."""
+    from lcore_core.mcp import KUBERNETES, KUBERNETES_MODULES
+
     module = (loaded.get("authentication") or {}).get("module")
     for i, server in enumerate(loaded.get("mcp_servers") or ()):
         for header, spec in (server.get("authorization_headers") or {}).items():
-            if str(spec).strip() == "kubernetes" and module != "k8s":
+            if str(spec).strip() == KUBERNETES and module not in KUBERNETES_MODULES:
                 report.add(("mcp_servers", i, "authorization_headers", header),
-                           f"'kubernetes' forwards the caller's Kubernetes token and needs "
-                           f"authentication.module: k8s (plugin lcore-auth-k8s), not {module!r}")
+                           f"'kubernetes' forwards the caller's bearer token and needs "
+                           f"authentication.module: k8s (plugin lcore-auth-k8s) or "
+                           f"noop-with-token, not {module!r}")
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:

@@ -29,10 +29,9 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     authentication.jwk_config                  plugin lcore-auth-jwk (module jwk-token)
     authentication.k8s_*                       plugin lcore-auth-k8s (module k8s)
     authentication.rh_identity_config          core (builtin rh-identity)
-    authentication.trusted_proxy_config        accepted while unused; selecting trusted-proxy is
-                                               refused (no such provider)
-    authorization.access_rules[].{role,        core; LCore adds inherits and rules_file
-      actions}
+    authentication.trusted_proxy_config        plugin lcore-auth-k8s (module trusted-proxy)
+    authorization.access_rules[].{role,        core; LCore adds inherits, rules_file and
+      actions}                                 always_apply_access_rules
     database.{sqlite,postgres}                 core, same keys; postgres.namespace "public"
     conversation_cache.type + memory           core (memory, noop)
     conversation_cache.sqlite / .postgres      plugins lcore-cache-sqlite / lcore-cache-postgres
@@ -295,6 +294,8 @@ class AuthorizationSchema(Base):
     access_rules = fields.List(fields.Nested(AccessRuleSchema), load_default=list)
     # LCore addition: rules in a separate authorization.yaml (merged after access_rules).
     rules_file = fields.String(load_default=None, allow_none=True)
+    # LCore addition: apply the rules with every module (upstream skips noop, k8s, ...).
+    always_apply_access_rules = fields.Boolean(load_default=False)
 
 
 class RulesFileSchema(Base):
@@ -781,7 +782,7 @@ UNSUPPORTED_KEYS: dict[tuple[str, ...], str] = {
 KNOWN_AUTH_MODULES: dict[str, str | None] = {
     "k8s": "lcore-auth-k8s",
     "jwk-token": "lcore-auth-jwk",
-    "trusted-proxy": None,
+    "trusted-proxy": "lcore-auth-k8s",
 }
 KNOWN_CACHE_TYPES: dict[str, str | None] = {
     "sqlite": "lcore-cache-sqlite",

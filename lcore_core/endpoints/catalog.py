@@ -16,7 +16,13 @@ from lcore_core.auth import Action, authorize, may
 from lcore_core.config import mask, mask_url
 from lcore_core.errors import BadRequest, NotFound
 from lcore_core.llama import llama_errors
-from lcore_core.mcp import MCP_HEADERS, list_server_tools, mcp_tools, parse_mcp_headers
+from lcore_core.mcp import (
+    MCP_HEADERS,
+    check_oauth,
+    list_server_tools,
+    mcp_tools,
+    parse_mcp_headers,
+)
 from lcore_core.pipeline import model_entry
 from lcore_core.web import doc, route
 
@@ -265,6 +271,7 @@ async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:
     if not servers:
         return []
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS), servers)
+    await check_oauth(runtime, g.auth, client_headers)
     offered = {t["server_label"]: t for t in mcp_tools(runtime, g.auth, client_headers,
                                                        dict(request.headers))}
     timeouts = {s.name: float(s.timeout or 5.0) for s in servers}

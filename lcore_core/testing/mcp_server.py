@@ -35,7 +35,9 @@ class MCPTestServer:
 
     ``tools`` adds more tools: a mapping of name to a plain function with type-hinted arguments;
     ``weather=False`` leaves ``get_weather`` out (Llama Stack refuses two servers offering one
-    tool name in a call).
+    tool name in a call). ``bearer_token`` makes it an OAuth-protected resource server (the SDK's
+    own bearer middleware): a request without that token gets 401 with a ``WWW-Authenticate``
+    challenge naming its protected-resource metadata.
     """
 
     def __init__(
@@ -45,9 +47,11 @@ class MCPTestServer:
         port: int = 0,
         tools: dict[str, Callable[..., Any]] | None = None,
         weather: bool = True,
+        bearer_token: str | None = None,
     ) -> None:
         self.name = name
         self.weather = weather
+        self.bearer_token = bearer_token
         self.extra_tools = dict(tools or {})
         self._lock = threading.Lock()
         self._headers: list[dict[str, str]] = []
@@ -107,7 +111,8 @@ class MCPTestServer:
         # a fresh FastMCP per start: its session manager can run only once
         from mcp.server.fastmcp import FastMCP
 
-        mcp = FastMCP(self.name, stateless_http=True, log_level="WARNING")
+        mcp = FastMCP(self.name, stateless_http=True, log_level="WARNING",
+                      **self._auth_settings())
 
         if self.weather:
             @mcp.tool(description="Current weather for a city.")
@@ -128,6 +133,26 @@ class MCPTestServer:
             await inner(scope, receive, send)
 
         return app
+
+    def _auth_settings(self) -> dict[str, Any]:
+        if self.bearer_token is None:
+            return {}
+        from mcp.server.auth.provider import AccessToken
+        from mcp.server.auth.settings import AuthSettings
+
+        expected = self.bearer_token
+
+        class Verifier:
+            async def verify_token(self, token: str) -> AccessToken | None:
+                if token != expected:
+                    return None
+                return AccessToken(token=token, client_id="lcore-test", scopes=[])
+
+        origin = f"http://127.0.0.1:{self._server.port}"
+        return {"token_verifier": Verifier(),
+                "auth": AuthSettings(issuer_url=f"{origin}/issuer",  # type: ignore[arg-type]
+                                     resource_server_url=self.url,  # type: ignore[arg-type]
+                                     validate_token_resource=False)}
 
     def _recording(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         import functools

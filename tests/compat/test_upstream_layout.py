@@ -22,10 +22,8 @@ CONFIGS = Path(__file__).parent / "configs"
 GAPS: dict[str, str] = {
     "library-unified.yaml": "unified mode (llama_stack.config)",
     "unified-providers.yaml": "unified mode (inference.providers, vector_store)",
-    "mcp-auth.yaml": "kubernetes MCP header with noop-with-token",
     "skills.yaml": "agent skills",
     "azure.yaml": "azure_entra_id",
-    "api-key-trusted-proxy.yaml": "the trusted-proxy authentication module",
 }
 UPSTREAM_GAPS: dict[str, str] = {}
 

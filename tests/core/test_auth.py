@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 from typing import Any
 
 import pytest
@@ -27,9 +29,10 @@ def test_no_rules_allows_everything() -> None:
     assert resolver.allowed(who(), "query") and resolver.allowed(who(), "anything")
 
 
-def test_empty_rules_allow_nothing() -> None:
+def test_empty_rules_allow_everything() -> None:
+    # As upstream: an `authorization` section with no rules restricts nothing.
     resolver = RbacResolver([])
-    assert not resolver.allowed(who("dev"), "query")
+    assert resolver.allowed(who("dev"), "query")
 
 
 def test_wildcard_role_applies_to_everyone() -> None:
@@ -117,10 +120,57 @@ async def test_noop_with_token_needs_a_token() -> None:
 
 async def test_noop_with_token_through_the_app(make_app: Any) -> None:
     client = make_app({"authentication": {"module": "noop-with-token"}}).test_client()
-    response = await client.get("/v1/info")
-    assert response.status_code == 401
-    assert (await response.get_json())["detail"]["response"] == "No token found in the request"
+    for headers, cause in (({}, "No Authorization header found"),
+                           ({"Authorization": "Basic eDp5"}, "No token found in Authorization "
+                                                             "header")):
+        response = await client.get("/v1/info", headers=headers)
+        assert response.status_code == 401
+        assert await response.get_json() == {"detail": {  # upstream's body
+            "response": "Missing or invalid credentials provided by client", "cause": cause}}
     assert (await client.get("/v1/info", headers=bearer("anything"))).status_code == 200
+
+
+# --- which modules the access rules judge (as upstream's authorization middleware) ------------
+
+DENY_CONFIG = {"access_rules": [{"role": "*", "actions": ["info"]}]}
+API_KEY = {"module": "api-key-token", "api_key_config": {"api_key": "k-1"}}
+
+
+@pytest.mark.parametrize("authentication", [
+    {"module": "noop"}, {"module": "noop-with-token"}, API_KEY])
+async def test_rules_do_not_judge_token_modules(authentication: dict[str, Any],
+                                                make_app: Any) -> None:
+    """Upstream ignores access rules for noop, noop-with-token and api-key-token."""
+    client = make_app({"authentication": authentication,
+                       "authorization": DENY_CONFIG}).test_client()
+    assert (await client.get("/v1/config", headers=bearer("k-1"))).status_code == 200
+    strict = make_app({"authentication": authentication,
+                       "authorization": {**DENY_CONFIG, "always_apply_access_rules": True}})
+    response = await strict.test_client().get("/v1/config", headers=bearer("k-1"))
+    assert response.status_code == 403
+    assert (await response.get_json())["detail"] == {
+        "response": "User does not have permission to access this endpoint",
+        "cause": "User 00000000-0000-0000-0000-000 is not authorized to access this endpoint."}
+    assert (await strict.test_client().get("/v1/info", headers=bearer("k-1"))).status_code \
+        == 200
+
+
+def rh_identity(make_app: Any, authorization: dict[str, Any]) -> Any:
+    return make_app({"authentication": {"module": "rh-identity"},
+                     "authorization": authorization}).test_client()
+
+
+RH_USER = {"X-RH-Identity": base64.b64encode(json.dumps({"identity": {
+    "type": "User", "org_id": "o1", "account_number": "a1",
+    "user": {"user_id": "u-7", "username": "ann"}}, "entitlements": {}}).encode()).decode()}
+
+
+async def test_rules_judge_rh_identity_and_empty_rules_allow_all(make_app: Any) -> None:
+    client = rh_identity(make_app, DENY_CONFIG)
+    assert (await client.get("/v1/info", headers=RH_USER)).status_code == 200
+    assert (await client.get("/v1/config", headers=RH_USER)).status_code == 403
+    open_client = rh_identity(make_app, {"access_rules": []})
+    assert (await open_client.get("/v1/config", headers=RH_USER)).status_code == 200
 
 
 async def test_api_key_good_wrong_and_wrong_length() -> None:
@@ -129,7 +179,7 @@ async def test_api_key_good_wrong_and_wrong_length() -> None:
     for bad in ("k-0123456780", "x-0123456789", "k-01234567", "k-0123456789-longer", "K"):
         with pytest.raises(Unauthorized, match="Invalid API key"):
             await authenticate(auth, bearer(bad))
-    with pytest.raises(Unauthorized, match="No token"):
+    with pytest.raises(Unauthorized, match="No Authorization header found"):
         await authenticate(auth)
 
 

@@ -396,10 +396,10 @@ def test_auth_module_of_an_uninstalled_plugin(tmp_path, plugins):
         "installed: api-key-token, noop, noop-with-token, rh-identity"]
 
 
-def test_upstream_auth_module_lcore_lacks(tmp_path, plugins):
+def test_upstream_auth_module_of_a_missing_plugin(tmp_path, plugins):
     [line] = errors(tmp_path, BASE + "authentication:\n  module: trusted-proxy\n", plugins)
     assert line.startswith("F:4: authentication.module: authentication module 'trusted-proxy' "
-                           "exists upstream but is not supported by LCore")
+                           "is provided by the plugin lcore-auth-k8s, which is not installed")
 
 
 def test_api_key_token_needs_its_section(tmp_path, plugins):
@@ -623,8 +623,18 @@ def test_kubernetes_mcp_header_needs_k8s_auth(tmp_path, plugins):
               Authorization: kubernetes
         """), plugins) == [
         "F:7: mcp_servers[0].authorization_headers.Authorization: 'kubernetes' forwards the "
-        "caller's Kubernetes token and needs authentication.module: k8s (plugin lcore-auth-k8s), "
-        "not 'noop'"]
+        "caller's bearer token and needs authentication.module: k8s (plugin lcore-auth-k8s) or "
+        "noop-with-token, not 'noop'"]
+    # As upstream, noop-with-token keeps the caller's token too.
+    load_config(write(tmp_path, BASE + textwrap.dedent("""\
+        authentication:
+          module: noop-with-token
+        mcp_servers:
+          - name: a
+            url: http://a:1
+            authorization_headers:
+              Authorization: kubernetes
+        """)), plugins)
 
 
 def test_readme_provider_example_loads(tmp_path):

@@ -70,7 +70,8 @@ async def test_header_module_end_to_end(example_plugin_installed: str, write_con
         # The plugin's own action: granted by a role that only the roles header gives.
         no_role = await client.get("/v1/header-auth/whoami", headers={"X-Test-User": "alice"})
         assert no_role.status_code == 403
-        assert "header_whoami" in (await no_role.get_json())["detail"]["cause"]
+        assert (await no_role.get_json())["detail"]["cause"] == \
+            "User alice is not authorized to access this endpoint."
         granted = await client.get("/v1/header-auth/whoami",
                                    headers={"X-Test-User": "alice",
                                             "X-Test-Roles": " devs, ops ,"})

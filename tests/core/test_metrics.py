@@ -101,7 +101,8 @@ async def test_cache_calls_and_errors_are_counted_by_backend(make_app: Any) -> N
     assert value(text, "ls_cache_errors_total", backend="flaky", operation="insert") == 0.0
 
 
-RULES = {"authorization": {"access_rules": [{"role": "*", "actions": ["info"]}]}}
+RULES = {"authorization": {"always_apply_access_rules": True,
+                           "access_rules": [{"role": "*", "actions": ["info"]}]}}
 
 
 async def test_metrics_need_get_metrics_unless_public(make_app: Any) -> None:
@@ -112,7 +113,7 @@ async def test_metrics_need_get_metrics_unless_public(make_app: Any) -> None:
     response = await public.get("/metrics")
     assert response.status_code == 200
     assert "ls_rest_api_calls_total" in await response.get_data(as_text=True)
-    allowed = make_app({"authorization": {"access_rules": [
+    allowed = make_app({"authorization": {"always_apply_access_rules": True, "access_rules": [
         {"role": "*", "actions": ["get_metrics"]}]}}).test_client()
     assert (await allowed.get("/metrics")).status_code == 200
 

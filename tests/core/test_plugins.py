@@ -174,7 +174,8 @@ async def test_authorize_true_overrides_rbac(make_app: Any) -> None:
         def lcore_authorize(self, auth: AuthTuple, action: str) -> bool | None:
             return True if action == "info" else None
 
-    rules = {"authorization": {"access_rules": [{"role": "*", "actions": ["get_models"]}]}}
+    rules = {"authorization": {"always_apply_access_rules": True,
+                               "access_rules": [{"role": "*", "actions": ["get_models"]}]}}
     assert (await make_app(rules).test_client().get("/v1/info")).status_code == 403
     assert (await make_app(rules, Allow()).test_client().get("/v1/info")).status_code == 200
 

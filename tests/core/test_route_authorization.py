@@ -95,7 +95,8 @@ async def test_authenticated_only_routes_still_need_credentials(make_app: Any) -
 
 async def test_guarded_routes_refuse_a_caller_without_the_action(make_app: Any) -> None:
     # With rules that grant nothing, every guarded GET answers 403 (never 200), public ones 2xx.
-    app = make_app({"authorization": {"access_rules": [{"role": "nobody", "actions": []}]}})
+    app = make_app({"authorization": {"always_apply_access_rules": True,
+                                      "access_rules": [{"role": "nobody", "actions": []}]}})
     client = app.test_client()
     checked = 0
     for rule in app.url_map.iter_rules():

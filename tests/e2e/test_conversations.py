@@ -32,7 +32,8 @@ class Auditor:
 @pytest.fixture
 async def client(tmp_path: Path, llama_stack_server: Any) -> AsyncIterator[Any]:
     path = lcore_config(tmp_path, "server", llama_stack_server.url,
-                        authorization={"access_rules": [{"role": "*", "actions": OWN}]})
+                        authorization={"always_apply_access_rules": True,
+                                       "access_rules": [{"role": "*", "actions": OWN}]})
     app = create_app(path, plugins=load_plugins(entrypoints=False, extra=[Auditor()]))
     async with started(app) as test_app:
         yield test_app.test_client()

@@ -244,7 +244,8 @@ async def test_config_is_served_with_secrets_masked(clean: Started) -> None:
 async def test_config_masks_api_keys_and_authorized_needs_a_key(
         tmp_path: Path, llama_stack_server: Any) -> None:
     secrets = {"llama": "llama-secret-1234", "auth": "auth-secret-5678"}
-    rules = {"access_rules": [{"role": "*", "actions": ["get_config", "feedback"]}]}
+    rules = {"always_apply_access_rules": True,
+             "access_rules": [{"role": "*", "actions": ["get_config", "feedback"]}]}
     auth = {"module": "api-key-token", "api_key_config": {"api_key": secrets["auth"]}}
     path = write_config(tmp_path, llama_stack_server.url, authentication=auth,
                         authorization=rules)

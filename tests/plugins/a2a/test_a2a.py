@@ -153,14 +153,15 @@ async def test_security_schemes_follow_authentication(write_config: ConfigWriter
 
 
 async def test_authorization_uses_the_a2a_actions(write_config: ConfigWriter) -> None:
-    config = write_config(authorization={"access_rules": [
+    config = write_config(authorization={"always_apply_access_rules": True, "access_rules": [
         {"role": "*", "actions": ["a2a_agent_card"]}]})
     async with serving(config) as lcore:
         await lcore.card()  # allowed
         denied = await lcore.rpc({"jsonrpc": "2.0", "id": 1, "method": "tasks/get",
                                   "params": {"id": "x"}})
         assert denied.status_code == 403
-        assert "a2a_jsonrpc" in denied.json()["detail"]["cause"]
+        assert denied.json()["detail"]["response"] == \
+            "User does not have permission to access this endpoint"
 
 
 # --- messages ---------------------------------------------------------------------------------

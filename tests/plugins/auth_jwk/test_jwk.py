@@ -140,7 +140,7 @@ async def expect_401(client: Any, headers: dict[str, str], cause: str) -> None:
     response = await client.get("/v1/info", headers=headers)
     body = await response.get_json()
     assert response.status_code == 401, body
-    assert body["detail"]["response"] in ("Missing or invalid credentials",
+    assert body["detail"]["response"] in ("Missing or invalid credentials provided by client",
                                           "No token found in the request")
     assert cause in body["detail"]["cause"], body
 
@@ -380,6 +380,21 @@ ROLE_RULES = [
     {"jsonpath": "$.email_verified", "operator": "equals", "value": [True], "negate": True,
      "roles": ["unverified"]},
 ]
+
+
+async def test_access_rules_need_role_rules(jwks: JwksServer, signer: Signer, make_app: Any,
+                                            serving: Any) -> None:
+    """As upstream: without role rules no access rule is applied (every action allowed)."""
+    config = jwk_config(jwks.url)
+    config["authorization"] = {"access_rules": [{"role": "*", "actions": ["info"]}]}
+    async with serving(make_app(config, lcore_auth_jwk.plugin)) as client:
+        token = bearer(signer.token())
+        assert (await client.get("/v1/config", headers=token)).status_code == 200
+    config["authorization"]["always_apply_access_rules"] = True
+    async with serving(make_app(config, lcore_auth_jwk.plugin)) as client:
+        token = bearer(signer.token())
+        assert (await client.get("/v1/config", headers=token)).status_code == 403
+        assert (await client.get("/v1/info", headers=token)).status_code == 200
 
 
 async def test_role_rules_drive_access_rules(jwks: JwksServer, signer: Signer, make_app: Any,

@@ -4,142 +4,25 @@ SubjectAccessReview with the real JSON shapes (no cluster needed)."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import logging
-import ssl
-import threading
-from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import lcore_auth_k8s.plugin
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from lcore_core import ConfigError
 from lcore_core.app import create_app
 from lcore_core.mcp import mcp_tools
 from lcore_core.plugins import load_plugins
-
-SA_TOKEN = "lcore-service-account-token"
-TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
-ACCESS_REVIEW = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-CLUSTER_VERSION = "/apis/config.openshift.io/v1/clusterversions/version"
-
-
-def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (it is its own CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-class FakeApiServer:
-    """TokenReview / SubjectAccessReview / ClusterVersion over HTTPS; counts calls per path."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.users: dict[str, dict[str, Any]] = {}   # token -> status.user
-        self.allowed: set[str] = set()                # usernames the SAR allows
-        self.hits: Counter[str] = Counter()
-        self.bodies: list[dict[str, Any]] = []
-        self.credentials: list[str | None] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                owner.hits[self.path] += 1
-                if self.path == CLUSTER_VERSION:
-                    self._send(200, {"apiVersion": "config.openshift.io/v1",
-                                     "kind": "ClusterVersion",
-                                     "spec": {"clusterID": "cluster-1234"}})
-                else:
-                    self._send(404, {"kind": "Status", "code": 404})
-
-            def do_POST(self) -> None:
-                owner.hits[self.path] += 1
-                owner.credentials.append(self.headers.get("Authorization"))
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.bodies.append(body)
-                if self.path == TOKEN_REVIEW:
-                    user = owner.users.get(body["spec"]["token"])
-                    status: dict[str, Any] = ({"authenticated": True, "user": user,
-                                               "audiences": ["https://kubernetes.default.svc"]}
-                                              if user else
-                                              {"authenticated": False,
-                                               "error": "token lookup failed"})
-                    self._send(201, {**body, "status": status})
-                elif self.path == ACCESS_REVIEW:
-                    allowed = body["spec"]["user"] in owner.allowed
-                    self._send(201, {**body, "status": {"allowed": allowed,
-                                                        "reason": "test" if allowed else ""}})
-                else:
-                    self._send(404, {"kind": "Status", "code": 404})
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("k8s-certs")
-    cert, key = self_signed(directory, "apiserver")
-    other, _ = self_signed(directory, "someone-else")
-    token = directory / "sa-token"
-    token.write_text(SA_TOKEN + "\n")
-    return {"cert": cert, "key": key, "other_ca": other, "sa_token": token}
-
-
-@pytest.fixture
-def api(certs: dict[str, Path]) -> Iterator[FakeApiServer]:
-    server = FakeApiServer(certs["cert"], certs["key"])
-    server.users["alice-token"] = {"username": "alice", "uid": "uid-alice",
-                                   "groups": ["devs", "system:authenticated"]}
-    server.users["bob-token"] = {"username": "bob", "uid": "uid-bob", "groups": ["ops"]}
-    server.users["admin-token"] = {"username": "kube:admin", "uid": "",
-                                   "groups": ["system:cluster-admins"]}
-    server.allowed = {"alice", "kube:admin"}
-    yield server
-    server.close()
+from tests.plugins.auth_k8s.apiserver import (
+    ACCESS_REVIEW,
+    CLUSTER_VERSION,
+    SA_TOKEN,
+    TOKEN_REVIEW,
+    FakeApiServer,
+)
 
 
 def k8s_config(api_url: str, certs: dict[str, Path], **extra: Any) -> dict[str, Any]:
@@ -188,7 +71,9 @@ async def test_refusals(api: FakeApiServer, certs: dict[str, Path], make_app: An
         assert status == 401 and "Invalid or expired Kubernetes token" in body["detail"]["cause"]
         status, body = await whoami(client, "bob-token")   # a valid token, SAR says no
         assert status == 403, body
-        assert "SubjectAccessReview denied" in body["detail"]["cause"]
+        assert body["detail"] == {  # upstream's texts
+            "response": "User does not have permission to access this endpoint",
+            "cause": "User uid-bob is not authorized to access this endpoint."}
         response = await client.post("/v1/authorized")
         assert response.status_code == 401
         response = await client.post("/v1/authorized",
@@ -228,10 +113,21 @@ async def test_cache_disabled(api: FakeApiServer, certs: dict[str, Path], make_a
     assert api.hits[TOKEN_REVIEW] == 3
 
 
+async def test_access_rules_ignored_by_default(api: FakeApiServer, certs: dict[str, Path],
+                                              make_app: Any, serving: Any) -> None:
+    """As upstream: with `k8s` the SubjectAccessReview decides, access rules do not."""
+    config = k8s_config(api.url, certs)
+    config["authorization"] = {"access_rules": [{"role": "nobody", "actions": ["info"]}]}
+    app = make_app(config, lcore_auth_k8s.plugin)
+    async with serving(app) as client:
+        assert (await client.get("/v1/config", headers=bearer("alice-token"))).status_code == 200
+
+
 async def test_groups_become_roles(api: FakeApiServer, certs: dict[str, Path], make_app: Any,
                                    serving: Any) -> None:
     config = k8s_config(api.url, certs, group_roles={"devs": ["developer"]})
-    config["authorization"] = {"access_rules": [{"role": "developer", "actions": ["get_config"]},
+    config["authorization"] = {"always_apply_access_rules": True,
+                               "access_rules": [{"role": "developer", "actions": ["get_config"]},
                                                 {"role": "devs", "actions": ["info"]}]}
     api.allowed.add("bob")
     app = make_app(config, lcore_auth_k8s.plugin)
