@@ -492,7 +492,6 @@ def synthesize(config: Mapping[str, Any], *, base_dir: Path | None = None,
     """
     state = state_dir or state_directory(config)
     run, empty = baseline(config, base_dir, state)
-    dedupe_vector_io(run)
     apply_azure_entra_id(run, config.get("azure_entra_id"))
     rag = _section(config.get("rag"))
     apply_byok_stores(run, _list(_section(rag.get("byok")).get("stores")), state)
@@ -506,6 +505,7 @@ def synthesize(config: Mapping[str, Any], *, base_dir: Path | None = None,
     override = _section(_section(config.get("llama_stack")).get("config")).get("native_override")
     if override:
         run = deep_merge(run, override)
+    # One vector_io provider per id, whether the baseline, a stage or the override repeated it.
     dedupe_vector_io(run)
     return run
 

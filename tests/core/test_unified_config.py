@@ -157,7 +157,8 @@ vector_store:
 
 
 def test_vector_store_loads_with_pgvector_defaults(tmp_path, plugins):
-    config = load(tmp_path, SERVER + VECTOR_STORE, plugins)
+    text = VECTOR_STORE.replace("default_provider: docs", "default_provider: ' docs '")
+    config = load(tmp_path, SERVER + text, plugins)
     faiss, pg = config.vector_store.providers
     assert faiss.config == {"path": "/tmp/docs.db"}
     assert pg.config == {"host": "${env.POSTGRES_HOST}", "port": 5433,
