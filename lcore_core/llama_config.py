@@ -262,9 +262,44 @@ def _store_key(store: Mapping[str, Any], index: int, name: str) -> str:
     return str(value).strip()
 
 
+def byok_stores(config: Mapping[str, Any]) -> list[Any]:
+    """The stores to describe: `rag.byok.stores` as written (upstream's 0.7 layout) and
+    `byok_rag` (the 0.6 layout, and where the loaded configuration puts the 0.7 stores too);
+    one per rag_id, the first kept."""
+    rag = _section(config.get("rag"))
+    stores = [*_list(_section(rag.get("byok")).get("stores")), *_list(config.get("byok_rag"))]
+    seen: set[str] = set()
+    unique = []
+    for store in stores:
+        rag_id = str(_section(store).get("rag_id") or "")
+        if rag_id and rag_id in seen:
+            continue
+        seen.add(rag_id)
+        unique.append(store)
+    return unique
+
+
+def _store_type(store: Mapping[str, Any], index: int) -> tuple[str, str]:
+    """(backend, Llama Stack provider type); the 0.6 layout names the provider type itself
+    (`rag_type`)."""
+    backends = {v: k for k, v in VECTOR_IO_TYPES.items()}
+    rag_type = store.get("rag_type")
+    if rag_type:
+        if str(rag_type) not in backends:
+            raise ConfigError(f"unsupported rag_type {rag_type!r}; supported: "
+                              f"{', '.join(sorted(backends))}", key=f"byok_rag[{index}].rag_type")
+        return backends[str(rag_type)], str(rag_type)
+    backend = str(store.get("backend") or "faiss")
+    if backend not in VECTOR_IO_TYPES:
+        raise ConfigError(f"unsupported backend {backend!r}; supported: "
+                          f"{', '.join(sorted(VECTOR_IO_TYPES))}",
+                          key=f"rag.byok.stores[{index}].backend")
+    return backend, VECTOR_IO_TYPES[backend]
+
+
 def apply_byok_stores(run: dict[str, Any], stores: list[Any], state_dir: Path) -> None:
-    """Each `rag.byok.stores` entry: a vector_io provider `byok_<rag_id>` (faiss ones with a
-    storage backend of their own), the registered store, and its embedding model."""
+    """Each knowledge store (`byok_stores`): a vector_io provider `byok_<rag_id>` (faiss ones
+    with a storage backend of their own), the registered store, and its embedding model."""
     if not stores:
         return
     backends = _backends(run)
@@ -278,12 +313,7 @@ def apply_byok_stores(run: dict[str, Any], stores: list[Any], state_dir: Path) -
         store = _section(store)
         rag_id = _store_key(store, index, "rag_id")
         vector_db_id = _store_key(store, index, "vector_db_id")
-        backend_kind = str(store.get("backend") or "faiss")
-        provider_type = VECTOR_IO_TYPES.get(backend_kind)
-        if provider_type is None:
-            raise ConfigError(f"unsupported backend {backend_kind!r}; supported: "
-                              f"{', '.join(sorted(VECTOR_IO_TYPES))}",
-                              key=f"rag.byok.stores[{index}].backend")
+        backend_kind, provider_type = _store_type(store, index)
         provider_id = f"byok_{rag_id}"
         storage = f"byok_{rag_id}_storage"
         if backend_kind == "faiss":
@@ -307,20 +337,23 @@ def apply_byok_stores(run: dict[str, Any], stores: list[Any], state_dir: Path) -
             models.append(_embedding_model(model_id, str(model), dimension))
 
 
-def _okp_enabled(retrieval: Mapping[str, Any]) -> bool:
+def okp_enabled(rag: Mapping[str, Any]) -> bool:
+    """Whether inline or tool retrieval lists "okp": `rag.retrieval.<mode>.sources` as written,
+    or `rag.<mode>` in the loaded configuration."""
+    retrieval = _section(rag.get("retrieval"))
     for mode in ("inline", "tool"):
-        sources = _section(retrieval.get(mode)).get("sources")
-        if OKP_ID in _list(sources):
+        sources = [*_list(_section(retrieval.get(mode)).get("sources")), *_list(rag.get(mode))]
+        if OKP_ID in sources:
             return True
     return False
 
 
-def apply_okp(run: dict[str, Any], retrieval: Mapping[str, Any], okp: Mapping[str, Any],
-              ) -> None:
+def apply_okp(run: dict[str, Any], rag: Mapping[str, Any]) -> None:
     """When a retrieval mode lists "okp": the Solr vector_io provider, its store and its
     embedding model (each added only when absent), and its search mode."""
-    if not _okp_enabled(retrieval):
+    if not okp_enabled(rag):
         return
+    okp = _section(rag.get("okp"))
     extra = okp.get("chunk_filter_query")
     chunk_filter = f"{SOLR_CHUNK_FILTER} AND {extra}" if extra else SOLR_CHUNK_FILTER
     base_url = str(okp.get("rhokp_url") or SOLR_DEFAULT_URL)
@@ -493,9 +526,8 @@ def synthesize(config: Mapping[str, Any], *, base_dir: Path | None = None,
     state = state_dir or state_directory(config)
     run, empty = baseline(config, base_dir, state)
     apply_azure_entra_id(run, config.get("azure_entra_id"))
-    rag = _section(config.get("rag"))
-    apply_byok_stores(run, _list(_section(rag.get("byok")).get("stores")), state)
-    apply_okp(run, _section(rag.get("retrieval")), _section(rag.get("okp")))
+    apply_byok_stores(run, byok_stores(config), state)
+    apply_okp(run, _section(config.get("rag")))
     apply_vector_store(run, _section(config.get("vector_store")))
     apply_inference_providers(run, _list(_section(config.get("inference")).get("providers")))
     if not empty:

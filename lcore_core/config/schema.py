@@ -53,7 +53,8 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     quota_handlers                             plugin lcore-quota
     a2a_state                                  plugin lcore-a2a
     byok_rag[].{rag_id,vector_db_id,           core: stores Llama Stack serves; provisioning keys
-      score_multiplier,relevance_cutoff_score} accepted, unused (they belong in run.yaml)
+      score_multiplier,relevance_cutoff_score} describe them in the run.yaml unified mode
+                                               builds (legacy: they belong in your run.yaml)
     rag.{inline,tool}                          core: inline (pre-query) and tool RAG; "okp" is
                                                refused; LCore adds inline_max_chunks,
                                                store_max_chunks

@@ -420,3 +420,61 @@ def test_dump_keeps_the_order_and_the_references(state):
     assert text.startswith("version: 2\ndistro_name: lcore-unified\napis:\n")
     assert "api_token: ${env.T}" in text
     assert YAML(typ="safe").load(text) == run
+
+
+# --- the loaded configuration (rag normalised by the loader) ------------------------------------
+
+
+def test_loaded_configuration_with_upstreams_rag_layout(tmp_path, state):
+    from lcore_core.config import load_config
+    from lcore_core.plugins import load_plugins
+
+    path = tmp_path / "lightspeed-stack.yaml"
+    path.write_text(f"""\
+name: t
+llama_stack:
+  use_as_library_client: true
+  config: {{baseline: empty}}
+rag:
+  byok:
+    stores:
+      - rag_id: notes
+        vector_db_id: vs_notes
+        db_path: {tmp_path / "notes.db"}
+        embedding_dimension: 384
+  okp:
+    rhokp_url: http://okp.example:8080
+  retrieval:
+    inline: {{sources: [notes]}}
+    tool: {{sources: [okp]}}
+""")
+    config = load_config(path, load_plugins(entrypoints=False))
+    run = lc.synthesize(config, state_dir=state)
+    assert ids(run, "vector_io") == ["byok_notes", "okp_solr"]
+    assert run["storage"]["backends"]["byok_notes_storage"]["db_path"] == str(tmp_path /
+                                                                              "notes.db")
+    assert run["providers"]["vector_io"][1]["config"]["solr_url"] == \
+        "http://okp.example:8080/solr"
+    assert [s["vector_store_id"] for s in run["registered_resources"]["vector_stores"]] == [
+        "vs_notes", "portal-rag"]
+
+
+def test_the_older_byok_rag_layout(state):
+    config = _empty_with(byok_rag=[
+        {"rag_id": "a", "vector_db_id": "vs_a", "rag_type": "remote::pgvector"},
+        {"rag_id": "b", "vector_db_id": "vs_b", "rag_type": "inline::faiss", "db_path": "/b"}],
+        rag={"inline": ["okp"], "byok": {"stores": [
+            {"rag_id": "a", "vector_db_id": "vs_first", "backend": "faiss", "db_path": "/a"}]}})
+    run = lc.synthesize(config, state_dir=state)
+    # rag.byok.stores' "a" comes first and wins over byok_rag's; "okp" in rag.inline counts
+    assert [(p["provider_id"], p["provider_type"]) for p in run["providers"]["vector_io"]] == [
+        ("byok_a", "inline::faiss"), ("byok_b", "inline::faiss"),
+        ("okp_solr", "remote::solr_vector_io")]
+    pg = lc.synthesize(_empty_with(byok_rag=[{"rag_id": "p", "vector_db_id": "v",
+                                              "rag_type": "remote::pgvector"}]), state_dir=state)
+    assert pg["providers"]["vector_io"][0]["provider_type"] == "remote::pgvector"
+    assert "storage" not in pg or not pg["storage"]["backends"]
+    with pytest.raises(ConfigError) as info:
+        lc.synthesize(_empty_with(byok_rag=[{"rag_id": "c", "vector_db_id": "v",
+                                             "rag_type": "inline::chroma"}]), state_dir=state)
+    assert info.value.key == "byok_rag[0].rag_type"
