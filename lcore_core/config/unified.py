@@ -227,4 +227,25 @@ def check_modes(loaded: dict[str, Any], base_dir: Path | None) -> list[tuple[Key
                              f"profile {str(path)!r} does not exist"))
         else:
             block["profile"] = str(path.resolve())
+            trouble = _not_a_run_configuration(path)
+            if trouble:
+                problems.append((("llama_stack", "config", "profile"), trouble))
     return problems
+
+
+def _not_a_run_configuration(path: Path) -> str | None:
+    """Why the profile cannot be a baseline (not YAML, not a mapping), or None."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read {str(path)!r}: {exc.strerror}"
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        return f"{where}: invalid YAML: {exc.problem}"
+    if not isinstance(data, dict):
+        return f"{str(path)!r} must hold a mapping (a Llama Stack run configuration)"
+    return None

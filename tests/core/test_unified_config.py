@@ -62,6 +62,17 @@ def test_missing_profile(tmp_path, plugins):
         f"exist"]
 
 
+def test_profile_that_is_no_run_configuration(tmp_path, plugins):
+    (tmp_path / "list.yaml").write_text("- a\n")
+    (tmp_path / "broken.yaml").write_text("version: 2\napis: [x\n")
+    assert errors(tmp_path, LIBRARY + "  config:\n    profile: list.yaml\n", plugins) == [
+        f"F:5: llama_stack.config.profile: '{tmp_path / 'list.yaml'}' must hold a mapping "
+        f"(a Llama Stack run configuration)"]
+    [line] = errors(tmp_path, LIBRARY + "  config:\n    profile: broken.yaml\n", plugins)
+    assert line.startswith(f"F:5: llama_stack.config.profile: {tmp_path / 'broken.yaml'}:3: "
+                           f"invalid YAML")
+
+
 def test_bad_baseline_and_unknown_key(tmp_path, plugins):
     assert errors(tmp_path, LIBRARY + "  config:\n    baseline: starter\n    extras: 1\n",
                   plugins) == [
