@@ -21,9 +21,11 @@ from lcore_core import tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
+from lcore_core.config.unified import has_unified_input
 from lcore_core.errors import ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
 from lcore_core.llama import LlamaStack
+from lcore_core.llama_config import synthesize_to_file
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
 from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
@@ -116,10 +118,19 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
 
+    if config.get("azure_entra_id"):
+        log.warning("azure_entra_id: LCore does not mint Entra ID tokens; the Azure provider "
+                    "needs its key another way (inference.providers api_key_env)")
+
     async def open_llama() -> None:
         if local_model is not None:
             # Before Llama Stack: its run.yaml reads the model server's URL from the environment.
             await local_model.start()
+        if runtime.llama.library and has_unified_input(config):
+            # Unified mode: LCore writes the run configuration the library client reads.
+            path = await asyncio.to_thread(synthesize_to_file, config)
+            runtime.llama.run_config_path = str(path)
+            log.info("llama stack run configuration written", path=str(path))
         await runtime.llama.open()
 
     async def check_mcp() -> None:

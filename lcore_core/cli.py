@@ -1,4 +1,5 @@
-"""The `lcore` command: serve, config generate|dump|check, plugins list, migrate."""
+"""The `lcore` command: serve, config generate|dump|check|synthesize|migrate, plugins list,
+migrate."""
 
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ def build_parser(installed: Plugins | None = None) -> argparse.ArgumentParser:
     config_arg(dump)
     check = csub.add_parser("check", help="validate a configuration file")
     config_arg(check, required=True)
+    synth = csub.add_parser(
+        "synthesize", help="write the Llama Stack run.yaml a unified configuration describes "
+                           "(for `llama stack run` in server mode)")
+    config_arg(synth)
+    synth.add_argument("-o", "--output",
+                       help="where to write it, '-' for standard output (default: run.yaml in "
+                            "the state directory, the file library mode uses)")
+    migrate = csub.add_parser(
+        "migrate", help="turn a legacy pair (lightspeed-stack.yaml + run.yaml) into one unified "
+                        "lightspeed-stack.yaml")
+    config_arg(migrate, required=True)
+    migrate.add_argument("--run-yaml", help="the legacy run.yaml (default: the file "
+                                            "llama_stack.library_client_config_path names)")
+    migrate.add_argument("-o", "--output", required=True,
+                         help="the unified lightspeed-stack.yaml to write (mode 0600)")
 
     plugins = sub.add_parser("plugins", help="inspect plugins")
     psub = plugins.add_subparsers(dest="plugins_command", required=True)
@@ -80,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "config":
             return {"generate": config_generate, "dump": config_dump,
-                    "check": config_check}[args.config_command](args)
+                    "check": config_check, "synthesize": config_synthesize,
+                    "migrate": config_migrate}[args.config_command](args)
         if args.command == "migrate":
             return migrate(args)
         return plugins_list(args)
@@ -268,6 +285,34 @@ def migrate(args: argparse.Namespace) -> int:
     # Upstream's file is read with the same plugins: LCore accepts upstream's configuration.
     source = validate_document(read_document(args.from_upstream), plugins)
     return run(source, target, plugins, dry_run=args.dry_run)
+
+
+def config_synthesize(args: argparse.Namespace) -> int:
+    from lcore_core import llama_config
+
+    config, _ = _load(args.config)
+    if config.llama_stack.library_client_config_path is not None:
+        raise ConfigError("the configuration names its own run.yaml (legacy mode): there is "
+                          "nothing to build; `lcore config migrate` makes it unified",
+                          file=config.source, key="llama_stack.library_client_config_path")
+    if args.output == "-":
+        source = config.source
+        base = Path(source).resolve().parent if not source.startswith("<") else None
+        sys.stdout.write(llama_config.dump_yaml(llama_config.synthesize(config, base_dir=base)))
+        return 0
+    path = llama_config.synthesize_to_file(config, Path(args.output) if args.output else None)
+    print(f"wrote {path} (mode 0600); start it with: llama stack run {path}", file=sys.stderr)
+    return 0
+
+
+def config_migrate(args: argparse.Namespace) -> int:
+    from lcore_core.config.unify import unify
+
+    path = unify(Path(args.config), Path(args.run_yaml) if args.run_yaml else None,
+                   Path(args.output))
+    print(f"wrote {path} (mode 0600); check it with: lcore config check -c {path}",
+          file=sys.stderr)
+    return 0
 
 
 def plugins_list(args: argparse.Namespace) -> int:

@@ -68,6 +68,9 @@ class LlamaStack:
         self.settings = settings
         self.conversations = ConversationPool(self)
         self.library = bool(settings.use_as_library_client)
+        # Library mode's run configuration: the legacy file, or (unified mode) the one the app
+        # builds before `open()`.
+        self.run_config_path: str | None = settings.get("library_client_config_path")
         self._client: Any = None
         # Server mode: the client's HTTP connection pool, and what `respond` sends on it.
         self._http: httpx.AsyncClient | None = None
@@ -97,7 +100,7 @@ class LlamaStack:
             library_environment()
             import llama_stack_api.common.errors  # noqa: F401  (for _library_error_type)
 
-            client = AsyncLlamaStackAsLibraryClient(self.settings.library_client_config_path)
+            client = AsyncLlamaStackAsLibraryClient(self.run_config_path)
             await client.initialize()
             reclaim_logging()
             self._client = client

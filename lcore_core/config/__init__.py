@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from marshmallow import Schema, ValidationError, fields
 
 from lcore_core.config import schema as core
+from lcore_core.config import unified
 from lcore_core.config.loader import Document, KeyPath, dotted, flatten_errors, read_document
 from lcore_core.errors import ConfigError
 from lcore_core.rlsapi import config as rlsapi_config
@@ -212,6 +213,12 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
         loaded = exc.valid_data if isinstance(exc.valid_data, dict) else {}
 
     core.normalise_rag(loaded)
+
+    base_dir = Path(doc.file).resolve().parent if doc.file and not doc.file.startswith("<") \
+        else None
+    for path, message in unified.check_modes(loaded, base_dir):
+        report.add(path, message)
+
     loaded["authentication"] = _authentication(report, data.get("authentication"), plugins)
     loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 

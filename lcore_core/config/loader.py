@@ -22,6 +22,22 @@ _SUBST = re.compile(r"\$\{(?:env\.(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?::=(?P<defaul
                     r"|file:(?P<file>[^}]+))\}")
 
 
+# Values handed to Llama Stack as they are written: their ${env.X} references are left for
+# Llama Stack to resolve when it starts (so a secret stays a reference in the run.yaml LCore
+# writes, and Llama Stack's own forms such as ${env.X:+value} keep working).
+VERBATIM: tuple[KeyPath, ...] = (
+    ("llama_stack", "config", "native_override"),
+    ("ogx", "config", "native_override"),
+    ("inference", "providers", "*", "extra"),
+)
+
+
+def _verbatim(path: KeyPath) -> bool:
+    return any(len(path) == len(p) and all(w == "*" or w == k for w, k in zip(p, path,
+                                                                                strict=True))
+               for p in VERBATIM)
+
+
 def dotted(path: KeyPath) -> str:
     out = ""
     for part in path:
@@ -80,15 +96,17 @@ def read_document(path: str | Path, *, text: str | None = None) -> Document:
     return doc
 
 
-def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int], doc: Document) -> Any:
-    """Convert ruamel nodes to dicts/lists, recording lines and substituting references."""
+def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int], doc: Document,
+           verbatim: bool = False) -> Any:
+    """Convert ruamel nodes to dicts/lists, recording lines and substituting references
+    (except below a `VERBATIM` key)."""
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
         for key, value in node.items():
             sub = (*path, str(key))
             with contextlib.suppress(KeyError, TypeError):
                 lines[sub] = node.lc.key(key)[0] + 1
-            out[str(key)] = _plain(value, sub, lines, doc)
+            out[str(key)] = _plain(value, sub, lines, doc, verbatim or _verbatim(sub))
         return out
     if isinstance(node, CommentedSeq):
         items = []
@@ -96,10 +114,12 @@ def _plain(node: Any, path: KeyPath, lines: dict[KeyPath, int], doc: Document) -
             sub = (*path, index)
             with contextlib.suppress(KeyError, TypeError):
                 lines[sub] = node.lc.item(index)[0] + 1
-            items.append(_plain(value, sub, lines, doc))
+            items.append(_plain(value, sub, lines, doc, verbatim))
         return items
-    if isinstance(node, str):
+    if isinstance(node, str) and not verbatim:
         return _substitute(node, path, doc)
+    if isinstance(node, str):
+        return str(node)  # a plain str, not ruamel's scalar string types
     return node
 
 

@@ -9,7 +9,8 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     upstream key                               LCore
     ----------------------------------------   -------------------------------------------------
     name                                       core (default "LCore"; upstream requires it)
-    config_format_version                      core: "legacy" only; "unified" refused
+    config_format_version                      core: "legacy" or "unified", checked against
+                                               the file's shape
     service.{host,port,base_url,auth_enabled,  core, same defaults
       workers,color_log,access_log,root_path,
       tls_config.*,cors.*}
@@ -19,7 +20,8 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     llama_stack / ogx (alias)                  core: url, api_key, use_as_library_client,
                                                library_client_config_path, timeout,
                                                max_retries, retry_delay, allow_degraded_mode
-    llama_stack.config                         refused (unified run.yaml synthesis)
+    llama_stack.config                         core (unified mode: LCore builds run.yaml;
+                                               config/unified.py, docs/unified-mode.md)
     user_data_collection.{feedback_*,          core, same defaults
       transcripts_*}
     user_data_collection.{data_collector,      refused (older releases: ingress data collector,
@@ -45,24 +47,28 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     customization.profile_path                 refused (Python custom profiles)
     inference.{default_model,default_provider, core, same defaults (10, 30)
       max_infer_iters,max_tool_calls}
-    inference.providers, context_windows       refused (unified synthesis, compaction)
+    inference.providers                        core (unified mode)
+    inference.context_windows                  core (for compaction; see CompactionSchema)
     quota_handlers                             plugin lcore-quota
     a2a_state                                  plugin lcore-a2a
     byok_rag[].{rag_id,vector_db_id,           core: stores Llama Stack serves; provisioning keys
-      score_multiplier,relevance_cutoff_score} accepted, unused (they belong in run.yaml)
+      score_multiplier,relevance_cutoff_score} describe them in the run.yaml unified mode
+                                               builds (legacy: they belong in your run.yaml)
     rag.{inline,tool}                          core: inline (pre-query) and tool RAG; "okp" is
                                                refused; LCore adds inline_max_chunks,
                                                store_max_chunks
     shields[].{name,provider_id,config}        core: redaction, question_validity
                                                (lcore_core.shields)
-    okp, solr, vector_store,                   refused (see UNSUPPORTED_SECTIONS)
-      compaction, conversation_history,
-      approvals, skills, saved_prompts,
-      observability, azure_entra_id,
-      a2a_agents, a2a
+    vector_store, azure_entra_id               core (unified mode; Entra ID tokens are not
+                                               minted: see docs/unified-mode.md)
+    compaction, approvals                      core: accepted where LCore honours them
+    okp, solr, skills, saved_prompts,          refused (see UNSUPPORTED_SECTIONS)
+      observability, a2a_agents, a2a
     rlsapi_v1, splunk,                         core (lcore_core.rlsapi: POST /v1/infer and its
       deployment_environment                   Splunk HEC events)
     (LCore only) local_model.*                 core addition: a supervised local model server
+    (LCore only) llama_stack.state_dir         core addition: where unified mode writes
+                                               run.yaml and the default baseline's state
     (LCore only) plugins.blocked,              core additions
       service.max_request_size, log_format,
       graceful_shutdown_seconds, tracing.*
@@ -86,6 +92,13 @@ from marshmallow import (
     validates_schema,
 )
 
+from lcore_core.config.unified import (
+    FORMAT_VERSIONS,
+    AzureEntraIdSchema,
+    InferenceProviderSchema,
+    UnifiedLlamaStackSchema,
+    VectorStoreSchema,
+)
 from lcore_core.rlsapi.config import rlsapi_sections
 from lcore_core.shields.schema import shields_field
 
@@ -252,22 +265,28 @@ class LlamaStackSchema(Base):
     max_retries = positive(load_default=5)
     retry_delay = positive(load_default=2)
     allow_degraded_mode = fields.Boolean(load_default=False)
+    # Unified mode: LCore builds the run configuration (see config/unified.py). Whether library
+    # mode has a run configuration at all is checked with the whole file (`check_modes`).
+    config = optional(UnifiedLlamaStackSchema)
+    # LCore addition: where unified mode writes run.yaml and the default baseline keeps Llama
+    # Stack's databases and files; null: $LCORE_DATA_DIR, else ~/.local/share/lcore.
+    state_dir = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Length(min=1))
 
     @validates_schema
     def _mode(self, data: dict[str, Any], **_: Any) -> None:
         library = data.get("use_as_library_client")
-        if library is None:
-            library = data.get("library_client_config_path") is not None and not data.get("url")
-            data["use_as_library_client"] = library
         path = data.get("library_client_config_path")
-        if library and not path:
-            raise ValidationError("library mode needs library_client_config_path",
-                                  "library_client_config_path")
-        if library and path and not Path(path).expanduser().is_file():
+        if library is None:
+            given = path is not None or data.get("config") is not None
+            library = given and not data.get("url")
+            data["use_as_library_client"] = library
+        if library and path and data.get("config") is None \
+                and not Path(path).expanduser().is_file():
             raise ValidationError(f"file {path!r} does not exist", "library_client_config_path")
         if not library and not data.get("url"):
-            raise ValidationError("give url (server mode) or use_as_library_client: true with "
-                                  "library_client_config_path (library mode)", "url")
+            raise ValidationError("give url (server mode) or use_as_library_client: true "
+                                  "(library mode)", "url")
 
 
 class UserDataCollectionSchema(Base):
@@ -436,6 +455,8 @@ class InferenceSchema(Base):
     max_tool_calls = positive(load_default=30, allow_none=True)
     # Upstream: each model's context window, for compaction (off: see the compaction section).
     context_windows = fields.Dict(keys=fields.String(), values=positive(), load_default=dict)
+    # Unified mode: inference providers written into the run configuration LCore builds.
+    providers = fields.List(fields.Nested(InferenceProviderSchema), load_default=list)
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
@@ -719,11 +740,9 @@ class PluginsSchema(Base):
 
 CORE_SECTIONS: dict[str, fields.Field] = {
     "name": fields.String(load_default="LCore"),
-    "config_format_version": fields.String(
-        load_default=None, allow_none=True,
-        validate=validate.OneOf(["legacy"], error="only 'legacy' is supported: LCore reads "
-                                "Llama Stack's own run.yaml and does not synthesise one "
-                                "(unified configuration is not supported by LCore)")),
+    # Checked against the file's shape with the whole file (unified.check_modes).
+    "config_format_version": fields.String(load_default=None, allow_none=True,
+                                           validate=validate.OneOf(FORMAT_VERSIONS)),
     "service": section(ServiceSchema),
     "llama_stack": fields.Nested(LlamaStackSchema, required=True),
     "user_data_collection": section(UserDataCollectionSchema),
@@ -742,6 +761,8 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "approvals": section(ApprovalsSchema),
     **rlsapi_sections(),  # rlsapi_v1, splunk, deployment_environment (lcore_core.rlsapi)
     "shields": shields_field(),
+    "vector_store": section(VectorStoreSchema),
+    "azure_entra_id": optional(AzureEntraIdSchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -754,9 +775,7 @@ PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 UNSUPPORTED_SECTIONS = {
     "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
-    "vector_store": "dynamic vector-store providers",
     "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
-    "azure_entra_id": "Azure Entra ID token minting (configure it in Llama Stack's run.yaml)",
     "skills": "agent skills",
     "saved_prompts": "saved prompts",
     "a2a_agents": "delegating to remote A2A agents",
@@ -768,14 +787,12 @@ UNSUPPORTED_KEYS: dict[tuple[str, ...], str] = {
     ("service", "max_concurrent_file_uploads"): "file uploads (/v1/files)",
     ("service", "max_concurrent_vector_store_attaches"): "vector store file attachments",
     ("service", "delete_file_after_vector_store_attach"): "vector store file attachments",
-    ("llama_stack", "config"): "unified mode (synthesising Llama Stack's run.yaml)",
     ("user_data_collection", "data_collector"): "the ingress data collector",
     ("user_data_collection", "config_enabled"): "storing configuration snapshots",
     ("user_data_collection", "config_storage"): "storing configuration snapshots",
     ("customization", "profile_path"): "Python custom profiles (use system_prompt or "
                                        "system_prompt_path)",
     ("customization", "custom_profile"): "Python custom profiles",
-    ("inference", "providers"): "unified mode (synthesising Llama Stack's run.yaml)",
 }
 
 # Upstream provider names and the LCore plugin that provides them (None: no LCore plugin).

@@ -20,10 +20,7 @@ CONFIGS = Path(__file__).parent / "configs"
 # File -> why it does not load yet. Each entry is a feature still being built (issue 21);
 # a file that loads while listed here fails the test, so the list only shrinks.
 GAPS: dict[str, str] = {
-    "library-unified.yaml": "unified mode (llama_stack.config)",
-    "unified-providers.yaml": "unified mode (inference.providers, vector_store)",
     "skills.yaml": "agent skills",
-    "azure.yaml": "azure_entra_id",
 }
 UPSTREAM_GAPS: dict[str, str] = {}
 

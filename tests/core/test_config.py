@@ -347,8 +347,8 @@ def test_missing_required_nested_key(tmp_path, plugins):
 
 def test_server_or_library_mode_needed(tmp_path, plugins):
     assert errors(tmp_path, "llama_stack:\n  api_key: x\n", plugins) == [
-        "F:1: llama_stack.url: give url (server mode) or use_as_library_client: true with "
-        "library_client_config_path (library mode)"]
+        "F:1: llama_stack.url: give url (server mode) or use_as_library_client: true "
+        "(library mode)"]
 
 
 def test_library_config_must_exist(tmp_path, plugins):
@@ -479,12 +479,6 @@ def test_unsupported_upstream_nested_keys(tmp_path, plugins):
         "(/v1/files); remove the key",
         "F:10: mcp_servers[1].require_approval: LCore does not hold tool calls for human "
         "approval: with 'always' no tool of this server would run; use 'never'"]
-
-
-def test_unified_format_refused(tmp_path, plugins):
-    [line] = errors(tmp_path, BASE + "config_format_version: unified\n", plugins)
-    assert line.startswith("F:3: config_format_version: only 'legacy' is supported")
-    assert "not supported by LCore" in line
 
 
 def test_unknown_action(tmp_path, plugins):

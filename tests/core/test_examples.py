@@ -18,6 +18,7 @@ EXPECTED = {
     "server-mode.yaml": ("api-key-token", "noop", False),
     "production.yaml": ("jwk-token", "postgres", False),
     "lightspeed-stack.yaml": ("noop", "memory", False),
+    "unified.yaml": ("noop", "memory", True),
 }
 
 
