@@ -258,18 +258,25 @@ def _beside_the_file(doc: Document, section: Any, key: str) -> None:
 
 def _check_kubernetes_headers(report: _Report, loaded: dict[str, Any]) -> None:
     """`kubernetes` MCP header values forward the caller's bearer token, which only the `k8s`
-    and `noop-with-token` modules keep (as upstream; upstream drops such a server with a
-    warning, LCore refuses the configuration)."""
+    and `noop-with-token` modules keep. As upstream, a server that needs it under another
+    module is left out, with a warning (config check, start-up log) naming the key."""
     from lcore_core.mcp import KUBERNETES, KUBERNETES_MODULES
 
     module = (loaded.get("authentication") or {}).get("module")
+    kept = []
     for i, server in enumerate(loaded.get("mcp_servers") or ()):
-        for header, spec in (server.get("authorization_headers") or {}).items():
-            if str(spec).strip() == KUBERNETES and module not in KUBERNETES_MODULES:
-                report.add(("mcp_servers", i, "authorization_headers", header),
-                           f"'kubernetes' forwards the caller's bearer token and needs "
-                           f"authentication.module: k8s (plugin lcore-auth-k8s) or "
-                           f"noop-with-token, not {module!r}")
+        needs = [h for h, spec in (server.get("authorization_headers") or {}).items()
+                 if str(spec).strip() == KUBERNETES]
+        if needs and module not in KUBERNETES_MODULES:
+            report.warn(("mcp_servers", i, "authorization_headers", needs[0]),
+                        f"'kubernetes' forwards the caller's bearer token, which "
+                        f"authentication.module {module!r} does not have (k8s or "
+                        f"noop-with-token do): MCP server {server.get('name')!r} is left "
+                        f"out, as upstream does")
+            continue
+        kept.append(server)
+    if "mcp_servers" in loaded:
+        loaded["mcp_servers"] = kept
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:

@@ -609,16 +609,22 @@ def test_plugin_section_unknown_without_plugin(tmp_path, plugins):
 
 
 def test_kubernetes_mcp_header_needs_k8s_auth(tmp_path, plugins):
-    assert errors(tmp_path, BASE + textwrap.dedent("""\
+    config = load(tmp_path, BASE + textwrap.dedent("""\
         mcp_servers:
           - name: a
             url: http://a:1
             authorization_headers:
               Authorization: kubernetes
-        """), plugins) == [
+          - name: b
+            url: http://b:1
+        """), plugins)
+    # As upstream: the server is left out (with a warning naming the key); the others stay.
+    assert [s.name for s in config.mcp_servers] == ["b"]
+    path = str(tmp_path / "lightspeed-stack.yaml")
+    assert [w.replace(path, "F") for w in config.warnings] == [
         "F:7: mcp_servers[0].authorization_headers.Authorization: 'kubernetes' forwards the "
-        "caller's bearer token and needs authentication.module: k8s (plugin lcore-auth-k8s) or "
-        "noop-with-token, not 'noop'"]
+        "caller's bearer token, which authentication.module 'noop' does not have (k8s or "
+        "noop-with-token do): MCP server 'a' is left out, as upstream does"]
     # As upstream, noop-with-token keeps the caller's token too.
     load_config(write(tmp_path, BASE + textwrap.dedent("""\
         authentication:

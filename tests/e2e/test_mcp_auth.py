@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from lcore_core import ConfigError
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import MCPTestServer, weather_report
@@ -150,12 +149,15 @@ async def test_kubernetes_header_forwards_the_noop_with_token_callers_token(
 
 @pytest.mark.parametrize("authentication", [
     {"module": "noop"}, {"module": "api-key-token", "api_key_config": {"api_key": "k"}}])
-def test_kubernetes_header_refused_for_other_modules(tmp_path: Path,
-                                                     authentication: dict[str, Any]) -> None:
+def test_kubernetes_header_server_left_out_for_other_modules(
+        tmp_path: Path, authentication: dict[str, Any]) -> None:
+    """As upstream: without a caller token to forward, the server is left out (warned)."""
     servers = [{"name": "cluster", "url": "http://127.0.0.1:9/mcp",
-                "authorization_headers": {"Authorization": "kubernetes"}}]
-    with pytest.raises(ConfigError) as info:
-        app_for(tmp_path, "http://127.0.0.1:9", servers, authentication=authentication)
-    message = str(info.value)
-    assert "mcp_servers[0].authorization_headers.Authorization" in message
-    assert "authentication.module: k8s (plugin lcore-auth-k8s) or noop-with-token" in message
+                "authorization_headers": {"Authorization": "kubernetes"}},
+               {"name": "plain", "url": "http://127.0.0.1:9/mcp"}]
+    app = app_for(tmp_path, "http://127.0.0.1:9", servers, authentication=authentication)
+    config = app.runtime.config
+    assert [s.name for s in config.mcp_servers] == ["plain"]
+    [warning] = config.warnings
+    assert "mcp_servers[0].authorization_headers.Authorization" in warning
+    assert "MCP server 'cluster' is left out" in warning
