@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, missing
 
 from lcore_core.config import schema as core
 from lcore_core.config import unified
@@ -204,7 +204,10 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
         report.add(("byok_rag",), "give the stores either as byok_rag (0.6 layout) or as "
                                   "rag.byok.stores (0.7 layout), not both")
     main = Schema.from_dict(schema_fields, name="LightspeedStackConfig")()
-    body = {k: v for k, v in data.items() if k in schema_fields}
+    # A section written with nothing under it (`rlsapi_v1:` with its keys commented out) is
+    # that section's defaults, where the section has defaults.
+    body = {k: v for k, v in data.items() if k in schema_fields
+            and not (v is None and schema_fields[k].load_default is not missing)}
     loaded: dict[str, Any] = {}
     try:
         loaded = main.load(body)

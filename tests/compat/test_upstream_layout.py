@@ -22,7 +22,11 @@ CONFIGS = Path(__file__).parent / "configs"
 GAPS: dict[str, str] = {
     "skills.yaml": "agent skills",
 }
-UPSTREAM_GAPS: dict[str, str] = {}
+UPSTREAM_GAPS: dict[str, str] = {
+    # Upstream's own model refuses it too: its shield entries name themselves `identifier`,
+    # a key ShieldConfiguration does not have (`name` is required).
+    "examples/lightspeed-stack-shields.yaml": "upstream refuses it as well",
+}
 
 
 def _outcome(results: dict[str, tuple[int, str]], gaps: dict[str, str]) -> list[str]:

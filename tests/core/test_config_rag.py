@@ -164,3 +164,10 @@ def test_compaction_and_approvals(tmp_path, plugins):
 def test_ratio_bounds(tmp_path, plugins):
     assert errors(tmp_path, BASE + "compaction: {buffer_max_ratio: 1.5}\n", plugins) == [
         "F:3: compaction.buffer_max_ratio: must be between 0.0 and 1.0 (inclusive)"]
+
+
+def test_a_section_with_nothing_under_it_is_its_defaults(tmp_path, plugins):
+    """Upstream's example writes `rlsapi_v1:` with every key commented out."""
+    config = load(tmp_path, BASE + "compaction:\n  # enabled: false\ninference:\n", plugins)
+    assert config.compaction.enabled is False and config.compaction.threshold_ratio == 0.7
+    assert config.inference.max_tool_calls == 30
