@@ -109,6 +109,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
 
     _install_middleware(app, runtime)
     _install_error_handlers(app)
+    if config.service.root_path:
+        app.asgi_app = under_root_path(app.asgi_app, config.service.root_path)  # type: ignore[method-assign]
     from lcore_core.endpoints import catalog, conversations, feedback, mcp_auth, query, system
 
     for module in (system, query, conversations, catalog, feedback, mcp_auth):
@@ -195,6 +197,25 @@ class CoreReadiness:
 
         return [ReadinessCheck("llama-stack", runtime.llama.health),
                 ReadinessCheck("database", userdb)]
+
+
+def under_root_path(asgi_app: Any, root_path: str) -> Any:
+    """Serve `<root_path>/...` as `/...` (a proxy that forwards the prefix), and `/...` too.
+
+    Upstream hands `root_path` to FastAPI, whose router strips the prefix from a path that has
+    it and routes any other path as it is. Quart answers 404 to a path outside a scope's
+    `root_path`, so the prefix goes into the scope only of the requests that carry it (a
+    `root_path` set by the server, e.g. Hypercorn's `--root-path`, is left alone).
+    """
+    prefix = root_path + "/"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] in ("http", "websocket") and not scope.get("root_path")
+                and scope["path"].startswith(prefix)):
+            scope = {**scope, "root_path": root_path}
+        await asgi_app(scope, receive, send)
+
+    return app
 
 
 def _loop_name() -> str:

@@ -107,7 +107,8 @@ async def openapi() -> Any:
     runtime = _runtime()
     cached = runtime.state.get("openapi")
     if cached is None:
-        cached = build_openapi(current_app, title=runtime.config.name, version=__version__)
+        cached = build_openapi(current_app, title=runtime.config.name, version=__version__,
+                               root_path=runtime.config.service.root_path)
         runtime.state["openapi"] = cached
     return jsonify(cached)
 
