@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from lcore_core import rag, tokens, tracing
+from lcore_core import rag, tokens, tracing, transcripts
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
@@ -80,6 +80,8 @@ class QueryPlan:
     inline_hits: list[dict[str, Any]] = field(default_factory=list)
     # A stream that got its whole answer from Llama Stack.
     answered: bool = False
+    # Keep a transcript when transcripts are on: the query endpoints do (as upstream), A2A not.
+    transcript: bool = False
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
     # False: a stateless call (rlsapi's /v1/infer): Llama Stack keeps no response, no
@@ -565,7 +567,8 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     # entry is written only after its user DB row: a cached turn never exists alone.
     outcomes = await asyncio.gather(
         runtime.plugins.quota_consume(plan.quota_auth, usage, plan.ticket, runtime),
-        _store_turn(runtime, plan, entry, result.response_id), return_exceptions=True)
+        _store_turn(runtime, plan, entry, result.response_id),
+        transcripts.store(runtime, plan, result), return_exceptions=True)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     for outcome in outcomes:  # quota and user DB errors (and cancellation) go on up

@@ -280,6 +280,12 @@ class UserDataCollectionSchema(Base):
             if data[f"{kind}_enabled"] and not data[f"{kind}_storage"]:
                 raise ValidationError(f"{kind}_storage is required when {kind} is enabled",
                                       f"{kind}_storage")
+        if data["transcripts_enabled"]:
+            from lcore_core.transcripts import storage_problem
+
+            problem = storage_problem(data["transcripts_storage"])
+            if problem:
+                raise ValidationError(problem, "transcripts_storage")
 
 
 class AccessRuleSchema(Base):
