@@ -368,9 +368,17 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
 # --- the call ------------------------------------------------------------------------------
 
 
-def _create_args(plan: QueryPlan) -> dict[str, Any]:
+def _create_args(runtime: Runtime, plan: QueryPlan) -> dict[str, Any]:
     args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
                             "instructions": plan.instructions, "store": plan.store}
+    # The configured bounds on one answer's model rounds and tool calls, as upstream sends them
+    # with its queries (not with rlsapi's stateless call); an unset one is left out, so Llama
+    # Stack's own default applies.
+    inference = runtime.config.inference
+    if plan.store and inference.max_infer_iters is not None:
+        args["max_infer_iters"] = inference.max_infer_iters
+    if plan.store and inference.max_tool_calls is not None:
+        args["max_tool_calls"] = inference.max_tool_calls
     if not plan.store:  # stateless: no conversation to continue
         pass
     elif not plan.chained:
@@ -404,7 +412,7 @@ async def _open_stream(runtime: Runtime, plan: QueryPlan) -> Any:
             with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                 # Plain JSON events, as for `run`: the client's typed events cost a pydantic
                 # model per chunk, which `as_dict` then took apart.
-                return await runtime.llama.respond_stream(_create_args(plan),
+                return await runtime.llama.respond_stream(_create_args(runtime, plan),
                                                           _call_headers(plan))
         except LCoreError as exc:
             if not await _without_dead_mcp(runtime, plan, exc):
@@ -441,7 +449,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
                 with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                     # Plain JSON: building the client's pydantic models, only to dump them
                     # again, cost more than everything else LCore does per query.
-                    response = await runtime.llama.respond(_create_args(plan),
+                    response = await runtime.llama.respond(_create_args(runtime, plan),
                                                            _call_headers(plan))
                 answered = True
                 break

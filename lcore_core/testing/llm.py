@@ -156,6 +156,7 @@ class Rule:
     chunks: int | None = None
     times: int | None = None
     usage: bool = True
+    tool_rounds: int = 1
     used: int = 0
 
     def matches(self, messages: Messages) -> bool:
@@ -289,6 +290,7 @@ class ScriptedLLM:
         times: int | None = None,
         once: bool = False,
         usage: bool = True,
+        tool_rounds: int = 1,
     ) -> Rule:
         """Add a rule; the first matching rule (in the order added) answers.
 
@@ -301,7 +303,9 @@ class ScriptedLLM:
         stream chunks, ``chunks`` splits the streamed text into that many pieces (default: one per
         word). ``once`` (or ``times=N``) retires the rule after that many final answers; the
         tool-call step of a rule does not count as a use. ``usage=False`` leaves usage out of
-        its answers (streamed or not).
+        its answers (streamed or not). ``tool_rounds`` asks for the tool calls again until that
+        many rounds of ``tool`` messages follow the last user message (a model that keeps
+        calling tools: give a large number).
         """
         calls = list(tool_calls)
         if tool_call is not None:
@@ -318,6 +322,7 @@ class ScriptedLLM:
             chunks=chunks,
             times=1 if once else times,
             usage=usage,
+            tool_rounds=tool_rounds,
         )
         with self._lock:
             self._rules.append(rule)
@@ -363,7 +368,8 @@ class ScriptedLLM:
             )
             if rule.status is not None:
                 answer.status, answer.error = rule.status, rule.error
-            elif rule.tool_calls and not _tool_outputs(messages):
+            elif rule.tool_calls and (len(_tool_outputs(messages))
+                                      < rule.tool_rounds * len(rule.tool_calls)):
                 answer.tool_calls = list(rule.tool_calls)
                 return answer
             elif rule.tool_calls:
