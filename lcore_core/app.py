@@ -21,9 +21,9 @@ from lcore_core import tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
-from lcore_core.errors import ConfigError, LCoreError
+from lcore_core.errors import BackendUnavailable, ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
-from lcore_core.llama import LlamaStack
+from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
 from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
@@ -123,6 +123,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             # Before Llama Stack: its run.yaml reads the model server's URL from the environment.
             await local_model.start()
         await runtime.llama.open()
+        await _connect_llama(runtime)
 
     async def check_mcp() -> None:
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
@@ -134,7 +135,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
         await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp())
         await plugins.startup(runtime)
-        await _publish_models(runtime)
+        if runtime.degraded is None:
+            await _publish_models(runtime)
         for warning in config.warnings:
             log.warning("configuration", detail=warning)
         log.info("started", name=config.name, auth=config.authentication.module,
@@ -347,6 +349,33 @@ async def _concurrently(*steps: Awaitable[None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def startup_allowance(config: Config, base: float = 60.0) -> float:
+    """How long start-up may take: `base` plus the worst case of the Llama Stack connection
+    attempts (a server's start-up timeout must not cut them short)."""
+    settings = config.llama_stack
+    attempt = min(settings.timeout, CONNECT_ATTEMPT_TIMEOUT_S)
+    return base + settings.max_retries * (attempt + settings.retry_delay)
+
+
+async def _connect_llama(runtime: Runtime) -> None:
+    """Start-up: reach Llama Stack (`max_retries` attempts, `retry_delay` s apart) and note its
+    version; when it never answers, start degraded if `allow_degraded_mode`, else fail."""
+    settings = runtime.config.llama_stack
+    try:
+        version = await runtime.llama.connect(settings.max_retries, settings.retry_delay)
+    except BackendUnavailable as exc:
+        if not settings.allow_degraded_mode:
+            raise BackendUnavailable(exc.response, f"{exc.cause} (set llama_stack."
+                                     "allow_degraded_mode: true to start anyway)") from exc
+        # Queries answer 503 until Llama Stack is back; /readiness says "degraded" meanwhile.
+        runtime.degraded = exc.cause
+        runtime.metrics.started_degraded.set(1)
+        log.error("starting in degraded mode: Llama Stack unreachable", error=exc.cause)
+        return
+    runtime.metrics.started_degraded.set(0)
+    log.info("llama stack reachable", version=version)
 
 
 async def _publish_models(runtime: Runtime) -> None:

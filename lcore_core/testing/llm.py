@@ -2,7 +2,8 @@
 
 It serves ``GET /v1/models``, ``POST /v1/chat/completions`` (streaming and not),
 ``POST /v1/completions`` and ``POST /v1/embeddings`` on 127.0.0.1 from a background thread, so a
-real Llama Stack (``remote::openai``) can drive it.
+real Llama Stack (``remote::openai``) can drive it. It also answers Llama Stack's
+``GET /v1/version`` (with :data:`SCRIPTED_VERSION`), so tests may point LCore straight at it.
 
 Replies, in order of precedence:
 
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_LLM_MODEL",
     "GUARD_PROMPT_MARKER",
+    "SCRIPTED_VERSION",
     "UNSAFE_MARKER",
     "RecordedRequest",
     "Rule",
@@ -65,6 +67,8 @@ __all__ = [
 
 DEFAULT_LLM_MODEL = "scripted-llm"
 DEFAULT_EMBEDDING_MODEL = "scripted-embed"
+#: What ``GET /v1/version`` answers (Llama Stack's version probe; see the module docstring).
+SCRIPTED_VERSION = "0.0.0-scripted"
 #: Put this string in a conversation to make the Llama Guard check answer ``unsafe``.
 UNSAFE_MARKER = "LCORE-UNSAFE"
 #: Llama Guard's prompt template always contains this heading.
@@ -422,6 +426,11 @@ class ScriptedLLM:
                     for name in (self.model, self.embedding_model)
                 ],
             }
+
+        @app.get("/v1/version")
+        async def version() -> dict[str, Any]:
+            # Llama Stack's version probe, for tests that use this server as its stand-in.
+            return {"version": SCRIPTED_VERSION}
 
         @app.post("/v1/chat/completions")
         async def chat_completions() -> Response | tuple[dict[str, Any], int]:

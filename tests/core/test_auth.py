@@ -117,10 +117,10 @@ async def test_noop_with_token_needs_a_token() -> None:
 
 async def test_noop_with_token_through_the_app(make_app: Any) -> None:
     client = make_app({"authentication": {"module": "noop-with-token"}}).test_client()
-    response = await client.get("/v1/info")
+    response = await client.get("/v1/liveness")
     assert response.status_code == 401
     assert (await response.get_json())["detail"]["response"] == "No token found in the request"
-    assert (await client.get("/v1/info", headers=bearer("anything"))).status_code == 200
+    assert (await client.get("/v1/liveness", headers=bearer("anything"))).status_code == 200
 
 
 async def test_api_key_good_wrong_and_wrong_length() -> None:
