@@ -22,9 +22,9 @@ from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
 from lcore_core.config.unified import has_unified_input
-from lcore_core.errors import ConfigError, LCoreError
+from lcore_core.errors import BackendUnavailable, ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
-from lcore_core.llama import LlamaStack
+from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack
 from lcore_core.llama_config import synthesize_to_file
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
@@ -111,6 +111,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
 
     _install_middleware(app, runtime)
     _install_error_handlers(app)
+    if config.service.root_path:
+        app.asgi_app = under_root_path(app.asgi_app, config.service.root_path)  # type: ignore[method-assign]
     from lcore_core.endpoints import catalog, conversations, feedback, mcp_auth, query, system
 
     for module in (system, query, conversations, catalog, feedback, mcp_auth):
@@ -132,6 +134,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             runtime.llama.run_config_path = str(path)
             log.info("llama stack run configuration written", path=str(path))
         await runtime.llama.open()
+        await _connect_llama(runtime)
 
     async def check_mcp() -> None:
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
@@ -143,7 +146,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
         await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp())
         await plugins.startup(runtime)
-        await _publish_models(runtime)
+        if runtime.degraded is None:
+            await _publish_models(runtime)
         for warning in config.warnings:
             log.warning("configuration", detail=warning)
         log.info("started", name=config.name, auth=config.authentication.module,
@@ -206,6 +210,25 @@ class CoreReadiness:
 
         return [ReadinessCheck("llama-stack", runtime.llama.health),
                 ReadinessCheck("database", userdb)]
+
+
+def under_root_path(asgi_app: Any, root_path: str) -> Any:
+    """Serve `<root_path>/...` as `/...` (a proxy that forwards the prefix), and `/...` too.
+
+    Upstream hands `root_path` to FastAPI, whose router strips the prefix from a path that has
+    it and routes any other path as it is. Quart answers 404 to a path outside a scope's
+    `root_path`, so the prefix goes into the scope only of the requests that carry it (a
+    `root_path` set by the server, e.g. Hypercorn's `--root-path`, is left alone).
+    """
+    prefix = root_path + "/"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] in ("http", "websocket") and not scope.get("root_path")
+                and scope["path"].startswith(prefix)):
+            scope = {**scope, "root_path": root_path}
+        await asgi_app(scope, receive, send)
+
+    return app
 
 
 def _loop_name() -> str:
@@ -337,6 +360,33 @@ async def _concurrently(*steps: Awaitable[None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def startup_allowance(config: Config, base: float = 60.0) -> float:
+    """How long start-up may take: `base` plus the worst case of the Llama Stack connection
+    attempts (a server's start-up timeout must not cut them short)."""
+    settings = config.llama_stack
+    attempt = min(settings.timeout, CONNECT_ATTEMPT_TIMEOUT_S)
+    return base + settings.max_retries * (attempt + settings.retry_delay)
+
+
+async def _connect_llama(runtime: Runtime) -> None:
+    """Start-up: reach Llama Stack (`max_retries` attempts, `retry_delay` s apart) and note its
+    version; when it never answers, start degraded if `allow_degraded_mode`, else fail."""
+    settings = runtime.config.llama_stack
+    try:
+        version = await runtime.llama.connect(settings.max_retries, settings.retry_delay)
+    except BackendUnavailable as exc:
+        if not settings.allow_degraded_mode:
+            raise BackendUnavailable(exc.response, f"{exc.cause} (set llama_stack."
+                                     "allow_degraded_mode: true to start anyway)") from exc
+        # Queries answer 503 until Llama Stack is back; /readiness says "degraded" meanwhile.
+        runtime.degraded = exc.cause
+        runtime.metrics.started_degraded.set(1)
+        log.error("starting in degraded mode: Llama Stack unreachable", error=exc.cause)
+        return
+    runtime.metrics.started_degraded.set(0)
+    log.info("llama stack reachable", version=version)
 
 
 async def _publish_models(runtime: Runtime) -> None:

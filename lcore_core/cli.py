@@ -127,7 +127,7 @@ def _load(path: str | None) -> tuple[Config, Plugins]:
 def serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config as HypercornConfig
 
-    from lcore_core.app import create_app, freeze_after_startup
+    from lcore_core.app import create_app, freeze_after_startup, startup_allowance
 
     config, plugins = _load(args.config)
     service = config.service
@@ -137,6 +137,8 @@ def serve(args: argparse.Namespace) -> int:
     hyper = HypercornConfig()
     hyper.bind = [f"{host}:{port}"]
     hyper.accesslog = None
+    # Start-up waits for Llama Stack (llama_stack.max_retries x retry_delay): allow for it.
+    hyper.startup_timeout = startup_allowance(config, hyper.startup_timeout)
     tls = service.tls_config
     if tls.tls_certificate_path and tls.tls_key_path:
         hyper.certfile = tls.tls_certificate_path

@@ -6,6 +6,7 @@ of LCore is mode-agnostic: it calls `llama.client` and wraps calls in `llama_err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -54,6 +55,10 @@ def _library_error_type() -> type[Exception] | None:
     """
     module = sys.modules.get("llama_stack_api.common.errors")
     return getattr(module, "LlamaStackError", None) if module is not None else None
+
+# Each start-up connection attempt waits at most this long (a host that drops packets would
+# otherwise hold start-up for the whole call timeout).
+CONNECT_ATTEMPT_TIMEOUT_S = 10.0
 
 _STATUS_ERRORS: dict[int, type[LCoreError]] = {
     400: BadRequest, 404: NotFound, 413: PayloadTooLarge, 422: UnprocessableEntity,
@@ -180,6 +185,50 @@ class LlamaStack:
         if closer is not None:
             with contextlib.suppress(Exception):
                 await closer()
+
+    async def connect(self, attempts: int, delay: float) -> str | None:
+        """Start-up: ask Llama Stack for its version until it answers (a sidecar may still be
+        starting), at most `attempts` times, `delay` seconds apart.
+
+        Returns the version, or None when Llama Stack answered without one (it is reachable).
+        Raises `BackendUnavailable` when no attempt reached it.
+        """
+        timeout = min(self.settings.timeout, CONNECT_ATTEMPT_TIMEOUT_S)
+        for attempt in range(1, attempts + 1):
+            try:
+                info = await self.client.inspect.version(timeout=timeout)
+            except APIConnectionError as exc:  # timeouts included
+                reason = str(exc.__cause__ or exc) or type(exc).__name__
+                if attempt == attempts:
+                    where = "in process" if self.library else f"at {self.settings.url}"
+                    raise BackendUnavailable(
+                        "Unable to connect to Llama Stack",
+                        f"no answer {where} after {attempts} attempt(s) {delay:g} s apart: "
+                        f"{reason}") from exc
+                log.warning("llama stack not reachable yet", attempt=attempt, attempts=attempts,
+                            retry_in_s=delay, error=reason)
+                await asyncio.sleep(delay)
+            except Exception as exc:  # it answered, though not with its version
+                log.warning("llama stack version unknown", error=f"{type(exc).__name__}: {exc}")
+                return None
+            else:
+                return str(info.version)
+        return None
+
+    async def version(self) -> str:
+        """Llama Stack's version (`GET /v1/version`), asked now, as upstream's /info does.
+
+        Raises `BackendUnavailable` when it cannot be had.
+        """
+        try:
+            with llama_errors("inspect.version"):
+                info = await self.client.inspect.version()
+        except BackendUnavailable:
+            raise
+        except LCoreError as exc:  # an answer, but not a version: not a usable Llama Stack
+            raise BackendUnavailable("Llama Stack did not report its version",
+                                     exc.cause or exc.response) from exc
+        return str(info.version)
 
     async def health(self) -> str | None:
         """None when Llama Stack answers; the reason otherwise (for /readiness)."""

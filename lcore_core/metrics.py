@@ -103,6 +103,10 @@ class CoreMetrics:
         self.provider_model = Gauge(
             "ls_provider_model_configuration", "LLMs Llama Stack offers (1 = the configured "
             "default)", ["provider", "model"], registry=registry, multiprocess_mode="max")
+        self.started_degraded = Gauge(
+            "ls_started_in_degraded_mode", "1 when the service started without Llama Stack "
+            "(llama_stack.allow_degraded_mode), else 0", registry=registry,
+            multiprocess_mode="max")
         self.cache_operations = Counter(
             "ls_cache_operations_total", "Conversation cache calls by backend and operation",
             ["backend", "operation"], registry=registry)

@@ -19,9 +19,12 @@ _STATUS_TEXT = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: 
 _PARAM_SCHEMAS = {"conversation_id": {"type": "string", "pattern": CONVERSATION_ID_PATTERN}}
 
 
-def build_openapi(app: Quart, *, title: str, version: str) -> dict[str, Any]:
+def build_openapi(app: Quart, *, title: str, version: str, root_path: str = "") -> dict[str, Any]:
+    # Behind a proxy that keeps a path prefix (`service.root_path`) the paths stay as routed
+    # and the prefix is the server's URL, as upstream's document shows it.
+    options: dict[str, Any] = {"servers": [{"url": root_path}]} if root_path else {}
     spec = APISpec(title=title, version=version, openapi_version="3.0.3",
-                   plugins=[MarshmallowPlugin()])
+                   plugins=[MarshmallowPlugin()], **options)
     spec.components.schema("Error", schema=ErrorSchema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for rule in app.url_map.iter_rules():

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from lcore_core import rag, tokens, tracing
+from lcore_core import rag, tokens, tracing, transcripts
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
@@ -86,6 +86,8 @@ class QueryPlan:
     inline_hits: list[dict[str, Any]] = field(default_factory=list)
     # A stream that got its whole answer from Llama Stack.
     answered: bool = False
+    # Keep a transcript when transcripts are on: the query endpoints do (as upstream), A2A not.
+    transcript: bool = False
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
     # False: a stateless call (rlsapi's /v1/infer): Llama Stack keeps no response, no
@@ -393,9 +395,17 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
 # --- the call ------------------------------------------------------------------------------
 
 
-def _create_args(plan: QueryPlan) -> dict[str, Any]:
+def _create_args(runtime: Runtime, plan: QueryPlan) -> dict[str, Any]:
     args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
                             "instructions": plan.instructions, "store": plan.store}
+    # The configured bounds on one answer's model rounds and tool calls, as upstream sends them
+    # with its queries (not with rlsapi's stateless call); an unset one is left out, so Llama
+    # Stack's own default applies.
+    inference = runtime.config.inference
+    if plan.store and inference.max_infer_iters is not None:
+        args["max_infer_iters"] = inference.max_infer_iters
+    if plan.store and inference.max_tool_calls is not None:
+        args["max_tool_calls"] = inference.max_tool_calls
     if not plan.store:  # stateless: no conversation to continue
         pass
     elif not plan.chained:
@@ -429,7 +439,7 @@ async def _open_stream(runtime: Runtime, plan: QueryPlan) -> Any:
             with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                 # Plain JSON events, as for `run`: the client's typed events cost a pydantic
                 # model per chunk, which `as_dict` then took apart.
-                return await runtime.llama.respond_stream(_create_args(plan),
+                return await runtime.llama.respond_stream(_create_args(runtime, plan),
                                                           _call_headers(plan))
         except LCoreError as exc:
             if not await _without_dead_mcp(runtime, plan, exc):
@@ -506,7 +516,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
                 with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id}):
                     # Plain JSON: building the client's pydantic models, only to dump them
                     # again, cost more than everything else LCore does per query.
-                    response = await runtime.llama.respond(_create_args(plan),
+                    response = await runtime.llama.respond(_create_args(runtime, plan),
                                                            _call_headers(plan))
                 answered = True
                 break
@@ -634,7 +644,8 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     # entry is written only after its user DB row: a cached turn never exists alone.
     outcomes = await asyncio.gather(
         runtime.plugins.quota_consume(plan.quota_auth, usage, plan.ticket, runtime),
-        _store_turn(runtime, plan, entry, result.response_id), return_exceptions=True)
+        _store_turn(runtime, plan, entry, result.response_id),
+        transcripts.store(runtime, plan, result), return_exceptions=True)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
     for outcome in outcomes:  # quota and user DB errors (and cancellation) go on up

@@ -41,6 +41,8 @@ class Runtime:
     mcp_health: Any = None
     # This app's OpenTelemetry tracer when `service.tracing.enabled` (lcore_core.tracing).
     tracing: Tracing | None = None
+    # Why the service started without Llama Stack (`llama_stack.allow_degraded_mode`), else None.
+    degraded: str | None = None
 
     async def cached(self, key: str, seconds: float, fetch: Callable[[], Awaitable[T]]) -> T:
         """`await fetch()`, kept in `state[key]` for `seconds` (Llama Stack's lists, which the

@@ -34,6 +34,9 @@ class ProviderHealthSchema(Schema):
 class ReadinessSchema(Schema):
     ready = fields.Boolean(required=True)
     reason = fields.String(required=True)
+    overall_status = fields.String(required=True,
+                                   metadata={"enum": ["healthy", "degraded", "unhealthy"]})
+    impacts = fields.List(fields.String(), allow_none=True)
     providers = fields.List(fields.Nested(ProviderHealthSchema), required=True)
 
 
@@ -48,7 +51,7 @@ class PluginInfoSchema(Schema):
 class InfoSchema(Schema):
     name = fields.String(required=True)
     service_version = fields.String(required=True)
-    llama_stack_version = fields.String(allow_none=True)
+    llama_stack_version = fields.String(required=True)
     plugins = fields.List(fields.Nested(PluginInfoSchema))
 
 

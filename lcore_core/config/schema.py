@@ -301,6 +301,12 @@ class UserDataCollectionSchema(Base):
             if data[f"{kind}_enabled"] and not data[f"{kind}_storage"]:
                 raise ValidationError(f"{kind}_storage is required when {kind} is enabled",
                                       f"{kind}_storage")
+        if data["transcripts_enabled"]:
+            from lcore_core.transcripts import storage_problem
+
+            problem = storage_problem(data["transcripts_storage"])
+            if problem:
+                raise ValidationError(problem, "transcripts_storage")
 
 
 class AccessRuleSchema(Base):
@@ -450,7 +456,8 @@ class CustomizationSchema(Base):
 class InferenceSchema(Base):
     default_model = fields.String(load_default=None, allow_none=True)
     default_provider = fields.String(load_default=None, allow_none=True)
-    # Defaults for Responses calls; a request may override them; null disables the limit.
+    # Sent with every Responses call of a query (upstream lets only its /v1/responses
+    # pass-through override them); null leaves the limit to Llama Stack.
     max_infer_iters = positive(load_default=10, allow_none=True)
     max_tool_calls = positive(load_default=30, allow_none=True)
     # Upstream: each model's context window, for compaction (off: see the compaction section).

@@ -30,9 +30,11 @@ async def _plan(endpoint: str) -> pipeline.QueryPlan:
     body = await load_body(QueryRequestSchema)
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
                                        runtime.config.mcp_servers)
-    return await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
+    plan = await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
                                   client_mcp_headers=client_headers,
                                   request_headers=dict(request.headers))
+    plan.transcript = True
+    return plan
 
 
 @route(bp, "/v2/query", "/v1/query", methods=["POST"], deprecated_aliases=["/query"])

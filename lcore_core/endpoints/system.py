@@ -20,6 +20,9 @@ from lcore_core.web import doc, route
 log = structlog.get_logger("lcore.system")
 bp = Blueprint("system", __name__)
 READINESS_TIMEOUT_S = 5.0
+# What a service started without Llama Stack cannot do (upstream's wording).
+DEGRADED_IMPACTS = ["LLM inference unavailable", "RAG functionality unavailable",
+                    "Agent tools unavailable"]
 
 
 def _runtime() -> Any:
@@ -64,9 +67,18 @@ async def readiness() -> Any:
                                                    for c in runtime.plugins.readiness(runtime))]
     results = await asyncio.gather(*(_run_check(n, c) for n, c in checks))
     failing = [r for r in results if r["status"] != "ok"]
+    if failing and runtime.degraded is not None and \
+            all(r["provider_id"] == "llama-stack" for r in failing):
+        # Started without Llama Stack (allow_degraded_mode): ready, as upstream, with what is
+        # missing said; once Llama Stack answers, the plain report below comes back.
+        return jsonify({"ready": True, "reason": "Service running in degraded mode",
+                        "overall_status": "degraded", "impacts": DEGRADED_IMPACTS,
+                        "providers": results})
     body = {"ready": not failing,
             "reason": "service is ready" if not failing else
             "not ready: " + ", ".join(r["provider_id"] for r in failing),
+            "overall_status": "unhealthy" if failing else "healthy",
+            "impacts": [f"{r['provider_id']}: {r['message']}" for r in failing] or None,
             "providers": results}
     response = jsonify(body)
     response.status_code = 503 if failing else 200
@@ -81,7 +93,8 @@ def _cache_check(runtime: Any) -> Any:
 
 
 @route(bp, "/v1/info", "/info")
-@doc(summary="Service name, version and plugins", tags=["info"], responses={200: InfoSchema})
+@doc(summary="Service name, version and plugins", tags=["info"],
+     responses={200: InfoSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.INFO)
 async def info() -> Any:
     runtime = _runtime()
@@ -90,9 +103,10 @@ async def info() -> Any:
          "hooks": p.hooks, "error": p.error}
         for p in runtime.plugins.describe()
     ]
+    # Asked now, as upstream does: 503 when Llama Stack cannot say.
+    version = await runtime.llama.version()
     return jsonify({"name": runtime.config.name, "service_version": __version__,
-                    "llama_stack_version": runtime.state.get("llama_stack_version"),
-                    "plugins": plugins})
+                    "llama_stack_version": version, "plugins": plugins})
 
 
 @route(bp, "/metrics", "/v1/metrics")
@@ -126,7 +140,8 @@ async def openapi() -> Any:
     runtime = _runtime()
     cached = runtime.state.get("openapi")
     if cached is None:
-        cached = build_openapi(current_app, title=runtime.config.name, version=__version__)
+        cached = build_openapi(current_app, title=runtime.config.name, version=__version__,
+                               root_path=runtime.config.service.root_path)
         runtime.state["openapi"] = cached
     return jsonify(cached)
 

@@ -2,7 +2,8 @@
 
 It serves ``GET /v1/models``, ``POST /v1/chat/completions`` (streaming and not),
 ``POST /v1/completions`` and ``POST /v1/embeddings`` on 127.0.0.1 from a background thread, so a
-real Llama Stack (``remote::openai``) can drive it.
+real Llama Stack (``remote::openai``) can drive it. It also answers Llama Stack's
+``GET /v1/version`` (with :data:`SCRIPTED_VERSION`), so tests may point LCore straight at it.
 
 Replies, in order of precedence:
 
@@ -58,6 +59,7 @@ __all__ = [
     "DEFAULT_LLM_MODEL",
     "GUARD_PROMPT_MARKER",
     "ON_TOPIC_MARKER",
+    "SCRIPTED_VERSION",
     "TOPIC_CHECK_MARKER",
     "UNSAFE_MARKER",
     "RecordedRequest",
@@ -70,6 +72,8 @@ __all__ = [
 
 DEFAULT_LLM_MODEL = "scripted-llm"
 DEFAULT_EMBEDDING_MODEL = "scripted-embed"
+#: What ``GET /v1/version`` answers (Llama Stack's version probe; see the module docstring).
+SCRIPTED_VERSION = "0.0.0-scripted"
 #: Put this string in a conversation to make the Llama Guard check answer ``unsafe``.
 UNSAFE_MARKER = "LCORE-UNSAFE"
 #: Llama Guard's prompt template always contains this heading.
@@ -165,6 +169,7 @@ class Rule:
     chunks: int | None = None
     times: int | None = None
     usage: bool = True
+    tool_rounds: int = 1
     used: int = 0
 
     def matches(self, messages: Messages) -> bool:
@@ -302,6 +307,7 @@ class ScriptedLLM:
         times: int | None = None,
         once: bool = False,
         usage: bool = True,
+        tool_rounds: int = 1,
     ) -> Rule:
         """Add a rule; the first matching rule (in the order added) answers.
 
@@ -314,7 +320,9 @@ class ScriptedLLM:
         stream chunks, ``chunks`` splits the streamed text into that many pieces (default: one per
         word). ``once`` (or ``times=N``) retires the rule after that many final answers; the
         tool-call step of a rule does not count as a use. ``usage=False`` leaves usage out of
-        its answers (streamed or not).
+        its answers (streamed or not). ``tool_rounds`` asks for the tool calls again until that
+        many rounds of ``tool`` messages follow the last user message (a model that keeps
+        calling tools: give a large number).
         """
         calls = list(tool_calls)
         if tool_call is not None:
@@ -331,6 +339,7 @@ class ScriptedLLM:
             chunks=chunks,
             times=1 if once else times,
             usage=usage,
+            tool_rounds=tool_rounds,
         )
         with self._lock:
             self._rules.append(rule)
@@ -386,7 +395,8 @@ class ScriptedLLM:
             )
             if rule.status is not None:
                 answer.status, answer.error = rule.status, rule.error
-            elif rule.tool_calls and not _tool_outputs(messages):
+            elif rule.tool_calls and (len(_tool_outputs(messages))
+                                      < rule.tool_rounds * len(rule.tool_calls)):
                 answer.tool_calls = list(rule.tool_calls)
                 return answer
             elif rule.tool_calls:
@@ -439,6 +449,11 @@ class ScriptedLLM:
                     for name in (self.model, self.embedding_model)
                 ],
             }
+
+        @app.get("/v1/version")
+        async def version() -> dict[str, Any]:
+            # Llama Stack's version probe, for tests that use this server as its stand-in.
+            return {"version": SCRIPTED_VERSION}
 
         @app.post("/v1/chat/completions")
         async def chat_completions() -> Response | tuple[dict[str, Any], int]:

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from quart import Blueprint, jsonify, request
 
 from lcore_core import ReadinessCheck, authorize, doc, hookimpl, route
+from lcore_core.testing.llm import SCRIPTED_VERSION
 
 bp = Blueprint("inline_test", __name__)
 
@@ -120,14 +121,15 @@ async def test_unexpected_exception_is_500_json_without_traceback(make_app: Any)
 
 async def test_401_api_key_missing_and_wrong(make_app: Any) -> None:
     client = make_app(API_KEY).test_client()
-    missing = await client.get("/v1/info")
+    # /v1/liveness needs the same action as /v1/info without asking Llama Stack anything.
+    missing = await client.get("/v1/liveness")
     assert missing.status_code == 401
     assert_error_body(await missing.get_json())
     assert missing.headers["WWW-Authenticate"] == "Bearer"
-    wrong = await client.get("/v1/info", headers={"Authorization": "Bearer bad-key-123"})
+    wrong = await client.get("/v1/liveness", headers={"Authorization": "Bearer bad-key-123"})
     assert wrong.status_code == 401
     assert_error_body(await wrong.get_json())
-    good = await client.get("/v1/info", headers={"Authorization": "Bearer good-key-123"})
+    good = await client.get("/v1/liveness", headers={"Authorization": "Bearer good-key-123"})
     assert good.status_code == 200
 
 
@@ -136,14 +138,14 @@ async def test_403_without_the_action(make_app: Any) -> None:
     rules = {"authorization": {"always_apply_access_rules": True,
                                "access_rules": [{"role": "*", "actions": ["get_models"]}]}}
     client = make_app(rules).test_client()
-    response = await client.get("/v1/info")
+    response = await client.get("/v1/liveness")
     assert response.status_code == 403
     body = await response.get_json()
     assert_error_body(body)
     assert "is not authorized to access this endpoint" in body["detail"]["cause"]
     granted = {"authorization": {"always_apply_access_rules": True,
                                  "access_rules": [{"role": "*", "actions": ["info"]}]}}
-    assert (await make_app(granted).test_client().get("/v1/info")).status_code == 200
+    assert (await make_app(granted).test_client().get("/v1/liveness")).status_code == 200
 
 
 # --- middleware -----------------------------------------------------------------------------
@@ -205,11 +207,13 @@ async def test_readiness_ok_then_503_naming_failing_plugin(make_app: Any, servin
         assert failing[0]["message"] == "ConnectionError; the details are in the service log"
 
 
-async def test_info_lists_plugins(make_app: Any) -> None:
-    response = await make_app({}, Inline()).test_client().get("/v1/info")
+async def test_info_lists_plugins(make_app: Any, serving: Any) -> None:
+    async with serving(make_app({}, Inline())) as client:
+        response = await client.get("/v1/info")
     assert response.status_code == 200
     body = await response.get_json()
     assert body["name"] == "LCore test"
+    assert body["llama_stack_version"] == SCRIPTED_VERSION  # the stand-in's GET /v1/version
     by_name = {p["name"]: p for p in body["plugins"]}
     assert by_name["lcore_core.builtins"]["distribution"] == "lcore-core"
     assert "lcore_auth_providers" in by_name["lcore_core.builtins"]["hooks"]

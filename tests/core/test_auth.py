@@ -123,11 +123,11 @@ async def test_noop_with_token_through_the_app(make_app: Any) -> None:
     for headers, cause in (({}, "No Authorization header found"),
                            ({"Authorization": "Basic eDp5"}, "No token found in Authorization "
                                                              "header")):
-        response = await client.get("/v1/info", headers=headers)
+        response = await client.get("/v1/liveness", headers=headers)
         assert response.status_code == 401
         assert await response.get_json() == {"detail": {  # upstream's body
             "response": "Missing or invalid credentials provided by client", "cause": cause}}
-    assert (await client.get("/v1/info", headers=bearer("anything"))).status_code == 200
+    assert (await client.get("/v1/liveness", headers=bearer("anything"))).status_code == 200
 
 
 # --- which modules the access rules judge (as upstream's authorization middleware) ------------
@@ -151,7 +151,7 @@ async def test_rules_do_not_judge_token_modules(authentication: dict[str, Any],
     assert (await response.get_json())["detail"] == {
         "response": "User does not have permission to access this endpoint",
         "cause": "User 00000000-0000-0000-0000-000 is not authorized to access this endpoint."}
-    assert (await strict.test_client().get("/v1/info", headers=bearer("k-1"))).status_code \
+    assert (await strict.test_client().get("/v1/liveness", headers=bearer("k-1"))).status_code \
         == 200
 
 
@@ -167,7 +167,7 @@ RH_USER = {"X-RH-Identity": base64.b64encode(json.dumps({"identity": {
 
 async def test_rules_judge_rh_identity_and_empty_rules_allow_all(make_app: Any) -> None:
     client = rh_identity(make_app, DENY_CONFIG)
-    assert (await client.get("/v1/info", headers=RH_USER)).status_code == 200
+    assert (await client.get("/v1/liveness", headers=RH_USER)).status_code == 200
     assert (await client.get("/v1/config", headers=RH_USER)).status_code == 403
     open_client = rh_identity(make_app, {"access_rules": []})
     assert (await open_client.get("/v1/config", headers=RH_USER)).status_code == 200

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -667,3 +669,53 @@ def test_http_urls_accepted(url):
 def test_http_urls_refused(url):
     with pytest.raises(ValidationError, match="Not a valid URL"):
         core.HTTP_URL(url)
+
+
+# --- user_data_collection.transcripts_storage --------------------------------------------
+
+
+def _transcripts(storage: Path) -> str:
+    return (BASE + "user_data_collection:\n  transcripts_enabled: true\n"
+            f"  transcripts_storage: {storage}\n")
+
+
+def test_transcripts_storage_may_be_created_later(tmp_path, plugins):
+    storage = tmp_path / "not" / "yet" / "there"
+    config = load(tmp_path, _transcripts(storage), plugins)
+    assert config.user_data_collection.transcripts_storage == str(storage)
+    assert not storage.exists()  # made at the first transcript, not at start-up
+
+
+def test_transcripts_storage_must_be_a_directory(tmp_path, plugins):
+    storage = tmp_path / "a-file"
+    storage.write_text("not a directory")
+    assert errors(tmp_path, _transcripts(storage), plugins) == [
+        f"F:5: user_data_collection.transcripts_storage: '{storage}' is not a directory"]
+    below = storage / "transcripts"
+    assert errors(tmp_path, _transcripts(below), plugins) == [
+        f"F:5: user_data_collection.transcripts_storage: '{below}' cannot be created"]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory this process may not write to: a chmod-ed one, or for root (who may write
+    anywhere else) /proc/sys, a read-only file system."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder = Path("/proc/sys")
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        pytest.skip("no read-only directory for root here")
+    yield folder
+
+
+def test_transcripts_storage_must_be_writable(tmp_path, plugins, read_only_dir):
+    assert errors(tmp_path, _transcripts(read_only_dir), plugins) == [
+        f"F:5: user_data_collection.transcripts_storage: '{read_only_dir}' is not writable"]
+    below = read_only_dir / "lcore-transcripts"
+    assert errors(tmp_path, _transcripts(below), plugins) == [
+        f"F:5: user_data_collection.transcripts_storage: '{below}' cannot be created: "
+        f"'{read_only_dir}' is not writable"]

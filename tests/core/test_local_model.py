@@ -157,7 +157,9 @@ async def test_app_starts_reports_and_stops_the_server(settings, tmp_path, monke
     local_settings = dict(settings())
     config = tmp_path / "lightspeed-stack.yaml"
     config.write_text(json.dumps({
-        "llama_stack": {"url": "http://127.0.0.1:9"},
+        # No Llama Stack here: the service starts without it (degraded mode), after one try.
+        "llama_stack": {"url": "http://127.0.0.1:9", "max_retries": 1,
+                        "allow_degraded_mode": True},
         "database": {"sqlite": {"db_path": str(tmp_path / "user.db")}},
         "local_model": {k: v for k, v in local_settings.items() if v is not None},
     }))

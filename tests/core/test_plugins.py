@@ -176,8 +176,8 @@ async def test_authorize_true_overrides_rbac(make_app: Any) -> None:
 
     rules = {"authorization": {"always_apply_access_rules": True,
                                "access_rules": [{"role": "*", "actions": ["get_models"]}]}}
-    assert (await make_app(rules).test_client().get("/v1/info")).status_code == 403
-    assert (await make_app(rules, Allow()).test_client().get("/v1/info")).status_code == 200
+    assert (await make_app(rules).test_client().get("/v1/liveness")).status_code == 403
+    assert (await make_app(rules, Allow()).test_client().get("/v1/liveness")).status_code == 200
 
 
 async def test_query_completed_exceptions_are_logged(caplog: pytest.LogCaptureFixture) -> None:

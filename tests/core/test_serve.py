@@ -154,3 +154,67 @@ def test_invalid_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{config}:5: service.port:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+PREFIX = "/api/lightspeed"
+
+
+def test_root_path_prefix_and_plain_paths_are_served(write_config: Any,
+                                                     server_factory: Any) -> None:
+    server = server_factory(write_config({"service": {"root_path": PREFIX}}))
+    server.wait_healthy()  # unprefixed /health
+    info = httpx.get(f"{server.url}{PREFIX}/v1/info", timeout=10)
+    assert info.status_code == 200, info.text
+    assert info.json()["name"] == "LCore test"
+    assert httpx.get(f"{server.url}/v1/info", timeout=10).status_code == 200
+    document = httpx.get(f"{server.url}{PREFIX}/openapi.json", timeout=10).json()
+    assert document["servers"] == [{"url": PREFIX}]
+    code, err = server.stop()
+    assert code == 0, err
+
+
+def _closed_port_config(write_config: Any, **llama: Any) -> Path:
+    # A real port nobody listens on: every connection is refused.
+    return write_config({"llama_stack": {"url": f"http://127.0.0.1:{free_port()}",
+                                         "max_retries": 2, "retry_delay": 1, **llama}})
+
+
+def test_unreachable_llama_stack_fails_start_up_after_the_retries(write_config: Any) -> None:
+    config = _closed_port_config(write_config)
+    env = {k: v for k, v in os.environ.items() if k != "LCORE_CONFIG"}
+    result = subprocess.run([str(LCORE), "serve", "-c", str(config), "--port",
+                             str(free_port())], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lcore: start-up failed: "), last
+    assert "Unable to connect to Llama Stack: no answer at http://127.0.0.1:" in last
+    assert "after 2 attempt(s) 1 s apart" in last
+    assert "llama_stack.allow_degraded_mode: true" in last
+    retries = [r for r in json_lines(result.stderr)
+               if r.get("event") == "llama stack not reachable yet"]
+    # max_retries: 2 attempts, so one retry announced, retry_delay apart.
+    assert [(r["attempt"], r["attempts"], r["retry_in_s"]) for r in retries] == [(1, 2, 1)]
+
+
+def test_degraded_mode_serves_without_llama_stack(write_config: Any,
+                                                  server_factory: Any) -> None:
+    server = server_factory(_closed_port_config(write_config, allow_degraded_mode=True))
+    assert server.wait_healthy().json() == {"alive": True}
+    ready = httpx.get(f"{server.url}/readiness", timeout=10)
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["overall_status"] == "degraded"
+    assert body["reason"] == "Service running in degraded mode"
+    assert "LLM inference unavailable" in body["impacts"]
+    query = httpx.post(f"{server.url}/v1/query", json={"query": "anyone there?"}, timeout=30)
+    assert query.status_code == 503, query.text
+    assert query.json()["detail"]["response"] == "Unable to connect to Llama Stack"
+    info = httpx.get(f"{server.url}/v1/info", timeout=10)
+    assert info.status_code == 503, info.text
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "ls_started_in_degraded_mode 1.0" in metrics
+    code, err = server.stop()
+    assert code == 0, err
+    assert "starting in degraded mode" in err

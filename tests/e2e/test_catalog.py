@@ -177,7 +177,9 @@ async def test_unknown_rag_is_404(lcore: Started) -> None:
 
 async def test_llama_stack_unreachable_is_503_json(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    app = create_app(write_config(tmp_path, {"url": closed}),
+    # Started without Llama Stack (degraded mode), after a single attempt to reach it.
+    app = create_app(write_config(tmp_path, {"url": closed, "max_retries": 1,
+                                             "allow_degraded_mode": True}),
                      plugins=load_plugins(entrypoints=False))
     async with app.test_app() as test_app:
         client = test_app.test_client()
