@@ -1,0 +1,91 @@
+"""Agent skills (upstream's `skills:` section): config schema, start-up and what a query adds.
+
+`catalog` reads the skill directories, `tools` answers the three skill tools, `server` serves
+them over MCP on loopback for Llama Stack. docs/skills.md is the user's guide.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from lcore_core.skills.catalog import Catalog, PathError, load_catalog
+
+if TYPE_CHECKING:
+    from lcore_core.runtime import Runtime
+    from lcore_core.skills.server import SkillsServer
+
+__all__ = ["Catalog", "SkillsSchema", "instructions_for", "loaded", "skill_tools", "start", "stop"]
+
+MAX_PATHS = 100
+_MCP_MISSING = "agent skills need the mcp SDK: pip install 'lcore-core[mcp]'"
+
+
+class SkillsSchema(Schema):
+    """`skills: {paths: [...]}`: skill directories, or directories of skill directories."""
+
+    class Meta:
+        unknown = RAISE
+
+    paths = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
+                        validate=validate.Length(max=MAX_PATHS))
+
+    @validates_schema
+    def _skills(self, data: dict[str, Any], **_: Any) -> None:
+        paths = data.get("paths") or []
+        if not paths:
+            return
+        try:
+            import mcp  # noqa: F401
+        except ImportError:
+            raise ValidationError(_MCP_MISSING, "paths") from None
+        try:
+            load_catalog(paths)
+        except PathError as exc:
+            raise ValidationError({"paths": {exc.index: [str(exc)]}}) from None
+
+
+def _server(runtime: Runtime) -> SkillsServer | None:
+    return runtime.state.get("skills_server")  # type: ignore[no-any-return]
+
+
+async def start(runtime: Runtime) -> None:
+    """Load the configured skills and start their MCP server (nothing when none are set)."""
+    section = runtime.config.get("skills") or {}
+    paths = list(section.get("paths") or [])
+    if not paths:
+        return
+    from lcore_core.skills.server import SkillsServer
+
+    server = SkillsServer(load_catalog(paths))
+    await server.start()
+    runtime.state["skills_server"] = server
+
+
+async def stop(runtime: Runtime) -> None:
+    server = runtime.state.pop("skills_server", None)
+    if server is not None:
+        await server.stop()
+
+
+def loaded(runtime: Runtime) -> Catalog:
+    """The loaded skills (empty before start-up and when none are configured)."""
+    server = _server(runtime)
+    return server.catalog if server is not None else Catalog()
+
+
+def skill_tools(runtime: Runtime) -> list[dict[str, Any]]:
+    """The Responses-API tool entry a query offers for skills (none when none are loaded)."""
+    server = _server(runtime)
+    return [server.tool()] if server is not None and server.catalog else []
+
+
+def instructions_for(runtime: Runtime, tools: list[dict[str, Any]]) -> str:
+    """The skill catalog for the system prompt, when `tools` offer the skill tools."""
+    from lcore_core.skills.tools import instructions
+
+    server = _server(runtime)
+    if server is None or not any(t.get("server_url") == server.url for t in tools):
+        return ""
+    return instructions(server.catalog)
