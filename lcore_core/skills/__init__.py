@@ -30,6 +30,12 @@ class SkillsSchema(Schema):
 
     paths = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
                         validate=validate.Length(max=MAX_PATHS))
+    # LCore additions: where the skill tools' MCP server listens (port 0: a free one, per
+    # process) and the URL Llama Stack is given for it (default: http://HOST:PORT/mcp). Only
+    # needed when Llama Stack runs on another host.
+    mcp_host = fields.String(load_default="127.0.0.1", validate=validate.Length(min=1))
+    mcp_port = fields.Integer(load_default=0, validate=validate.Range(0, 65535))
+    mcp_url = fields.String(load_default=None, allow_none=True)
 
     @validates_schema
     def _skills(self, data: dict[str, Any], **_: Any) -> None:
@@ -40,6 +46,16 @@ class SkillsSchema(Schema):
             import mcp  # noqa: F401
         except ImportError:
             raise ValidationError(_MCP_MISSING, "paths") from None
+        if data.get("mcp_url"):
+            from lcore_core.config.schema import HTTP_URL  # that module imports this one
+
+            try:
+                HTTP_URL(data["mcp_url"])
+            except ValidationError as exc:
+                raise ValidationError(exc.messages, "mcp_url") from None
+        if data.get("mcp_url") and not data.get("mcp_port"):
+            raise ValidationError("mcp_url needs a fixed mcp_port (0 picks a new port at every "
+                                  "start)", "mcp_url")
         try:
             load_catalog(paths)
         except PathError as exc:
@@ -56,9 +72,15 @@ async def start(runtime: Runtime) -> None:
     paths = list(section.get("paths") or [])
     if not paths:
         return
+    from lcore_core.errors import ConfigError
     from lcore_core.skills.server import SkillsServer
 
-    server = SkillsServer(load_catalog(paths))
+    if section.get("mcp_port") and runtime.config.service.workers > 1:
+        # Each worker has its own token; a shared port would hand calls to the wrong one.
+        raise ConfigError("a fixed skills.mcp_port needs service.workers: 1",
+                          file=runtime.config.source, key="skills.mcp_port")
+    server = SkillsServer(load_catalog(paths), host=section.get("mcp_host") or "127.0.0.1",
+                          port=section.get("mcp_port") or 0, url=section.get("mcp_url"))
     await server.start()
     runtime.state["skills_server"] = server
 

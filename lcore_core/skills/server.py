@@ -20,6 +20,7 @@ import hmac
 import secrets
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -38,17 +39,23 @@ MAX_REQUEST_BYTES = 64 * 1024
 class SkillsServer:
     """Started at app start-up, stopped at shutdown; `tool()` is what a query offers."""
 
-    def __init__(self, catalog: Catalog, host: str = "127.0.0.1") -> None:
+    def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0,
+                 url: str | None = None) -> None:
         self.catalog = catalog
         self.host = host
-        self.port = 0
+        self.port = port
+        self._url = url
         self.token = secrets.token_urlsafe(32)
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}{PATH}"
+        """The URL Llama Stack is given."""
+        if self._url:
+            return self._url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{PATH}"
 
     def tool(self) -> dict[str, Any]:
         """The Responses-API tool entry for this server."""
@@ -59,8 +66,10 @@ class SkillsServer:
         from hypercorn.asyncio import serve
         from hypercorn.config import Config as HypercornConfig
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((self.host, 0))
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
         sock.listen(64)
         # Bound here, so the port is known (and taken) before any query can offer it.
         self.port = sock.getsockname()[1]
@@ -71,7 +80,8 @@ class SkillsServer:
         config.graceful_timeout = 1.0
         manager = _session_manager(self.catalog)
         self._stop = stop = asyncio.Event()
-        app = _guarded(manager, self.token)
+        # The MCP path, and the path of `url` in case a proxy in front keeps it.
+        app = _guarded(manager, self.token, {PATH, urlsplit(self.url).path or "/"})
 
         async def run() -> None:
             async with manager.run():
@@ -126,7 +136,7 @@ def _session_manager(catalog: Catalog) -> Any:
                                         max_request_body_size=MAX_REQUEST_BYTES)
 
 
-def _guarded(manager: Any, token: str) -> Any:
+def _guarded(manager: Any, token: str, paths: set[str]) -> Any:
     """The MCP endpoint behind the bearer token (compared in constant time)."""
     expected = f"Bearer {token}".encode()
 
@@ -145,7 +155,7 @@ def _guarded(manager: Any, token: str) -> Any:
         if not hmac.compare_digest(given, expected):
             await _plain(send, 401, b"missing or wrong token")
             return
-        if scope.get("path") != PATH:
+        if scope.get("path") not in paths:
             await _plain(send, 404, b"not found")
             return
         await manager.handle_request(scope, receive, send)

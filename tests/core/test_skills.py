@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
+from quart.testing.app import LifespanError
 
 from lcore_core.config import ConfigError, load_config
 from lcore_core.plugins import Plugins, load_plugins
@@ -320,3 +322,48 @@ def test_no_scripts_are_ever_run(tmp_path):
     assert loaded.skills[0].resources == ("scripts/run.sh",)
     with pytest.raises(ToolFailure, match="Unknown tool"):
         call(loaded, "run_skill_script", {"skill_name": "ops", "script_name": "scripts/run.sh"})
+
+
+# --- where the MCP server listens (LCore additions) ------------------------------------------
+
+
+def test_mcp_url_needs_a_fixed_port_and_must_be_a_url(tmp_path, plugins):
+    directory = skill(tmp_path, "echo")
+    path = tmp_path / "lightspeed-stack.yaml"
+    for extra, message in (
+            ("mcp_url: http://lcore:8765/mcp", "F:3: skills.mcp_url: mcp_url needs a fixed "
+                                               "mcp_port (0 picks a new port at every start)"),
+            ("{mcp_port: 8765, mcp_url: 'not a url'}", "F:3: skills.mcp_url: Not a valid URL."),
+            ("mcp_port: 70000", "F:3: skills.mcp_port: Must be greater than or equal to 0 and "
+                                "less than or equal to 65535.")):
+        body = extra if extra.startswith("{") else "{" + extra + "}"
+        text = BASE + f"skills: {{paths: ['{directory}'], " + body[1:] + "\n"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_config(path, plugins)
+        assert str(info.value).replace(str(path), "F") == message
+
+
+async def test_fixed_port_and_advertised_url(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    skill(tmp_path, "echo")
+    url = f"http://localhost:{port}/mcp"
+    server = SkillsServer(cat.load_catalog([str(tmp_path)]), port=port, url=url)
+    await server.start()
+    try:
+        assert server.tool()["server_url"] == url
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(url, json={})).status_code == 401
+    finally:
+        await server.stop()
+
+
+async def test_fixed_port_with_several_workers_stops_start_up(tmp_path, make_app):
+    skill(tmp_path / "skills", "echo")
+    app = make_app({"service": {"workers": 2},
+                    "skills": {"paths": [str(tmp_path / "skills")], "mcp_port": 8765}})
+    with pytest.raises(LifespanError, match=r"a fixed skills\.mcp_port needs service\.workers"):
+        async with app.test_app():
+            pass

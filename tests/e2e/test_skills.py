@@ -4,6 +4,7 @@ MCP on loopback, within the query's one Responses call."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,22 @@ async def test_tools_and_skills_endpoints_list_them(skills_lcore: Lcore) -> None
                for t in skill_tools)
     listed = await (await skills_lcore.client.get("/v1/skills")).get_json()
     assert [s["name"] for s in listed["skills"]] == ["greeter", "haiku"]
+
+
+async def test_server_listening_where_configured(tmp_path: Path, llama_stack_server: Any,
+                                                 llm: Any) -> None:
+    """mcp_host/mcp_port/mcp_url: what a Llama Stack on another host needs (here: all
+    interfaces, and the URL Llama Stack is told)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    skills = {"paths": [str(write_skills(tmp_path))], "mcp_host": "0.0.0.0",
+              "mcp_port": port, "mcp_url": f"http://127.0.0.1:{port}/mcp"}
+    app = create_app(lcore_config(tmp_path, "server", llama_stack_server.url, skills=skills),
+                     plugins=load_plugins(entrypoints=False))
+    llm.script("greet the deck", tool_call=("load_skill", {"skill_name": "greeter"}),
+               then="Loaded: {tool_output}")
+    async with started(app) as test_app:
+        lcore = Lcore(app, test_app.test_client(), "server", tmp_path)
+        body = await ask(lcore, "greet the deck")
+    assert "AHOY-7731" in body["response"]
