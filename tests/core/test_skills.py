@@ -367,3 +367,16 @@ async def test_fixed_port_with_several_workers_stops_start_up(tmp_path, make_app
     with pytest.raises(LifespanError, match=r"a fixed skills\.mcp_port needs service\.workers"):
         async with app.test_app():
             pass
+
+
+def test_relative_paths_as_upstreams_files_write_them(tmp_path, plugins, monkeypatch):
+    # Upstream's own files list `skills/echo` (one skill) or `skills` (all), from the working
+    # directory.
+    skill(tmp_path / "skills", "echo")
+    skill(tmp_path / "skills", "summarize")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "lightspeed-stack.yaml"
+    for listed, names in ((["skills/echo"], ["echo"]), (["skills"], ["echo", "summarize"])):
+        path.write_text(BASE + f"skills:\n  paths: {listed}\n", encoding="utf-8")
+        config = load_config(path, plugins)
+        assert cat.load_catalog(config.skills.paths).names == names
