@@ -142,8 +142,13 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     async def startup() -> None:
         # The user DB's schema (a worker thread waiting on the database) is built while the
         # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
-        await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp(),
-                            skills.start(runtime))
+        try:
+            await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp(),
+                                skills.start(runtime))
+        except BaseException:
+            # A failed start-up gets no shutdown: the skills server must not outlive it.
+            await skills.stop(runtime)
+            raise
         await plugins.startup(runtime)
         await _publish_models(runtime)
         for warning in config.warnings:

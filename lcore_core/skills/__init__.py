@@ -81,8 +81,9 @@ async def start(runtime: Runtime) -> None:
                           file=runtime.config.source, key="skills.mcp_port")
     server = SkillsServer(load_catalog(paths), host=section.get("mcp_host") or "127.0.0.1",
                           port=section.get("mcp_port") or 0, url=section.get("mcp_url"))
-    await server.start()
+    # Recorded first: a start-up cancelled half-way still stops what was started.
     runtime.state["skills_server"] = server
+    await server.start()
 
 
 async def stop(runtime: Runtime) -> None:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from lcore_core.errors import ConfigError
 from lcore_core.skills.catalog import Catalog
 from lcore_core.skills.tools import TOOLS, ToolFailure, call
 
@@ -68,9 +69,14 @@ class SkillsServer:
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(64)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"the skills MCP server cannot listen on {self.host}:{self.port}: "
+                              f"{exc.strerror or exc}", key="skills.mcp_port") from None
         # Bound here, so the port is known (and taken) before any query can offer it.
         self.port = sock.getsockname()[1]
         config = HypercornConfig()

@@ -380,3 +380,30 @@ def test_relative_paths_as_upstreams_files_write_them(tmp_path, plugins, monkeyp
         path.write_text(BASE + f"skills:\n  paths: {listed}\n", encoding="utf-8")
         config = load_config(path, plugins)
         assert cat.load_catalog(config.skills.paths).names == names
+
+
+async def test_a_port_in_use_is_a_clear_start_up_error(tmp_path, make_app):
+    skill(tmp_path / "skills", "echo")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        app = make_app({"skills": {"paths": [str(tmp_path / "skills")], "mcp_port": port}})
+        with pytest.raises(LifespanError, match=f"cannot listen on 127.0.0.1:{port}"):
+            async with app.test_app():
+                pass
+
+
+async def test_a_failed_start_up_leaves_no_skills_server(tmp_path, make_app):
+    skill(tmp_path / "skills", "echo")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app({"skills": {"paths": [str(tmp_path / "skills")], "mcp_port": port},
+                    "mcp_servers": [{"name": "gone", "url": "http://127.0.0.1:9/mcp"}]})
+    with pytest.raises(LifespanError, match="MCP server unreachable"):
+        async with app.test_app():
+            pass
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{port}/mcp")
