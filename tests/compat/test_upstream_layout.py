@@ -19,8 +19,7 @@ CONFIGS = Path(__file__).parent / "configs"
 
 # File -> why it does not load yet. Each entry is a feature still being built (issue 21);
 # a file that loads while listed here fails the test, so the list only shrinks.
-GAPS: dict[str, str] = {
-}
+GAPS: dict[str, str] = {}
 UPSTREAM_GAPS: dict[str, str] = {}
 
 
