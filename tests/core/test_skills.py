@@ -306,7 +306,8 @@ async def test_skills_endpoint_without_skills_and_without_the_action(tmp_path, m
                                                                      serving):
     async with serving(make_app()) as client:
         assert await (await client.get("/v1/skills")).get_json() == {"skills": []}
-    rules = {"authorization": {"access_rules": [{"role": "*", "actions": ["get_tools"]}]}}
+    rules = {"authorization": {"always_apply_access_rules": True,
+                               "access_rules": [{"role": "*", "actions": ["get_tools"]}]}}
     async with serving(make_app(rules)) as client:
         response = await client.get("/v1/skills")
         assert response.status_code == 403
