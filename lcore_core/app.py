@@ -17,7 +17,7 @@ from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from lcore_core import tracing
+from lcore_core import skills, tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
@@ -114,8 +114,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     if config.service.root_path:
         app.asgi_app = under_root_path(app.asgi_app, config.service.root_path)  # type: ignore[method-assign]
     from lcore_core.endpoints import catalog, conversations, feedback, mcp_auth, query, system
+    from lcore_core.endpoints import skills as skills_endpoint
 
-    for module in (system, query, conversations, catalog, feedback, mcp_auth):
+    for module in (system, query, conversations, catalog, feedback, mcp_auth, skills_endpoint):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
@@ -144,7 +145,13 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     async def startup() -> None:
         # The user DB's schema (a worker thread waiting on the database) is built while the
         # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
-        await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp())
+        try:
+            await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp(),
+                                skills.start(runtime))
+        except BaseException:
+            # A failed start-up gets no shutdown: the skills server must not outlive it.
+            await skills.stop(runtime)
+            raise
         await plugins.startup(runtime)
         if runtime.degraded is None:
             await _publish_models(runtime)
@@ -158,6 +165,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         try:
             await runtime.drain()
             await plugins.shutdown(runtime)
+            await skills.stop(runtime)
             await runtime.cache.close()
             await runtime.llama.close()
             await runtime.userdb.close()

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from lcore_core import rag, tokens, tracing, transcripts
+from lcore_core import rag, skills, tokens, tracing, transcripts
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
@@ -224,7 +224,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
         previous_response_id=conversation.previous_response_id,
         model_id=model_id, provider=provider, model=model,
         instructions=system_prompt(runtime, body.get("system_prompt")) + shields.redact(
-            rag.context(hits)),
+            rag.context(hits)) + skills.instructions_for(runtime, tools),
         tools=tools, guardrails=guardrails, shields=shields,
         input=_input_text(query, attachments),
         generate_topic_summary=body.get("generate_topic_summary") is not False,
@@ -375,6 +375,7 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
     from lcore_core.mcp import mcp_tools
 
     tools.extend(mcp_tools(runtime, auth, client_headers, request_headers, skip))
+    tools.extend(skills.skill_tools(runtime))
     return tools
 
 

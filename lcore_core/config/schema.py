@@ -62,10 +62,11 @@ the named distribution's `lcore_config_sections` / provider schema; "refused" = 
     vector_store, azure_entra_id               core (unified mode; Entra ID tokens are not
                                                minted: see docs/unified-mode.md)
     compaction, approvals                      core: accepted where LCore honours them
-    okp, solr, skills, saved_prompts,          refused (see UNSUPPORTED_SECTIONS)
+    okp, solr, saved_prompts,                  refused (see UNSUPPORTED_SECTIONS)
       observability, a2a_agents, a2a
     rlsapi_v1, splunk,                         core (lcore_core.rlsapi: POST /v1/infer and its
       deployment_environment                   Splunk HEC events)
+    skills.paths                               core (lcore_core.skills; docs/skills.md)
     (LCore only) local_model.*                 core addition: a supervised local model server
     (LCore only) llama_stack.state_dir         core addition: where unified mode writes
                                                run.yaml and the default baseline's state
@@ -101,6 +102,7 @@ from lcore_core.config.unified import (
 )
 from lcore_core.rlsapi.config import rlsapi_sections
 from lcore_core.shields.schema import shields_field
+from lcore_core.skills import SkillsSchema
 
 
 def existing_file(value: str) -> None:
@@ -770,6 +772,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "shields": shields_field(),
     "vector_store": section(VectorStoreSchema),
     "azure_entra_id": optional(AzureEntraIdSchema),
+    "skills": optional(SkillsSchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -783,7 +786,6 @@ UNSUPPORTED_SECTIONS = {
     "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
     "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
-    "skills": "agent skills",
     "saved_prompts": "saved prompts",
     "a2a_agents": "delegating to remote A2A agents",
     "a2a": "the A2A client (LCore's A2A plugin serves A2A; see a2a_state)",
@@ -817,7 +819,6 @@ KNOWN_CACHE_TYPES: dict[str, str | None] = {
 # rules with a warning (they grant nothing). Plugins may register some of them.
 UPSTREAM_ACTIONS: dict[str, str] = {
     "responses": "the /v1/responses pass-through endpoint",
-    "get_skills": "agent skills",
     "register_mcp_server": "registering MCP servers at run time",
     "list_mcp_servers": "registering MCP servers at run time",
     "delete_mcp_server": "registering MCP servers at run time",

@@ -12,6 +12,7 @@ import structlog
 from marshmallow import Schema, fields
 from quart import Blueprint, current_app, g, jsonify, request
 
+from lcore_core import skills
 from lcore_core.auth import Action, authorize, may
 from lcore_core.config import mask, mask_url
 from lcore_core.errors import BadRequest, NotFound
@@ -24,6 +25,7 @@ from lcore_core.mcp import (
     parse_mcp_headers,
 )
 from lcore_core.pipeline import model_entry
+from lcore_core.skills import tools as skill_tools
 from lcore_core.web import doc, route
 
 bp = Blueprint("catalog", __name__)
@@ -304,6 +306,11 @@ async def tools() -> Any:
     raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
     entries = [builtin_tool_entry(_dump(t)) for t in raw]
     entries.extend(await _mcp_entries(runtime))
+    if skills.loaded(runtime):
+        # As upstream: the skill tools, after the others, under names not already listed.
+        listed = {e["identifier"] for e in entries}
+        entries.extend(e for e in skill_tools.catalog_entries()
+                       if e["identifier"] not in listed)
     return jsonify({"tools": entries})
 
 
