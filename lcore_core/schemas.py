@@ -109,12 +109,12 @@ class QueryRequestSchema(Schema):
     generate_topic_summary = fields.Boolean(load_default=True, allow_none=True)
     media_type = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(
         ["application/json", "text/plain"]))
-    # Names of configured shields and of Llama Stack's shields (see lcore_core.shields).
-    shield_ids = fields.List(fields.String(validate=validate.Length(1, 256)), load_default=None,
-                             allow_none=True, validate=validate.Length(max=MAX_SHIELD_IDS))
     vector_store_ids = CappedList(fields.String(validate=validate.Length(1, MAX_STORE_ID_CHARS)),
                                   max_items=MAX_VECTOR_STORES, what="vector stores",
                                   load_default=None, allow_none=True)
+    # Names of configured shields and of Llama Stack's shields (see lcore_core.shields).
+    shield_ids = fields.List(fields.String(validate=validate.Length(1, 256)), load_default=None,
+                             allow_none=True, validate=validate.Length(max=MAX_SHIELD_IDS))
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
