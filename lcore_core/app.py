@@ -178,6 +178,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             flush_logging()
 
     cors_settings = config.service.cors
+    if cors_settings is None:  # no `service.cors` section: browsers keep other origins out
+        return app
     return cors(app, allow_origin=_cors_origins(cors_settings.allow_origins),
                 allow_credentials=cors_settings.allow_credentials,
                 allow_methods=cors_settings.allow_methods,

@@ -17,7 +17,7 @@ from lcore_core.auth import (
     RbacResolver,
     applied_access_rules,
 )
-from lcore_core.cache import MemoryCache, NoopCache
+from lcore_core.cache import DEFAULT_MAX_BYTES, MemoryCache, NoopCache
 from lcore_core.errors import Unauthorized
 from lcore_core.hookspecs import hookimpl
 from lcore_core.providers import AuthProvider, CacheBackend
@@ -101,6 +101,9 @@ class ApiKeyAuth:
 
 class MemoryCacheSchema(Schema):
     max_entries = fields.Integer(load_default=1000, validate=validate.Range(min=1))
+    # LCore addition: entries alone do not bound memory (a turn may hold megabytes of text).
+    max_bytes = fields.Integer(load_default=DEFAULT_MAX_BYTES,
+                               validate=validate.Range(min=1024 * 1024))
 
 
 @hookimpl
@@ -125,7 +128,8 @@ def lcore_auth_providers() -> list[AuthProvider]:
 @hookimpl
 def lcore_cache_backends() -> list[CacheBackend]:
     return [
-        CacheBackend("memory", lambda settings, config: MemoryCache(settings["max_entries"]),
+        CacheBackend("memory", lambda settings, config: MemoryCache(settings["max_entries"],
+                                                                    settings["max_bytes"]),
                      schema=MemoryCacheSchema, description="in-process, bounded"),
         CacheBackend("noop", lambda settings, config: NoopCache(), description="keeps nothing"),
     ]

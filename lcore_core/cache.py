@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -16,7 +17,13 @@ class ReferencedDocument:
 
 @dataclass
 class CacheEntry:
-    """One turn of a conversation as the cache stores it."""
+    """One turn of a conversation as the cache stores it.
+
+    `attachments` describe what the client attached (`attachment_type`, `content_type` and
+    `size`, the body's length in UTF-8 bytes), never the body itself: the model had it in its
+    turn, and a cache holding bodies grows with whatever clients send (upstream's cache entry
+    keeps no attachments at all). An attachment given with its `content` is described here.
+    """
 
     query: str
     response: str
@@ -29,6 +36,9 @@ class CacheEntry:
     tool_results: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.attachments = [describe_attachment(a) for a in self.attachments]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -36,6 +46,30 @@ class CacheEntry:
     def from_dict(cls, data: dict[str, Any]) -> CacheEntry:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def describe_attachment(attachment: dict[str, Any]) -> dict[str, Any]:
+    """An attachment as a cache entry keeps it: everything but the body, plus its size."""
+    if "content" not in attachment:
+        return attachment
+    described = {k: v for k, v in attachment.items() if k != "content"}
+    content = attachment["content"]
+    described["size"] = len(content.encode("utf-8", "surrogatepass")) \
+        if isinstance(content, str) else len(json.dumps(content))
+    return described
+
+
+def entry_size(entry: CacheEntry) -> int:
+    """About how many bytes an entry holds: its text in UTF-8 plus its lists as JSON."""
+    text = len(entry.query.encode("utf-8", "surrogatepass")) + \
+        len(entry.response.encode("utf-8", "surrogatepass"))
+    lists = (entry.referenced_documents, entry.tool_calls, entry.tool_results, entry.attachments)
+    return ENTRY_OVERHEAD + text + sum(len(json.dumps(x, default=str)) for x in lists if x)
+
+
+# What an entry costs beyond its text: the objects holding it, its short strings.
+ENTRY_OVERHEAD = 512
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -103,56 +137,95 @@ class NoopCache:
 
 
 class MemoryCache:
-    """In-process, bounded by `max_entries` entries (turns) in all: the least recently used
-    conversations go first; a lone conversation longer than the bound loses its oldest turns."""
+    """In-process, bounded twice over all conversations: by `max_entries` turns and by
+    `max_bytes` (each turn's size as `entry_size` counts it, topic summaries included). The
+    least recently used conversations (written or read) go first; a lone conversation over a
+    bound loses its oldest turns, and a turn larger than `max_bytes` on its own is not kept."""
 
-    def __init__(self, max_entries: int = 1000) -> None:
+    def __init__(self, max_entries: int = 1000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_entries = max(max_entries, 1)
-        self._data: OrderedDict[tuple[str, str], list[CacheEntry]] = OrderedDict()
+        self.max_bytes = max(max_bytes, 1)
+        self._data: OrderedDict[tuple[str, str], list[tuple[CacheEntry, int]]] = OrderedDict()
         self._topics: dict[tuple[str, str], str] = {}
         self._count = 0  # entries held, over every conversation
+        self._bytes = 0  # their sizes and the topics', over every conversation
         self._lock = asyncio.Lock()
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
 
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
         key = (user_id, conversation_id)
+        size = entry_size(entry)
         async with self._lock:
-            self._data.setdefault(key, []).append(entry)
+            self._data.setdefault(key, []).append((entry, size))
             self._data.move_to_end(key)
             self._count += 1
-            while self._count > self.max_entries and len(self._data) > 1:
-                old, entries = self._data.popitem(last=False)
-                self._topics.pop(old, None)
-                self._count -= len(entries)
-            if self._count > self.max_entries:
-                del self._data[key][:self._count - self.max_entries]
-                self._count = self.max_entries
+            self._bytes += size
+            while self._over() and len(self._data) > 1:
+                self._drop(next(iter(self._data)))
+            turns = self._data[key]
+            while self._over() and turns:
+                _, dropped = turns.pop(0)
+                self._count -= 1
+                self._bytes -= dropped
+            if not turns:
+                self._drop(key)
+
+    def _over(self) -> bool:
+        return self._count > self.max_entries or self._bytes > self.max_bytes
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        turns = self._data.pop(key, None) or []
+        self._count -= len(turns)
+        self._bytes -= sum(size for _, size in turns)
+        topic = self._topics.pop(key, None)
+        if topic is not None:
+            self._bytes -= _topic_size(topic)
 
     async def get(self, user_id: str, conversation_id: str) -> list[CacheEntry]:
-        return list(self._data.get((user_id, conversation_id), []))
+        key = (user_id, conversation_id)
+        turns = self._data.get(key)
+        if turns is None:
+            return []
+        self._data.move_to_end(key)  # read is use: the conversation stays longer
+        return [entry for entry, _ in turns]
 
     async def delete(self, user_id: str, conversation_id: str) -> bool:
         key = (user_id, conversation_id)
         async with self._lock:
-            self._topics.pop(key, None)
-            entries = self._data.pop(key, None)
-            self._count -= len(entries or ())
-            return entries is not None
+            found = key in self._data
+            self._drop(key)
+            return found
 
     async def list(self, user_id: str) -> list[ConversationInfo]:
         out = [
             ConversationInfo(cid, self._topics.get((uid, cid)),
-                             entries[-1].completed_at if entries else "", len(entries))
-            for (uid, cid), entries in self._data.items()
+                             turns[-1][0].completed_at if turns else "", len(turns))
+            for (uid, cid), turns in self._data.items()
             if uid == user_id
         ]
         out.sort(key=lambda c: c.last_message_timestamp, reverse=True)
         return out
 
     async def set_topic_summary(self, user_id: str, conversation_id: str, summary: str) -> None:
-        self._topics[(user_id, conversation_id)] = summary
+        key = (user_id, conversation_id)
+        async with self._lock:
+            if key not in self._data:  # nothing to describe: keeping it would leak
+                return
+            old = self._topics.get(key)
+            self._topics[key] = summary
+            self._bytes += _topic_size(summary) - (_topic_size(old) if old is not None else 0)
+            while self._bytes > self.max_bytes and self._data:
+                self._drop(next(iter(self._data)))
 
     async def ready(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+
+def _topic_size(topic: str) -> int:
+    return len(topic.encode("utf-8", "surrogatepass"))

@@ -60,6 +60,36 @@ class InfoSchema(Schema):
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 MAX_QUERY_CHARS = 100_000
 MAX_SHIELD_IDS = 64
+# Each vector store is one more search per query and each attachment more prompt: bounded, with
+# repeats dropped. Upstream bounds neither list; these are far above what a client needs.
+MAX_VECTOR_STORES = 16
+MAX_ATTACHMENTS = 32
+MAX_STORE_ID_CHARS = 256  # upstream's bound on a vector store id elsewhere in its API
+
+
+class CappedList(fields.List):
+    """A list a client sends: at most `max_items` items (checked before any item is read; the
+    OpenAPI document shows it as `maxItems`), repeated items dropped, the first one kept."""
+
+    def __init__(self, inner: Any, *, max_items: int, what: str, **kwargs: Any) -> None:
+        self.max_items = max_items
+        self.too_many = f"at most {max_items} {what} per request"
+        super().__init__(inner, validate=validate.Length(max=max_items, error=self.too_many),
+                         **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, list) and len(value) > self.max_items:
+            raise ValidationError(f"{self.too_many} (got {len(value)})")
+        items = super()._deserialize(value, attr, data, **kwargs)
+        seen: set[Any] = set()
+        unique = []
+        for item in items:
+            # Items are strings or flat objects of strings (attachments): hashable as they are.
+            key = tuple(sorted(item.items())) if isinstance(item, dict) else item
+            if key not in seen:
+                seen.add(key)
+                unique.append(item)
+        return unique
 
 
 class AttachmentSchema(Schema):
@@ -76,13 +106,15 @@ class QueryRequestSchema(Schema):
     provider = fields.String(load_default=None, allow_none=True)
     model = fields.String(load_default=None, allow_none=True)
     system_prompt = fields.String(load_default=None, allow_none=True)
-    attachments = fields.List(fields.Nested(AttachmentSchema), load_default=None,
-                              allow_none=True)
+    attachments = CappedList(fields.Nested(AttachmentSchema), max_items=MAX_ATTACHMENTS,
+                             what="attachments", load_default=None, allow_none=True)
     no_tools = fields.Boolean(load_default=False, allow_none=True)
     generate_topic_summary = fields.Boolean(load_default=True, allow_none=True)
     media_type = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(
         ["application/json", "text/plain"]))
-    vector_store_ids = fields.List(fields.String(), load_default=None, allow_none=True)
+    vector_store_ids = CappedList(fields.String(validate=validate.Length(1, MAX_STORE_ID_CHARS)),
+                                  max_items=MAX_VECTOR_STORES, what="vector stores",
+                                  load_default=None, allow_none=True)
     # Names of configured shields and of Llama Stack's shields (see lcore_core.shields).
     shield_ids = fields.List(fields.String(validate=validate.Length(1, 256)), load_default=None,
                              allow_none=True, validate=validate.Length(max=MAX_SHIELD_IDS))

@@ -238,7 +238,10 @@ class ServiceSchema(Base):
     access_log = fields.Boolean(load_default=True)
     root_path = fields.String(load_default="", validate=_root_path)
     tls_config = section(TLSSchema)
-    cors = section(CORSSchema)
+    # Absent: no cross-origin access at all (upstream allows every origin by default, which
+    # lets any web page read a local service's conversations). Present: as configured, with
+    # upstream's per-key defaults.
+    cors = optional(CORSSchema)
     # LCore additions
     max_request_size = fields.Integer(load_default=10 * 1024 * 1024,
                                       validate=validate.Range(min=1024))

@@ -190,6 +190,15 @@ class CacheContract:
         [info] = await cache.list(user)
         assert info.message_count == total
 
+    async def test_attachment_bodies_are_not_kept(self, cache: ConversationCache) -> None:
+        user, conv = _user(), _conv()
+        body = "line é\n" * 1000
+        await cache.insert(user, conv, entry(1, attachments=[
+            {"attachment_type": "log", "content_type": "text/plain", "content": body}]))
+        [back] = await cache.get(user, conv)
+        assert back.attachments == [{"attachment_type": "log", "content_type": "text/plain",
+                                     "size": len(body.encode())}]
+
     async def test_entry_fields_round_trip(self, cache: ConversationCache) -> None:
         user, conv = _user(), _conv()
         full = CacheEntry(

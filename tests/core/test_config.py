@@ -56,7 +56,7 @@ def test_minimal_file_gets_upstream_defaults(tmp_path, plugins):
     assert config.service.host == "localhost"
     assert config.service.port == 8080
     assert config.service.workers == 1
-    assert config.service.cors.allow_origins == ["*"]
+    assert config.service.cors is None  # no cross-origin access unless configured
     assert config.llama_stack.timeout == 180
     assert config.llama_stack.use_as_library_client is False
     assert config.llama_stack.max_retries == 5
@@ -73,7 +73,8 @@ def test_full_default_loads_with_builtins_only(plugins):
     config = load_config(FULL_DEFAULT, plugins)
     assert config.name == "LCore"
     assert config.conversation_cache.type == "memory"
-    assert config.conversation_cache.settings == {"max_entries": 1000}
+    assert config.conversation_cache.settings == {"max_entries": 1000,
+                                                  "max_bytes": 64 * 1024 * 1024}
 
 
 def test_full_default_states_the_defaults(tmp_path, plugins, monkeypatch):
@@ -104,8 +105,8 @@ def test_full_default_mentions_every_core_key():
     wanted = _keys(top) | {"authentication", "module", "skip_tls_verification",
                            "skip_for_health_probes", "skip_for_metrics", "k8s_cluster_api",
                            "k8s_ca_cert_path", "api_key_config", "jwk_config",
-                           "conversation_cache", "max_entries", "rules_file", "inherits",
-                           "quota_handlers", "a2a_state"}
+                           "conversation_cache", "max_entries", "max_bytes", "rules_file",
+                           "inherits", "quota_handlers", "a2a_state"}
     missing = sorted(k for k in wanted if f"{k}:" not in text)
     assert missing == []
 

@@ -326,12 +326,12 @@ async def _state(target: Target) -> dict[str, Any]:
         entries = {user: [e.to_dict() for e in await cache.get(user, conv)]
                    for user, conv in (("alice", f"conv_{ALICE_CONV}"), ("bob", f"conv_{BOB_CONV}"))}
         listed = {user: [vars(c) for c in await cache.list(user)] for user in ("alice", "bob")}
-        context = await a2a.get_context("ctx-alice")
-        task = await a2a.get_task("11111111-1111-1111-1111-111111111111")
+        context = await a2a.get_context("alice", "ctx-alice")
+        task = await a2a.get_task("alice", "11111111-1111-1111-1111-111111111111")
         return {"conversations": conversations, "entries": entries, "listed": listed,
                 "context": context, "task": task,
-                "missing_context": await a2a.get_context("ctx-nobody"),
-                "missing_task": await a2a.get_task("22222222-2222-2222-2222-222222222222")}
+                "missing_context": await a2a.get_context("alice", "ctx-nobody"),
+                "missing_task": await a2a.get_task(None, "22222222-2222-2222-2222-222222222222")}
     finally:
         await userdb.close()
         await cache.close()

@@ -49,7 +49,7 @@ from lcore_a2a.store import ContextRecord, ContextStore, TaskRecord
 
 # `pipeline` and the request schema are not exported from lcore_core's root yet (asked for).
 from lcore_core import Action, LCoreError, may, pipeline
-from lcore_core.schemas import QueryRequestSchema
+from lcore_core.schemas import MAX_ATTACHMENTS, QueryRequestSchema
 
 if TYPE_CHECKING:
     from lcore_core import AuthTuple, Runtime
@@ -117,9 +117,11 @@ class A2AService:
         """Validate the message, find its conversation and create the task (not yet stored)."""
         message = params.message
         query, attachments = message_input(message)
-        context_id = message.context_id or await self._context_of(message.task_id) \
-            or uuid.uuid4().hex
-        known = await self.store.get_context(context_id)
+        # Ids are looked up among the caller's own only: another user's context or task id is
+        # simply unknown here (a new context), so it reveals nothing and takes nothing over.
+        context_id = message.context_id \
+            or await self._context_of(auth, message.task_id) or uuid.uuid4().hex
+        known = await self.store.get_context(auth.user_id, context_id)
         raw: dict[str, Any] = {k: v for k, v in (params.metadata or {}).items()
                                if k in QUERY_FIELDS}
         raw.update(query=query, conversation_id=known.conversation_id if known else None)
@@ -138,11 +140,11 @@ class A2AService:
         return Turn(auth, task, user_message, body,
                     history_length=config.history_length if config else None)
 
-    async def _context_of(self, task_id: str | None) -> str | None:
-        """A message that names an earlier task continues that task's context."""
+    async def _context_of(self, auth: AuthTuple, task_id: str | None) -> str | None:
+        """A message that names an earlier task of the caller's continues that task's context."""
         if not task_id:
             return None
-        record = await self.store.get_task(task_id)
+        record = await self.store.get_task(auth.user_id, task_id)
         return record.context_id if record else None
 
     async def prepare(self, turn: Turn, *, endpoint: str, client_mcp_headers: dict[str, Any],
@@ -345,9 +347,10 @@ class A2AService:
         return task
 
     async def _owned(self, auth: AuthTuple, task_id: str) -> TaskRecord:
-        record = await self.store.get_task(task_id)
-        if record is None or (record.user_id != auth.user_id
-                              and not may(auth, Action.READ_OTHERS_CONVERSATIONS)):
+        """The task, if the caller may see it; otherwise the very error of an unknown task."""
+        owner = None if may(auth, Action.READ_OTHERS_CONVERSATIONS) else auth.user_id
+        record = await self.store.get_task(owner, task_id)
+        if record is None:
             raise RpcError(TaskNotFoundError(data=f"task {task_id} does not exist"))
         return record
 
@@ -410,6 +413,11 @@ def message_input(message: Message) -> tuple[str, list[dict[str, str]]]:
     """The query text (text parts) and attachments (data parts, textual file parts)."""
     texts: list[str] = []
     attachments: list[dict[str, str]] = []
+    files = sum(1 for p in message.parts if not isinstance(p.root, TextPart))
+    if files > MAX_ATTACHMENTS:  # before decoding any of them
+        raise RpcError(InvalidParamsError(
+            data=f"attachments: at most {MAX_ATTACHMENTS} attachments per request (got {files} "
+                 "file and data parts)"))
     for part in message.parts:
         inner = part.root
         if isinstance(inner, TextPart):

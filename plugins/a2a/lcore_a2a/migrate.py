@@ -70,7 +70,7 @@ def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
     owners: dict[str, str] = {}
     if not upstream.has("a2a_contexts"):
         return owners
-    report = migration.table(SECTION, "a2a_contexts", "lcore_a2a_context")
+    report = migration.table(SECTION, "a2a_contexts", "lcore_a2a_user_context")
     C = store.Context
     for row in upstream.rows("a2a_contexts", ("context_id",)):
         report.found += 1
@@ -82,7 +82,8 @@ def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
         record = ContextRecord(str(row["context_id"]), user_id, conversation_id)
         owners[record.context_id] = user_id
         if migration.dry_run:
-            added = not _exists(store, C, C.context_id == record.context_id)
+            added = not _exists(store, C, (C.user_id == user_id)
+                                & (C.context_id == record.context_id))
         else:
             added = _insert(store, C, {"context_id": record.context_id, "user_id": user_id,
                                        "conversation_id": conversation_id,

@@ -456,3 +456,84 @@ def test_a2a_state_is_validated(write_config: ConfigWriter, tmp_path: Path) -> N
     missing = write_config(a2a_state={})
     with pytest.raises(ConfigError, match="lcore-a2a"):
         create_app(missing, plugins=load_plugins(entrypoints=False))
+
+
+# --- ids are scoped by user (issue 23, item 12) -------------------------------------------------
+
+
+def _identity(user: str) -> dict[str, str]:
+    raw = json.dumps({"identity": {"type": "User", "org_id": "org",
+                                   "user": {"user_id": user, "username": user}}})
+    return {"X-RH-Identity": base64.b64encode(raw.encode()).decode()}
+
+
+async def test_context_and_task_ids_are_each_users_own(write_config: ConfigWriter,
+                                                       llm: Any) -> None:
+    """Bob naming Alice's contextId or taskId gets a context of his own and learns nothing of
+    hers; a contextId Bob used first is still Alice's own when she uses it; her tasks are
+    "not found" for him, exactly as a task that does not exist."""
+    import httpx
+    from a2a.client import ClientConfig, ClientFactory
+
+    config = write_config(
+        authentication={"module": "rh-identity"},
+        authorization={"access_rules": [{"role": "*", "actions": [
+            "a2a_jsonrpc", "a2a_agent_card", "query", "streaming_query"]}]})
+    secret = f"alice's secret {uuid.uuid4().hex[:6]}"
+    async with serving(config, headers=_identity("alice")) as lcore, \
+            httpx.AsyncClient(timeout=60, headers=_identity("bob")) as bob_http:
+        alice = await lcore.client(streaming=False)
+        bob = ClientFactory(ClientConfig(httpx_client=bob_http, streaming=False)).create(
+            await lcore.card())
+        first = await send(alice, secret, "shared-ctx")
+        assert first.status.state == TaskState.completed and first.metadata
+        hers = first.metadata["conversation_id"]
+
+        his = await send(bob, "what did she ask?", "shared-ctx")
+        shown = his.model_dump_json()
+        assert his.status.state == TaskState.completed, shown
+        assert answer(his) == scripted("what did she ask?")  # a first turn: none of hers
+        assert his.metadata and his.metadata["conversation_id"] != hers
+        assert hers not in shown and secret not in shown
+        again = await send(alice, "and now?", "shared-ctx")  # hers goes on as before
+        assert again.metadata and again.metadata["conversation_id"] == hers
+        assert answer(again) == scripted("and now?", 2, secret)
+
+        squatted = await send(bob, "mine first", "squatted-ctx")
+        assert squatted.status.state == TaskState.completed
+        own = await send(alice, "hello", "squatted-ctx")
+        assert own.status.state == TaskState.completed, own.model_dump_json()
+        assert answer(own) == scripted("hello")
+
+        by_task = user_message("continue her task")
+        by_task.task_id = first.id
+        [(task, _)] = await collect(bob, by_task)
+        shown = task.model_dump_json()
+        assert task.status.state == TaskState.completed, shown
+        assert task.context_id != "shared-ctx" and hers not in shown and secret not in shown
+
+        async def refusals(task_id: str) -> list[str]:
+            out = []
+            for call in (bob.get_task(TaskQueryParams(id=task_id)),
+                         bob.cancel_task(TaskIdParams(id=task_id))):
+                with pytest.raises(A2AClientJSONRPCError) as refused:
+                    await call
+                out.append(refused.value.error.model_dump_json().replace(task_id, "ID"))
+            return out
+
+        assert await refusals(first.id) == await refusals(str(uuid.uuid4()))
+        assert "-32001" in (await refusals(first.id))[0]
+
+
+async def test_attachments_from_parts_are_capped(a2a_server: Any) -> None:
+    """More file and data parts than /v2/query takes attachments: -32602 naming the field,
+    before any part is decoded."""
+    client = await a2a_server.client(streaming=False)
+    message = user_message("too many files")
+    message.parts.extend(Part(root=FilePart(file=FileWithBytes(
+        bytes=base64.b64encode(f"file {i}".encode()).decode(), mime_type="text/plain")))
+        for i in range(33))
+    with pytest.raises(A2AClientJSONRPCError) as refused:
+        await collect(client, message)
+    assert refused.value.error.code == -32602
+    assert "attachments: at most 32" in str(refused.value.error.data)

@@ -81,18 +81,26 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path,
 
 async def test_store_contract(store: ContextStore) -> None:
     context_id, task_id = uuid.uuid4().hex, str(uuid.uuid4())
-    assert await store.get_context(context_id) is None
-    assert await store.get_task(task_id) is None
+    assert await store.get_context("alice", context_id) is None
+    assert await store.get_task("alice", task_id) is None
     await store.save_context(ContextRecord(context_id, "alice", "conv_1"))
-    assert await store.get_context(context_id) == ContextRecord(context_id, "alice", "conv_1")
+    assert await store.get_context("alice", context_id) == ContextRecord(context_id, "alice",
+                                                                         "conv_1")
     await store.save_context(ContextRecord(context_id, "alice", "conv_2"))  # last one wins
-    assert (await store.get_context(context_id)).conversation_id == "conv_2"  # type: ignore[union-attr]
+    assert (await store.get_context("alice", context_id)).conversation_id == "conv_2"  # type: ignore[union-attr]
+    # Context ids are per user: bob's own context of that id is another one, alice's stays.
+    assert await store.get_context("bob", context_id) is None
+    await store.save_context(ContextRecord(context_id, "bob", "conv_b"))
+    assert (await store.get_context("bob", context_id)).conversation_id == "conv_b"  # type: ignore[union-attr]
+    assert (await store.get_context("alice", context_id)).conversation_id == "conv_2"  # type: ignore[union-attr]
 
     await store.save_task(TaskRecord(task_id, context_id, "alice",
                                      _task(task_id, context_id, "working")))
     await store.save_task(TaskRecord(task_id, context_id, "alice",
                                      _task(task_id, context_id, "completed")))
-    got = await store.get_task(task_id)
+    got = await store.get_task("alice", task_id)
+    assert await store.get_task(None, task_id) == got  # any owner's (read_other_conversations)
+    assert await store.get_task("bob", task_id) is None  # tasks are read through their owner
     assert got == TaskRecord(task_id, context_id, "alice", _task(task_id, context_id,
                                                                  "completed"))
     await store.ready()
@@ -105,7 +113,7 @@ async def test_concurrent_writers_do_not_fail(store: ContextStore) -> None:
                                                             "completed")))
                            for i in range(10)))
     for i in range(10):
-        assert await store.get_task(f"{context_id}-{i}") is not None
+        assert await store.get_task("bob", f"{context_id}-{i}") is not None
 
 
 def test_memory_store_forgets_the_oldest_tasks() -> None:
@@ -113,7 +121,8 @@ def test_memory_store_forgets_the_oldest_tasks() -> None:
         memory = MemoryStore(max_tasks=2)
         for i in range(3):
             await memory.save_task(TaskRecord(str(i), "c", "u", _task(str(i), "c", "working")))
-        assert await memory.get_task("0") is None and await memory.get_task("2") is not None
+        assert await memory.get_task("u", "0") is None
+        assert await memory.get_task("u", "2") is not None
 
     asyncio.run(run())
 
@@ -121,7 +130,7 @@ def test_memory_store_forgets_the_oldest_tasks() -> None:
 async def test_unreachable_postgres_is_a_storage_error(namespace: str) -> None:
     broken = open_store({"postgres": pg_settings(namespace, port=1)})
     with pytest.raises(StorageError, match="A2A state store"):
-        await broken.get_context("x")
+        await broken.get_context("u", "x")
     await broken.close()
 
 
@@ -166,8 +175,34 @@ async def test_postgres_context_spans_replicas(write_config: ConfigWriter, names
         assert seen.status.state.value == "completed"
     conn = _connect()
     with conn.cursor() as cursor:
-        cursor.execute(f'SELECT count(*) FROM "{namespace}".lcore_a2a_context '
+        cursor.execute(f'SELECT count(*) FROM "{namespace}".lcore_a2a_user_context '
                        f"WHERE context_id = %s", (first.context_id,))
         assert cursor.fetchone()[0] == 1
     conn.close()
 
+
+
+async def test_an_earlier_store_is_upgraded_to_contexts_per_user(tmp_path: Path) -> None:
+    """Schema version 1 had one namespace of context ids: its rows move to the per-user table
+    (each under the user it recorded) and the old table goes."""
+    import sqlite3
+
+    path = tmp_path / "a2a.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE lcore_a2a_context (context_id VARCHAR(256) PRIMARY KEY, "
+                   "user_id TEXT NOT NULL, conversation_id TEXT NOT NULL, "
+                   "updated_at DATETIME NOT NULL)")
+        db.execute("INSERT INTO lcore_a2a_context VALUES "
+                   "('ctx-1', 'alice', 'conv_a', '2025-01-01 00:00:00')")
+    db.close()
+    for _ in range(2):  # the second start finds nothing left to move
+        store = open_store({"sqlite": {"db_path": str(path)}})
+        await store.setup()
+        assert await store.get_context("alice", "ctx-1") == ContextRecord("ctx-1", "alice",
+                                                                          "conv_a")
+        assert await store.get_context("bob", "ctx-1") is None
+        await store.close()
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert "lcore_a2a_context" not in tables and "lcore_a2a_user_context" in tables
