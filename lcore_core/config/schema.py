@@ -1,78 +1,8 @@
 """marshmallow schemas for the core's sections of lightspeed-stack.yaml (upstream's format).
 
-Compatibility with upstream Lightspeed Core Stack (`src/models/config.py`, audited up to the
-release that renamed `llama_stack` to `ogx`). "core" = validated here; "plugin" = validated by
-the named distribution's `lcore_config_sections` / provider schema; "refused" = a clear
-"not supported by LCore" error naming file, line and key (`UNSUPPORTED_SECTIONS`,
-`UNSUPPORTED_KEYS`).
-
-    upstream key                               LCore
-    ----------------------------------------   -------------------------------------------------
-    name                                       core (default "LCore"; upstream requires it)
-    config_format_version                      core: "legacy" or "unified", checked against
-                                               the file's shape
-    service.{host,port,base_url,auth_enabled,  core, same defaults
-      workers,color_log,access_log,root_path,
-      tls_config.*,cors.*}
-    service.max_concurrent_file_uploads,       refused (no /v1/files, no vector-store uploads)
-      max_concurrent_vector_store_attaches,
-      delete_file_after_vector_store_attach
-    llama_stack / ogx (alias)                  core: url, api_key, use_as_library_client,
-                                               library_client_config_path, timeout,
-                                               max_retries, retry_delay, allow_degraded_mode
-    llama_stack.config                         core (unified mode: LCore builds run.yaml;
-                                               config/unified.py, docs/unified-mode.md)
-    user_data_collection.{feedback_*,          core, same defaults
-      transcripts_*}
-    user_data_collection.{data_collector,      refused (older releases: ingress data collector,
-      config_enabled,config_storage}           configuration snapshots)
-    authentication.{module,skip_*,k8s_*}       core; module names a registered provider
-    authentication.api_key_config              core (builtin api-key-token)
-    authentication.jwk_config                  plugin lcore-auth-jwk (module jwk-token)
-    authentication.k8s_*                       plugin lcore-auth-k8s (module k8s)
-    authentication.rh_identity_config          core (builtin rh-identity)
-    authentication.trusted_proxy_config        plugin lcore-auth-k8s (module trusted-proxy)
-    authorization.access_rules[].{role,        core; LCore adds inherits, rules_file and
-      actions}                                 always_apply_access_rules
-    database.{sqlite,postgres}                 core, same keys; postgres.namespace "public"
-    conversation_cache.type + memory           core (memory, noop)
-    conversation_cache.sqlite / .postgres      plugins lcore-cache-sqlite / lcore-cache-postgres
-    mcp_servers[].{name,provider_id,url,       core
-      authorization_headers,headers,timeout}
-    mcp_servers[].require_approval             refused (human-in-the-loop approvals)
-    customization.{disable_query_system_prompt core; system_prompt_path is read into
-      disable_shield_ids_override,             system_prompt, agent_card_path into
-      system_prompt, system_prompt_path,       agent_card_config (free-form mapping)
-      agent_card_path, agent_card_config}
-    customization.profile_path                 refused (Python custom profiles)
-    inference.{default_model,default_provider, core, same defaults (10, 30)
-      max_infer_iters,max_tool_calls}
-    inference.providers                        core (unified mode)
-    inference.context_windows                  core (for compaction; see CompactionSchema)
-    quota_handlers                             plugin lcore-quota
-    a2a_state                                  plugin lcore-a2a
-    byok_rag[].{rag_id,vector_db_id,           core: stores Llama Stack serves; provisioning keys
-      score_multiplier,relevance_cutoff_score} describe them in the run.yaml unified mode
-                                               builds (legacy: they belong in your run.yaml)
-    rag.{inline,tool}                          core: inline (pre-query) and tool RAG; "okp" is
-                                               refused; LCore adds inline_max_chunks,
-                                               store_max_chunks
-    shields[].{name,provider_id,config}        core: redaction, question_validity
-                                               (lcore_core.shields)
-    vector_store, azure_entra_id               core (unified mode; Entra ID tokens are not
-                                               minted: see docs/unified-mode.md)
-    compaction, approvals                      core: accepted where LCore honours them
-    okp, solr, saved_prompts,                  refused (see UNSUPPORTED_SECTIONS)
-      observability, a2a_agents, a2a
-    rlsapi_v1, splunk,                         core (lcore_core.rlsapi: POST /v1/infer and its
-      deployment_environment                   Splunk HEC events)
-    skills.paths                               core (lcore_core.skills; docs/skills.md)
-    (LCore only) local_model.*                 core addition: a supervised local model server
-    (LCore only) llama_stack.state_dir         core addition: where unified mode writes
-                                               run.yaml and the default baseline's state
-    (LCore only) plugins.blocked,              core additions
-      service.max_request_size, log_format,
-      graceful_shutdown_seconds, tracing.*
+Which of upstream's sections and keys LCore reads, acts on, accepts with a warning or refuses
+(and why) is documented once, for users: docs/upstream.md. Sections owned by a plugin are
+validated by that plugin's `lcore_config_sections` / provider schema.
 """
 
 from __future__ import annotations
