@@ -16,12 +16,10 @@ writes it for `llama stack run`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from ruamel.yaml.error import YAMLError
 
 from lcore_core.config.unified import PGVECTOR_ENV
 from lcore_core.errors import ConfigError
+from lcore_core.files import write_atomically
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent / "data" / "default-run.yaml"
 STATE_DIR_TOKEN = "@STATE_DIR@"
@@ -560,19 +559,7 @@ def write_private(path: Path, text: str) -> Path:
     the file may hold secrets (a literal key in native_override or in a migrated run.yaml)."""
     path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # mkstemp creates the file 0600, whatever the umask.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return path
+    return write_atomically(path, text)
 
 
 def output_path(config: Mapping[str, Any]) -> Path:

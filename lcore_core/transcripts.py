@@ -13,17 +13,17 @@ one is logged and never fails the answer it describes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from lcore_core.files import write_atomically
 
 if TYPE_CHECKING:
     from lcore_core.pipeline import QueryPlan, QueryResult
@@ -93,19 +93,7 @@ def write(storage: str | Path, data: dict[str, Any]) -> Path:
     meta = data["metadata"]
     folder = Path(storage) / _component(meta["user_id"]) / _component(meta["conversation_id"])
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{uuid.uuid4()}.json"
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=".transcript-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, default=str)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    return target
+    return write_atomically(folder / f"{uuid.uuid4()}.json", json.dumps(data, default=str))
 
 
 async def store(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:

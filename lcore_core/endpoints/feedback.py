@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,6 +24,7 @@ from quart import Blueprint, current_app, g, jsonify
 
 from lcore_core.auth import Action, authenticate_request, authorize
 from lcore_core.errors import Forbidden, NotFound, StorageError
+from lcore_core.files import write_atomically
 from lcore_core.schemas import CONVERSATION_ID_PATTERN
 from lcore_core.web import doc, load_body, route
 
@@ -141,19 +139,7 @@ def store_feedback(directory: str | Path, record: dict[str, Any]) -> Path:
     """Write one record as `<uuid>.json` in `directory`, atomically; returns the file."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{uuid.uuid4()}.json"
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=".feedback-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(record, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    return target
+    return write_atomically(folder / f"{uuid.uuid4()}.json", json.dumps(record))
 
 
 async def _check_owner(runtime: Any, conversation_id: str, user_id: str) -> None:

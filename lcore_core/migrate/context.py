@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lcore_core.migrate import source
 from lcore_core.migrate.source import UpstreamDatabase
@@ -120,6 +120,33 @@ class Migration:
         from lcore_core.migrate.cache import upstream_conversations
 
         return upstream_conversations(self, target)
+
+    async def import_cache(self, cache: Any) -> None:
+        """Upstream's conversation cache into `cache` (a cache plugin's own class with `setup`,
+        `holds`, `import_conversation` and `close`); a conversation LCore's cache already has
+        is left as it is. Closes `cache`."""
+        target = "lcore_cache_entry"
+        exists = "conversation already in LCore's cache (left as it is)"
+        entries = self.table("conversation_cache", "cache", target)
+        listed = self.table("conversation_cache", "conversations", "lcore_cache_conversation")
+        try:
+            if not self.dry_run:
+                await cache.setup()
+            for c in self.cache_conversations(target):
+                if self.dry_run:
+                    added = not await cache.holds(c.user_id, c.conversation_id)
+                else:
+                    added = await cache.import_conversation(
+                        c.user_id, c.conversation_id, c.entries, c.topic_summary,
+                        c.last_message_timestamp)
+                if added:
+                    entries.imported += len(c.entries)
+                    listed.imported += int(c.listed)
+                else:
+                    entries.skip(exists, len(c.entries))
+                    listed.skip(exists, int(c.listed))
+        finally:
+            await cache.close()
 
     def owner(self, conversation_id: str) -> str | None:
         """The user of a conversation (LCore id) in upstream's user DB, if it is there."""
