@@ -151,7 +151,8 @@ async def test_library_mode_answers_through_the_run_yaml_it_wrote(
     assert library_unified.app.runtime.llama.run_config_path == str(library_unified.run_yaml)
     run = assert_private_with_key_reference(library_unified.run_yaml)
     assert run["providers"]["inference"][0]["config"]["base_url"].startswith("http://127.0.0.1")
-    assert "9/v1" not in run["providers"]["inference"][0]["config"]["base_url"]
+    # Not the profile's own provider (port 9): inference.providers replaced it.
+    assert "127.0.0.1:9/" not in run["providers"]["inference"][0]["config"]["base_url"]
 
 
 async def test_server_mode_answers_through_a_synthesized_stack(server_unified: Unified) -> None:
