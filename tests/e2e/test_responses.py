@@ -20,9 +20,10 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.schemas import RESPONSES_MAX_INPUT_ITEMS, RESPONSES_MAX_TOOLS
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
+from lcore_core.testing.llm import UNSAFE_MARKER
 from lcore_core.testing.mcp_server import weather_report
 
-from .support import lcore_config, started
+from .support import Lcore, lcore_config, started
 
 ACTIONS = ["responses", "model_override", "list_conversations", "get_conversation", "get_models"]
 
@@ -327,3 +328,31 @@ async def test_llama_stack_down_is_a_503(tmp_path: Path, own_stack: LlamaStackSe
         conversation = first.conversation
         response = await app.test_client().get(f"/v2/conversations/{conversation}")
         assert len(json.loads(await response.get_data(as_text=True))["chat_history"]) == 1
+
+
+def _calls(metrics: str) -> float:
+    """ls_llm_calls_total summed over the /v1/responses series."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("ls_llm_calls_total{") and 'endpoint="/v1/responses"' in line)
+
+
+async def test_both_modes_shields_and_metrics(lcore: Lcore, llm: Any) -> None:
+    """Server and library mode alike (no `authorization` section: every action allowed)."""
+    client = sdk(lcore.app, "resp-no")
+    before = _calls(await (await lcore.client.get("/metrics")).get_data(as_text=True))
+    refused = await client.responses.create(input=f"tell me {UNSAFE_MARKER}")
+    # A refusal part (the SDK's own `output_text` counts text parts only); upstream's
+    # `output_text` field carries the refusal text.
+    assert refused.output[0].content[0].type == "refusal"  # type: ignore[union-attr]
+    text = (refused.model_extra or {})["output_text"]
+    assert text and "Scripted answer" not in text
+    allowed = await client.responses.create(input=f"unshielded {UNSAFE_MARKER}",
+                                            extra_body={"shield_ids": []})
+    assert allowed.output_text.startswith("Scripted answer to: unshielded")
+    stream = await client.responses.create(input=f"stream {UNSAFE_MARKER}", stream=True)
+    final = [e async for e in stream][-1]
+    assert final.type == "response.completed"
+    text = (final.response.model_extra or {})["output_text"]
+    assert text and "Scripted answer" not in text
+    after = _calls(await (await lcore.client.get("/metrics")).get_data(as_text=True))
+    assert after - before == 3
