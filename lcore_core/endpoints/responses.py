@@ -166,8 +166,8 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
     requested_stores = None
     if body.get("tools") is not None:
         # Inline RAG searches only the stores the request offers (upstream's rule).
-        requested_stores = {s for t in body["tools"] if t["type"] == "file_search"
-                            for s in t.get("vector_store_ids") or []}
+        requested_stores = [s for t in body["tools"] if t["type"] == "file_search"
+                            for s in t.get("vector_store_ids") or []]
     hits = await rag.retrieve(runtime, text, requested_stores)
     inference = runtime.config.inference
     args = {k: body[k] for k in _PASSED if body.get(k) is not None}
@@ -226,6 +226,10 @@ async def _tools(runtime: Any, auth: AuthTuple, requested: list[dict[str, Any]] 
                 for t in mcp_tools(runtime, auth, client_headers, request_headers, skip)}
     tools = []
     for tool in requested:
+        if tool["type"] == "file_search" and tool.get("vector_store_ids"):
+            # A rag_id names its vector store, as upstream translates it.
+            tool = {**tool, "vector_store_ids": rag.to_store_ids(runtime.config,
+                                                                 tool["vector_store_ids"])}
         if tool["type"] != "mcp":
             tools.append(tool)
             continue
