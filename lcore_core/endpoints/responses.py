@@ -64,6 +64,12 @@ async def responses() -> Any:
         raise PayloadTooLarge("Request too large", f"the body has {size} bytes; at most "
                                                    f"{RESPONSES_MAX_BODY} are accepted")
     body = await load_body(ResponsesRequestSchema)
+    custom = runtime.config.get("customization") or {}
+    if body.get("instructions") and custom.get("disable_query_system_prompt"):
+        raise UnprocessableEntity(
+            "System prompt customization is disabled",
+            "this instance does not let requests set the system prompt "
+            "(customization.disable_query_system_prompt); remove `instructions`")
     if body.get("reasoning") is not None:
         log.info("reasoning is not supported and is ignored")
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),

@@ -356,3 +356,21 @@ async def test_both_modes_shields_and_metrics(lcore: Lcore, llm: Any) -> None:
     assert text and "Scripted answer" not in text
     after = _calls(await (await lcore.client.get("/metrics")).get_data(as_text=True))
     assert after - before == 3
+
+
+async def test_instructions_refused_when_the_system_prompt_is_fixed(
+        tmp_path: Path, llama_stack_server: Any, llm: Any) -> None:
+    path = lcore_config(tmp_path, "server", llama_stack_server.url,
+                        customization={"system_prompt": "Fixed prompt.",
+                                       "disable_query_system_prompt": True})
+    app = create_app(path, plugins=load_plugins(entrypoints=False))
+    async with started(app):
+        client = sdk(app, "resp-po")
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            await client.responses.create(input="my prompt", instructions="Be a pirate.")
+        assert "instructions" in caught.value.body["detail"]["cause"]  # type: ignore[index]
+        answer = await client.responses.create(input="fixed prompt",
+                                               extra_body={"generate_topic_summary": False})
+        assert answer.instructions == "<server prompt applied>"
+    asked = [r for r in llm.chat_requests if "fixed prompt" in r.text]
+    assert asked and "Fixed prompt." in json.dumps(asked[-1].body)
