@@ -341,6 +341,10 @@ async def _streamed(runtime: Any, plan: pipeline.QueryPlan, body: dict[str, Any]
         except Exception as exc:  # headers are sent: report in-band, never a traceback
             log.exception("stream failed")
             yield failure(500, "Internal server error", type(exc).__name__)
+        finally:
+            # A client gone mid-stream closes this generator: close the pipeline's now, so
+            # the Llama Stack stream ends and the reservation is released at once.
+            await stream.aclose()
         yield b"data: [DONE]\n\n"
 
     response = Response(events(), content_type="text/event-stream")

@@ -6,12 +6,14 @@ what it parses is exactly what LCore sends.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import lcore_quota.plugin
 import openai
 import pytest
 
@@ -374,3 +376,70 @@ async def test_instructions_refused_when_the_system_prompt_is_fixed(
         assert answer.instructions == "<server prompt applied>"
     asked = [r for r in llm.chat_requests if "fixed prompt" in r.text]
     assert asked and "Fixed prompt." in json.dumps(asked[-1].body)
+
+
+STORY = " ".join(f"word{i}" for i in range(80))
+RESERVE = 500
+
+
+async def _open_stream(client: Any, user: str, text: str) -> Any:
+    """A streamed /v1/responses request whose connection the test controls."""
+    connection = client.request(f"/v1/responses?user_id={user}", method="POST",
+                                headers={"Content-Type": "application/json"})
+    return connection, json.dumps({"input": text, "stream": True,
+                                   "generate_topic_summary": False}).encode()
+
+
+async def _receive_until(connection: Any, received: bytes, *markers: bytes) -> bytes:
+    while not any(m in received for m in markers):
+        received += await asyncio.wait_for(connection.receive(), 30)
+    return received
+
+
+async def test_faults_mid_stream_consume_nothing(tmp_path: Path, own_stack: LlamaStackServer,
+                                                llm: Any) -> None:
+    """A client gone mid-stream, then Llama Stack killed mid-stream: no quota spent, no turn
+    stored; the reservation taken before the call is given back."""
+    llm.script("tell a long story", text=STORY, chunk_delay=0.05)
+    quota = {"sqlite": {"db_path": str(tmp_path / "quota.db")}, "reservation_tokens": RESERVE,
+             "reservation_chars_per_token": 0,
+             "limiters": [{"name": "daily", "type": "user_limiter", "initial_quota": 100_000,
+                           "quota_increase": 0, "period": "1 day"}]}
+    app = create_app(lcore_config(tmp_path / "lcore", "server", own_stack.url,
+                                  quota_handlers=quota),
+                     plugins=load_plugins(entrypoints=False, extra=[lcore_quota.plugin]))
+    async with started(app) as test_app:
+        client = test_app.test_client()
+        limiter = app.runtime.state["lcore-quota"]
+        before = await limiter.status("resp-qu")
+
+        connection, body = await _open_stream(client, "resp-qu", "tell a long story")
+        async with connection:
+            await connection.send(body)
+            await connection.send_complete()
+            received = await _receive_until(connection, b"", b"response.output_text.delta")
+            # The reservation is held while the answer streams.
+            assert (await limiter.status("resp-qu"))["daily"] == before["daily"] - RESERVE
+            await connection.disconnect()
+        for _ in range(300):  # the server side notices the disconnect asynchronously
+            if await limiter.status("resp-qu") == before:
+                break
+            await asyncio.sleep(0.1)
+        assert await limiter.status("resp-qu") == before
+        assert await app.runtime.userdb.list("resp-qu") == []
+
+        connection, body = await _open_stream(client, "resp-qu", "tell a long story")
+        async with connection:
+            await connection.send(body)
+            await connection.send_complete()
+            received = await _receive_until(connection, b"", b"response.output_text.delta")
+            own_stack.kill()  # SIGKILL while the answer streams
+            received = await _receive_until(connection, received, b"data: [DONE]")
+        events = [json.loads(line[len("data: "):]) for line in received.decode().splitlines()
+                  if line.startswith("data: {")]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "response.created" and kinds[-1] == "error", kinds
+        assert "response.completed" not in kinds
+        assert events[-1]["code"] == "503" and "Traceback" not in events[-1]["message"]
+        assert await limiter.status("resp-qu") == before
+        assert await app.runtime.userdb.list("resp-qu") == []
