@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import structlog
 from quart import Blueprint, Response, current_app, g, jsonify, request
 
-from lcore_core import pipeline, rag
+from lcore_core import pipeline, rag, skills
 from lcore_core.auth import Action, AuthTuple, authorize, may
 from lcore_core.errors import LCoreError, NotFound, PayloadTooLarge, UnprocessableEntity
 from lcore_core.events import QuotaTicket
@@ -79,7 +80,24 @@ async def responses() -> Any:
         return await _streamed(runtime, plan, body)
     result = await pipeline.run(runtime, plan)
     quotas = await pipeline.finish(runtime, plan, result)
-    return jsonify(shape(result.raw, plan, body, quotas, completed=True))
+    raw = result.raw or refused_response(plan, result.response, result.input_tokens,
+                                         result.output_tokens)
+    return jsonify(shape(raw, plan, body, quotas, completed=True))
+
+
+def refused_response(plan: pipeline.QueryPlan, text: str, input_tokens: int,
+                     output_tokens: int) -> dict[str, Any]:
+    """The response object of a question a question_validity shield refused (no Responses
+    call was made): one assistant message with the shield's fixed answer."""
+    return {"id": "modr_" + secrets.token_hex(24), "object": "response",
+            "created_at": int(time.time()), "status": "completed", "model": plan.model_id,
+            "output": [{"id": "msg_" + secrets.token_hex(24), "type": "message",
+                        "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text,
+                                     "annotations": []}]}],
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens},
+            "tools": [], "parallel_tool_calls": True, "store": plan.store}
 
 
 # --- preparation ---------------------------------------------------------------------------
@@ -99,6 +117,22 @@ def input_text(value: str | list[dict[str, Any]]) -> str:
                 texts.extend(str(part.get("text") or "") for part in content
                              if isinstance(part, dict) and part.get("type") == "input_text")
     return "\n".join(t for t in texts if t)
+
+
+def _redacted(value: str | list[dict[str, Any]], shields: Any) -> Any:
+    """`input` with the configured redaction applied to the user's words."""
+    if isinstance(value, str):
+        return shields.redact(value)
+    items = copy.deepcopy(value)
+    for item in items:
+        content = item.get("content")
+        if isinstance(content, str):
+            item["content"] = shields.redact(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"] = shields.redact(part["text"])
+    return items
 
 
 def _with_context(value: str | list[dict[str, Any]], context: str) -> Any:
@@ -156,6 +190,9 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
                   conversation_id: str | None, previous: str | None, meta: Any,
                   ticket: QuotaTicket, client_headers: dict[str, Any],
                   request_headers: dict[str, str]) -> pipeline.QueryPlan:
+    # Before the conversation: a refused shield_ids must not take a pooled conversation.
+    shields, others = pipeline.select_named_shields(runtime, body.get("shield_ids"))
+    guardrails = await pipeline.select_shields(runtime, others)
     conversation = await _conversation(runtime, auth, conversation_id, previous, meta)
     preferred = None
     if isinstance(meta, dict) and meta.get("last_used_model") and meta.get("last_used_provider"):
@@ -174,6 +211,8 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
         # Inline RAG searches only the stores the request offers (upstream's rule).
         requested_stores = [s for t in body["tools"] if t["type"] == "file_search"
                             for s in t.get("vector_store_ids") or []]
+    # Redaction covers what the turn sends on and what LCore stores (as for /v2/query).
+    text = shields.redact(text)
     hits = await rag.retrieve(runtime, text, requested_stores)
     inference = runtime.config.inference
     args = {k: body[k] for k in _PASSED if body.get(k) is not None}
@@ -188,10 +227,12 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
         conversation_id=conversation.id, new_conversation=conversation.new,
         chained=conversation.chained, previous_response_id=conversation.previous_response_id,
         model_id=model_id, provider=provider, model=model,
-        instructions=pipeline.system_prompt(runtime, body.get("instructions")),
-        tools=tools, guardrails=await pipeline.select_shields(runtime, body.get("shield_ids")),
-        input=_with_context(body["input"], rag.context(hits)), generate_topic_summary=summary,
-        media_type="application/json", endpoint=ENDPOINT, args=args, store=body["store"])
+        instructions=pipeline.system_prompt(runtime, body.get("instructions"))
+        + skills.instructions_for(runtime, tools),
+        tools=tools, guardrails=guardrails, shields=shields,
+        input=_with_context(_redacted(body["input"], shields), shields.redact(rag.context(hits))),
+        generate_topic_summary=summary, media_type="application/json", endpoint=ENDPOINT,
+        args=args, store=body["store"], transcript=body["store"])
 
 
 async def _conversation(runtime: Any, auth: AuthTuple, conversation_id: str | None,
@@ -294,6 +335,7 @@ async def _streamed(runtime: Any, plan: pipeline.QueryPlan, body: dict[str, Any]
         number = 0
         visible = _Visible()
         final: dict[str, Any] | None = None  # response.completed waits for the quota
+        answer = ""
 
         def sse(data: dict[str, Any]) -> bytes:
             nonlocal number
@@ -318,6 +360,22 @@ async def _streamed(runtime: Any, plan: pipeline.QueryPlan, body: dict[str, Any]
                     yield failure(event.data["status_code"], event.data["response"],
                                   event.data["cause"])
                     break
+                if event.event == "turn_complete":
+                    answer = event.data.get("token") or ""
+                if event.event == "end" and final is None:
+                    # Refused by a question_validity shield: no Llama Stack events to pass
+                    # on; the refusal told the way a stream tells an answer.
+                    raw = refused_response(plan, answer, event.data["input_tokens"],
+                                           event.data["output_tokens"])
+                    item = raw["output"][0]
+                    started = {**raw, "status": "in_progress", "output": []}
+                    yield sse({"type": "response.created",
+                               "response": shape(started, plan, body, {}, completed=False)})
+                    for kind in ("response.output_item.added", "response.output_item.done"):
+                        yield sse({"type": kind, "response_id": raw["id"], "output_index": 0,
+                                   "item": item})
+                    final = {"type": "response.completed",
+                             "response": shape(raw, plan, body, {}, completed=True)}
                 if event.event == "end" and final is not None:
                     final["response"]["available_quotas"] = event.data["available_quotas"]
                     yield sse(final)

@@ -49,7 +49,8 @@ async def app(tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any,
                            "quota_increase": 0, "period": "1 day"}]}
     path = lcore_config(workdir, "server", llama_stack_server.url, quota_handlers=quota,
                         mcp_servers=[{"name": "weather", "url": mcp_test_server.url}],
-                        authorization={"access_rules": [{"role": "*", "actions": ACTIONS}]})
+                        authorization={"always_apply_access_rules": True,
+                                       "access_rules": [{"role": "*", "actions": ACTIONS}]})
     app = create_app(path, plugins=load_plugins(extra=[FixedModel()]))
     async with started(app) as test_app:
         app.client = test_app.test_client()  # type: ignore[attr-defined]
@@ -176,8 +177,7 @@ async def test_store_false_keeps_nothing(app: Any, llm: Any) -> None:
     client = sdk(app, "resp-fi")
     answer = await client.responses.create(input="forget me", store=False)
     assert answer.output_text.startswith("Scripted answer to: forget me")
-    listed = await (await app.client.get("/v2/conversations?user_id=resp-fi")).get_json()
-    assert listed["conversations"] == []
+    assert await app.runtime.userdb.list("resp-fi") == []
 
 
 async def test_failed_call_consumes_nothing_and_stores_nothing(app: Any, llm: Any) -> None:
@@ -192,8 +192,7 @@ async def test_failed_call_consumes_nothing_and_stores_nothing(app: Any, llm: An
     events = [e async for e in stream]
     assert events[-1].type == "error"
     assert await quota_of(app).status("resp-gu") == before
-    listed = await (await app.client.get("/v2/conversations?user_id=resp-gu")).get_json()
-    assert listed["conversations"] == []
+    assert await app.runtime.userdb.list("resp-gu") == []
 
 
 async def test_model_override_needs_its_action(app: Any, model: str, llm: Any) -> None:
@@ -294,12 +293,13 @@ async def test_openapi_documents_the_endpoint(app: Any) -> None:
 async def test_without_the_responses_action_is_403(tmp_path: Path, llama_stack_server: Any,
                                                    llm: Any) -> None:
     path = lcore_config(tmp_path, "server", llama_stack_server.url,
-                        authorization={"access_rules": [{"role": "*", "actions": ["query"]}]})
+                        authorization={"always_apply_access_rules": True,
+                                       "access_rules": [{"role": "*", "actions": ["query"]}]})
     app = create_app(path, plugins=load_plugins(entrypoints=False))
     async with started(app):
         with pytest.raises(openai.PermissionDeniedError) as caught:
             await sdk(app, "resp-lu").responses.create(input="not allowed")
-    assert "responses" in caught.value.body["detail"]["cause"]  # type: ignore[index]
+    assert "not authorized" in caught.value.body["detail"]["cause"]  # type: ignore[index]
     assert not [r for r in llm.chat_requests if "not allowed" in r.text]
 
 
