@@ -113,10 +113,19 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     _install_error_handlers(app)
     if config.service.root_path:
         app.asgi_app = under_root_path(app.asgi_app, config.service.root_path)  # type: ignore[method-assign]
-    from lcore_core.endpoints import catalog, conversations, feedback, mcp_auth, query, system
+    from lcore_core.endpoints import (
+        catalog,
+        conversations,
+        feedback,
+        mcp_auth,
+        query,
+        responses,
+        system,
+    )
     from lcore_core.endpoints import skills as skills_endpoint
 
-    for module in (system, query, conversations, catalog, feedback, mcp_auth, skills_endpoint):
+    for module in (system, query, responses, conversations, catalog, feedback, mcp_auth,
+                   skills_endpoint):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)

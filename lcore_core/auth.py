@@ -76,6 +76,7 @@ class Action(StrEnum):
     INFO = "info"
     MODEL_OVERRIDE = "model_override"
     RLSAPI_V1_INFER = "rlsapi_v1_infer"
+    RESPONSES = "responses"
 
 
 class RbacResolver:

@@ -14,7 +14,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,10 +88,15 @@ class QueryPlan:
     answered: bool = False
     # Keep a transcript when transcripts are on: the query endpoints do (as upstream), A2A not.
     transcript: bool = False
+    # More Responses arguments of the caller's (temperature, tool_choice, ...), sent as given.
+    args: dict[str, Any] = field(default_factory=dict)
+    # Streaming: also yield each Llama Stack event as it came (`upstream` events).
+    forward: bool = False
     started_at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
-    # False: a stateless call (rlsapi's /v1/infer): Llama Stack keeps no response, no
-    # conversation is continued.
+    # False: Llama Stack keeps no response and `finish` stores no turn (the quota is still
+    # spent); no Llama Stack conversation is joined, a chain may still be continued
+    # (rlsapi's /v1/infer, `/v1/responses` with `store: false`).
     store: bool = True
     # Whose quota the call spends when not the caller's own (rlsapi's quota_subject).
     quota_subject: AuthTuple | None = None
@@ -121,6 +126,8 @@ class QueryResult:
     response_id: str | None = None
     # The configured question_validity shield that refused the question (no answer call made).
     refused_by: str | None = None
+    # Llama Stack's whole response (the completed one, when streamed).
+    raw: dict[str, Any] = field(default_factory=dict)
 
 
 def estimate_usage(plan: QueryPlan, result: QueryResult) -> None:
@@ -158,24 +165,38 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
 
         # As upstream, before the quota: a client owing an MCP server's OAuth token hears so.
         await check_oauth(runtime, auth, client_mcp_headers or {})
-    ticket = QuotaTicket(query=body["query"], endpoint=endpoint)
-    # A follow-up turn's conversation is read while the quota is checked (two round trips on
-    # two connections, overlapped). The quota still speaks first: its refusal is the answer,
-    # whatever the read found.
     conversation_id = body.get("conversation_id")
-    lookup = asyncio.ensure_future(runtime.userdb.get(conversation_id)) \
-        if conversation_id else None
+
+    async def decide(ticket: QuotaTicket, meta: Any) -> QueryPlan:
+        return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {},
+                             request_headers or {}, meta)
+
+    return await reserve(runtime, auth, QuotaTicket(query=body["query"], endpoint=endpoint),
+                         runtime.userdb.get(conversation_id) if conversation_id else None,
+                         decide)
+
+
+async def reserve(runtime: Runtime, auth: AuthTuple, ticket: QuotaTicket,
+                  lookup: Coroutine[Any, Any, Any] | None,
+                  decide: Callable[[QuotaTicket, Any], Awaitable[QueryPlan]]) -> QueryPlan:
+    """The quota check, then `decide(ticket, found)`; the reservation is given back if
+    deciding fails.
+
+    `lookup` (a follow-up turn's user DB read) runs while the quota is checked (two round
+    trips on two connections, overlapped); `found` is its result, or `UNREAD` without one.
+    The quota still speaks first: its refusal is the answer, whatever the read found.
+    """
+    pending = asyncio.ensure_future(lookup) if lookup is not None else None
     try:
         await runtime.plugins.quota_check(auth, ticket, runtime)
     except BaseException:
-        if lookup is not None:
-            lookup.add_done_callback(_discard)
-            lookup.cancel()
+        if pending is not None:
+            pending.add_done_callback(_discard)
+            pending.cancel()
         raise
     try:
-        meta = await lookup if lookup is not None else UNREAD
-        return await _decide(runtime, auth, body, endpoint, ticket, client_mcp_headers or {},
-                             request_headers or {}, meta)
+        found = await pending if pending is not None else UNREAD
+        return await decide(ticket, found)
     except BaseException:
         await release(runtime, auth, ticket)
         raise
@@ -276,15 +297,18 @@ def model_entry(model: Any) -> dict[str, Any]:
     }
 
 
-async def select_model(runtime: Runtime, auth: AuthTuple,
-                       body: dict[str, Any]) -> tuple[str, str, str]:
-    """Request model (needs MODEL_OVERRIDE), else the configured default, else the first LLM."""
+async def select_model(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
+                       preferred: tuple[str, str] | None = None) -> tuple[str, str, str]:
+    """Request model (needs MODEL_OVERRIDE), else `preferred` (model, provider), else the
+    configured default, else the first LLM."""
     models = [m for m in await list_models(runtime) if m["model_type"] == "llm"]
     wanted_model, wanted_provider = body.get("model"), body.get("provider")
     if wanted_model:
         if not may(auth, Action.MODEL_OVERRIDE):
             raise Forbidden("This instance does not permit overriding model/provider",
                             f"User {auth.user_id} lacks the model_override action")
+    elif preferred is not None:
+        wanted_model, wanted_provider = preferred
     else:
         inference = runtime.config.inference
         wanted_model, wanted_provider = inference.default_model, inference.default_provider
@@ -397,19 +421,19 @@ async def _cached_ids(runtime: Runtime, key: str, fetch: Any) -> list[str]:
 
 
 def _create_args(runtime: Runtime, plan: QueryPlan) -> dict[str, Any]:
-    args: dict[str, Any] = {"model": plan.model_id, "input": plan.input,
-                            "instructions": plan.instructions, "store": plan.store}
+    args: dict[str, Any] = {}
     # The configured bounds on one answer's model rounds and tool calls, as upstream sends them
     # with its queries (not with rlsapi's stateless call); an unset one is left out, so Llama
-    # Stack's own default applies.
+    # Stack's own default applies. A caller's own values (`plan.args`) come after.
     inference = runtime.config.inference
     if plan.store and inference.max_infer_iters is not None:
         args["max_infer_iters"] = inference.max_infer_iters
     if plan.store and inference.max_tool_calls is not None:
         args["max_tool_calls"] = inference.max_tool_calls
-    if not plan.store:  # stateless: no conversation to continue
-        pass
-    elif not plan.chained:
+    args.update(plan.args)
+    args.update(model=plan.model_id, input=plan.input, instructions=plan.instructions,
+                store=plan.store)
+    if not plan.chained and plan.store:
         args["conversation"] = plan.conversation_id
     elif plan.previous_response_id:
         args["previous_response_id"] = plan.previous_response_id
@@ -535,6 +559,7 @@ async def run(runtime: Runtime, plan: QueryPlan) -> QueryResult:
         runtime.llama.answers.settle(admitted, answered)
     result = summarise(as_dict(response))
     result.response = plan.shields.redact(result.response)
+    result.raw = as_dict(response)
     add_inline_hits(result, plan)
     result.llm_seconds = time.perf_counter() - started
     await estimate_missing_usage(plan, result)
@@ -645,7 +670,7 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
     # entry is written only after its user DB row: a cached turn never exists alone.
     outcomes = await asyncio.gather(
         runtime.plugins.quota_consume(plan.quota_auth, usage, plan.ticket, runtime),
-        _store_turn(runtime, plan, entry, result.response_id),
+        _store_turn(runtime, plan, entry, result.response_id) if plan.store else _nothing(),
         transcripts.store(runtime, plan, result), return_exceptions=True)
     if plan.new_conversation and not plan.chained:
         runtime.llama.conversations.top_up()
@@ -661,7 +686,7 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         duration_s=time.perf_counter() - plan.started, llm_duration_s=result.llm_seconds,
         streaming=plan.streaming,
         shield_violations=tuple(result.shield_violations)), runtime)
-    if plan.new_conversation and plan.generate_topic_summary:
+    if plan.new_conversation and plan.generate_topic_summary and plan.store:
         # A second LLM call: never on the answer's path.
         runtime.spawn(summarise_topic(runtime, plan))
     return await runtime.plugins.quota_status(plan.auth, runtime)
@@ -686,6 +711,10 @@ async def finish_stateless(runtime: Runtime, plan: QueryPlan, result: QueryResul
         output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
         duration_s=time.perf_counter() - plan.started, llm_duration_s=result.llm_seconds,
         shield_violations=tuple(result.shield_violations)), runtime)
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry,
@@ -843,6 +872,8 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                 waiting += time.perf_counter() - t0
             data = as_dict(chunk)
             kind = data.get("type", "")
+            if plan.forward:
+                yield StreamEvent("upstream", data)
             if kind == "response.output_text.delta":
                 delta = data.get("delta") or ""
                 texts.append(delta)
@@ -887,6 +918,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                                     "cause": cut.cause})
         return
     final = summarise(completed)
+    result.raw = completed
     # An output shield replaces the streamed text: the completed response carries the refusal.
     result.response = final.response if final.shield_violations else (
         "".join(texts) or final.response)

@@ -165,3 +165,174 @@ class QueryResponseSchema(Schema):
     available_quotas = fields.Dict(keys=fields.String(), values=fields.Integer())
     tool_calls = fields.List(fields.Nested(ToolCallSchema))
     tool_results = fields.List(fields.Nested(ToolResultSchema))
+
+
+# --- /v1/responses (OpenAI's Responses API, with upstream's additions) ---------------------
+
+# Bounds of what a client controls. The whole body: upstream's 65,536 characters.
+RESPONSES_MAX_BODY = 65_536
+RESPONSES_MAX_INPUT_ITEMS = 128
+RESPONSES_MAX_TOOLS = 32
+RESPONSES_MAX_LIST = 32  # shield_ids, include, a file_search tool's vector_store_ids
+RESPONSES_MAX_INSTRUCTIONS = 32_768
+RESPONSES_MAX_METADATA_KEYS = 16  # OpenAI's limits: 16 pairs, keys 64 and values 512 chars
+RESPONSES_MAX_ID = 256
+# A conversation as LCore names it ("conv_" + 48 hex digits), or its 48 hex digits alone
+# (upstream's stored form), or another id LCore holds (A2A, migrated); a response id.
+RESPONSE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$"
+TOOL_CHOICE_MODES = ("auto", "required", "none")
+
+
+class ResponseInputField(fields.Field):
+    """`input`: a string, or a list of input items (messages, tool outputs...) as objects."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValidationError("must not be empty")
+            return value
+        if not isinstance(value, list):
+            raise ValidationError("must be a string or a list of input items")
+        if not value:
+            raise ValidationError("must not be an empty list")
+        if len(value) > RESPONSES_MAX_INPUT_ITEMS:
+            raise ValidationError(f"at most {RESPONSES_MAX_INPUT_ITEMS} input items are "
+                                  f"accepted, got {len(value)}")
+        for number, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ValidationError(f"item {number} must be an object")
+            kind = item.get("type", "message")
+            if not isinstance(kind, str):
+                raise ValidationError(f"item {number}: type must be a string")
+            if kind == "message" and item.get("role") not in (
+                    "user", "assistant", "system", "developer"):
+                raise ValidationError(f"item {number}: a message needs a role (user, "
+                                      "assistant, system or developer)")
+        return value
+
+
+class ToolChoiceField(fields.Field):
+    """`tool_choice`: "auto", "required", "none", or an object naming the tool(s)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and value in TOOL_CHOICE_MODES:
+            return value
+        if isinstance(value, dict) and isinstance(value.get("type"), str):
+            return value
+        raise ValidationError(f"must be one of {', '.join(TOOL_CHOICE_MODES)} or an object "
+                              "with a type")
+
+
+class ResponsesToolSchema(Schema):
+    """One tool a request offers; fields other than these are passed to Llama Stack as given."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(required=True, validate=validate.Length(1, 64))
+    server_label = fields.String(validate=validate.Length(1, RESPONSES_MAX_ID))
+    vector_store_ids = fields.List(fields.String(validate=validate.Length(1, RESPONSES_MAX_ID)),
+                                   validate=validate.Length(max=RESPONSES_MAX_LIST))
+
+
+def _metadata(value: dict[str, Any]) -> None:
+    if len(value) > RESPONSES_MAX_METADATA_KEYS:
+        raise ValidationError(f"at most {RESPONSES_MAX_METADATA_KEYS} keys")
+    for key, item in value.items():
+        if len(key) > 64 or len(item) > 512:
+            raise ValidationError("keys are at most 64 and values at most 512 characters")
+
+
+class ResponsesRequestSchema(Schema):
+    """`POST /v1/responses`: OpenAI's fields, plus upstream's `generate_topic_summary`,
+    `shield_ids` and `solr`. An unknown field is refused (422), as upstream does."""
+
+    input = ResponseInputField(required=True, metadata={
+        "description": "A string, or a list of input items",
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"},
+                                        "maxItems": RESPONSES_MAX_INPUT_ITEMS}]})
+    model = fields.String(load_default=None, allow_none=True,
+                          validate=validate.Length(1, RESPONSES_MAX_ID),
+                          metadata={"description": "provider/model; needs model_override"})
+    conversation = fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.Regexp(RESPONSE_ID_PATTERN, error="malformed conversation id"))
+    include = fields.List(fields.String(validate=validate.Length(1, 128)), load_default=None,
+                          allow_none=True, validate=validate.Length(max=RESPONSES_MAX_LIST))
+    instructions = fields.String(load_default=None, allow_none=True,
+                                 validate=validate.Length(max=RESPONSES_MAX_INSTRUCTIONS))
+    max_infer_iters = fields.Integer(load_default=None, allow_none=True,
+                                     validate=validate.Range(1, 100))
+    max_output_tokens = fields.Integer(load_default=None, allow_none=True,
+                                       validate=validate.Range(1, 1_000_000))
+    max_tool_calls = fields.Integer(load_default=None, allow_none=True,
+                                    validate=validate.Range(1, 1000))
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None,
+                           allow_none=True, validate=_metadata)
+    parallel_tool_calls = fields.Boolean(load_default=None, allow_none=True)
+    previous_response_id = fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.Regexp(RESPONSE_ID_PATTERN, error="malformed response id"))
+    prompt = fields.Dict(load_default=None, allow_none=True)
+    reasoning = fields.Dict(load_default=None, allow_none=True,
+                            metadata={"description": "Accepted and ignored, as upstream does"})
+    safety_identifier = fields.String(load_default=None, allow_none=True,
+                                      validate=validate.Length(max=64))
+    store = fields.Boolean(load_default=True)
+    stream = fields.Boolean(load_default=False)
+    temperature = fields.Float(load_default=None, allow_none=True,
+                               validate=validate.Range(0.0, 2.0))
+    text = fields.Dict(load_default=None, allow_none=True)
+    tool_choice = ToolChoiceField(load_default=None, allow_none=True)
+    tools = fields.List(fields.Nested(ResponsesToolSchema), load_default=None, allow_none=True,
+                        validate=validate.Length(max=RESPONSES_MAX_TOOLS))
+    generate_topic_summary = fields.Boolean(load_default=True, allow_none=True)
+    shield_ids = fields.List(fields.String(validate=validate.Length(1, RESPONSES_MAX_ID)),
+                             load_default=None, allow_none=True,
+                             validate=validate.Length(max=RESPONSES_MAX_LIST))
+    solr = fields.Dict(load_default=None, allow_none=True,
+                       metadata={"description": "Accepted for upstream clients; LCore has no "
+                                                "Solr source and ignores it"})
+
+    @validates_schema
+    def _one_context(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("conversation") and data.get("previous_response_id"):
+            raise ValidationError("`conversation` and `previous_response_id` are mutually "
+                                  "exclusive", "previous_response_id")
+        if (data.get("previous_response_id") or "").startswith("modr"):
+            raise ValidationError("a moderation response cannot be continued",
+                                  "previous_response_id")
+
+
+class ResponsesUsageSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    input_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class ResponsesResponseSchema(Schema):
+    """OpenAI's response object as Llama Stack made it, with upstream's additions
+    (`conversation`, `available_quotas`, `output_text`, `completed_at`)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, metadata={"enum": ["response"]})
+    created_at = fields.Integer(required=True)
+    completed_at = fields.Integer(allow_none=True)
+    model = fields.String(required=True)
+    status = fields.String(required=True)
+    output = fields.List(fields.Dict(), required=True)
+    usage = fields.Nested(ResponsesUsageSchema, allow_none=True)
+    instructions = fields.String(allow_none=True)
+    previous_response_id = fields.String(allow_none=True)
+    tools = fields.List(fields.Dict(), allow_none=True)
+    store = fields.Boolean(allow_none=True)
+    safety_identifier = fields.String(allow_none=True)
+    conversation = fields.String(allow_none=True)
+    available_quotas = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    output_text = fields.String(required=True)

@@ -328,6 +328,28 @@ class UserDB:
         else:
             await self._run(upsert.run, self.db, values)
 
+    @traced("lcore.storage.userdb.find_response")
+    async def find_response(self, response_id: str,
+                            user_id: str | None) -> dict[str, Any] | None:
+        """The chained conversation (of `user_id`, or anyone's with None) holding the stored
+        response `response_id`, as `get` gives it; None when no conversation holds it.
+
+        A text search over the chains (a response id is not indexed): LIKE narrows the rows,
+        the exact match on the split list decides (`_` in an id is a LIKE wildcard).
+        """
+        def fetch() -> dict[str, Any] | None:
+            C = self.Conversation
+            query = C.select().where(C.response_ids.contains(response_id))
+            if user_id is not None:
+                query = query.where(C.user_id == user_id)
+            for row in query:
+                found = _with_ids(row)
+                if response_id in found["response_ids"]:
+                    return found
+            return None
+
+        return await self._run(fetch)
+
     @traced("lcore.storage.userdb.list")
     async def list(self, user_id: str | None) -> list[dict[str, Any]]:
         def fetch() -> list[dict[str, Any]]:

@@ -751,7 +751,6 @@ KNOWN_CACHE_TYPES: dict[str, str | None] = {
 # Upstream authorization actions whose endpoints LCore does not serve yet: accepted in access
 # rules with a warning (they grant nothing). Plugins may register some of them.
 UPSTREAM_ACTIONS: dict[str, str] = {
-    "responses": "the /v1/responses pass-through endpoint",
     "register_mcp_server": "registering MCP servers at run time",
     "list_mcp_servers": "registering MCP servers at run time",
     "delete_mcp_server": "registering MCP servers at run time",

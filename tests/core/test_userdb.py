@@ -91,6 +91,25 @@ async def test_chained_turns_keep_their_response_ids_in_order(userdb: UserDB) ->
     assert all("response_ids" not in c for c in await userdb.list("erin"))
 
 
+async def test_a_response_id_finds_its_conversation(userdb: UserDB) -> None:
+    for conversation, user, ids in (("conv_f1", "fay", ["resp_a1", "resp_a12"]),
+                                    ("conv_f2", "fay", ["resp_a_2"]),
+                                    ("conv_g1", "gus", ["resp_b1"])):
+        for response_id in ids:
+            await userdb.record_turn(conversation, user, model="m", provider="p",
+                                     chained=True, response_id=response_id)
+    found = await userdb.find_response("resp_a1", "fay")
+    assert found is not None and found["conversation_id"] == "conv_f1"
+    assert found["response_ids"] == ["resp_a1", "resp_a12"]
+    # Whole ids only: neither a prefix nor LIKE's `_` wildcard matches another id.
+    assert await userdb.find_response("resp_a", "fay") is None
+    assert await userdb.find_response("resp_ax2", "fay") is None
+    assert (await userdb.find_response("resp_a_2", "fay") or {})["conversation_id"] == "conv_f2"
+    # Another user's response only when the caller may see everyone's (None).
+    assert await userdb.find_response("resp_b1", "fay") is None
+    assert (await userdb.find_response("resp_b1", None) or {})["conversation_id"] == "conv_g1"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_version_1_table_gains_the_new_column(kind: str, tmp_path: Path) -> None:
     """A user DB written by schema 1 (no response_ids) is upgraded in place, rows kept."""
