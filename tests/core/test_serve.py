@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,17 +33,32 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**{k: v for k, v in os.environ.items()
                   if k not in ("LCORE_CONFIG", "LCORE_EVENT_LOOP")}, **(env or {})}
+        # Standard error goes to a file, so a test can read it while the server runs.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="lcore-serve-", suffix=".log")
         self.process = subprocess.Popen(
             [str(LCORE), "serve", "-c", str(config), "--host", "127.0.0.1",
              "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+
+    def err(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def wait_logged(self, event: str, count: int = 1) -> None:
+        """Until `count` JSON log lines of `event` were written (every worker's start-up)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if sum(r.get("event") == event for r in json_lines(self.err())) >= count:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{count} {event!r} log lines not written in {START_TIMEOUT_S}s:\n"
+                    f"{self.err()}")
 
     def wait_healthy(self) -> httpx.Response:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                _, err = self.process.communicate()
-                pytest.fail(f"lcore serve exited with {self.process.returncode}:\n{err}")
+                self.process.communicate()
+                pytest.fail(f"lcore serve exited with {self.process.returncode}:\n{self.err()}")
             try:
                 response = httpx.get(f"{self.url}/health", timeout=2,
                                      headers={"X-Request-ID": "serve-test-1"})
@@ -56,12 +72,12 @@ class Server:
     def stop(self, timeout: float = 10) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
         try:
-            _, err = self.process.communicate(timeout=timeout)
+            self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, err = self.process.communicate()
-            pytest.fail(f"lcore serve did not exit within {timeout}s of SIGTERM:\n{err}")
-        return self.process.returncode, err
+            self.process.communicate()
+            pytest.fail(f"lcore serve did not exit within {timeout}s of SIGTERM:\n{self.err()}")
+        return self.process.returncode, self.err()
 
 
 @pytest.fixture
@@ -115,6 +131,8 @@ def test_serve_health_request_id_log_and_clean_sigterm(write_config: Any,
 def test_serve_with_two_workers(write_config: Any, server_factory: Any) -> None:
     server = server_factory(write_config(), "--workers", "2")
     assert server.wait_healthy().json() == {"alive": True}
+    # The second worker may still be starting when the first answers.
+    server.wait_logged("started", count=2)
     for _ in range(4):
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     code, err = server.stop(timeout=15)
