@@ -34,7 +34,9 @@ class Server:
         env = {**{k: v for k, v in os.environ.items()
                   if k not in ("LCORE_CONFIG", "LCORE_EVENT_LOOP")}, **(env or {})}
         # Standard error goes to a file, so a test can read it while the server runs.
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="lcore-serve-", suffix=".log")
+        # Open for the server's lifetime (removed when the object goes).
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix="lcore-serve-", suffix=".log")
         self.process = subprocess.Popen(
             [str(LCORE), "serve", "-c", str(config), "--host", "127.0.0.1",
              "--port", str(self.port), *extra],
