@@ -10,10 +10,12 @@ import contextlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import structlog
+from llama_stack_client import APIConnectionError, APITimeoutError
 from marshmallow import (
     Schema,
     ValidationError,
@@ -27,6 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lcore_core.auth import Action, authorize
 from lcore_core.errors import (
+    BackendUnavailable,
     BadRequest,
     LCoreError,
     NotFound,
@@ -263,6 +266,32 @@ def _calling(operation: str, missing: Callable[[LCoreError], LCoreError | None] 
         raise replacement from exc
 
 
+async def _call(operation: str, call: Callable[[], Awaitable[Any]],
+                missing: Callable[[LCoreError], LCoreError | None] | None = None) -> Any:
+    """`await call()` under `_calling`, once more on a fresh connection if Llama Stack had
+    closed the kept-alive one.
+
+    Llama Stack 0.7's server closes its connection after answering an unknown id with a 400
+    (the error leaves its ASGI app after the response); the client's next request on it then
+    fails at once, with nothing sent to or done by Llama Stack.
+    """
+    for attempt in (1, 2):
+        try:
+            with _calling(operation, missing):
+                return await call()
+        except BackendUnavailable as exc:
+            if attempt == 2 or not _closed_connection(exc.__cause__):
+                raise
+            log.info("llama stack closed the connection; retrying once", operation=operation)
+    raise AssertionError("unreachable")
+
+
+def _closed_connection(exc: BaseException | None) -> bool:
+    # Not a timeout (Llama Stack may still be working on it), not a refused connection (down).
+    return (isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
+            and isinstance(exc.__cause__, httpx.RemoteProtocolError | httpx.ReadError))
+
+
 def _value(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
@@ -320,8 +349,8 @@ async def create_vector_store() -> Any:
     # Not parameters of the client's `create`: Llama Stack reads them from the body.
     extra = {k: body.pop(k) for k in ("provider_id", "embedding_model", "embedding_dimension")
              if k in body}
-    with _calling("vector_stores.create"):
-        store = await _client().vector_stores.create(**body, extra_body=extra or None)
+    store = await _call("vector_stores.create", lambda: _client().vector_stores.create(
+        **body, extra_body=extra or None))
     return jsonify(_store(store))
 
 
@@ -332,8 +361,7 @@ async def create_vector_store() -> Any:
 @authorize(Action.READ_VECTOR_STORES)
 async def list_vector_stores() -> Any:
     query = _page_query()
-    with _calling("vector_stores.list"):
-        page = await _client().vector_stores.list(**query)
+    page = await _call("vector_stores.list", lambda: _client().vector_stores.list(**query))
     return jsonify(_page(page, [_store(vs) for vs in page.data]))
 
 
@@ -343,9 +371,9 @@ async def list_vector_stores() -> Any:
 @authorize(Action.READ_VECTOR_STORES)
 async def get_vector_store(vector_store_id: str) -> Any:
     _known("Vector Store", vector_store_id)
-    with _calling("vector_stores.retrieve",
-                  lambda _: _not_found("Vector Store", vector_store_id)):
-        store = await _client().vector_stores.retrieve(vector_store_id)
+    store = await _call("vector_stores.retrieve",
+                        lambda: _client().vector_stores.retrieve(vector_store_id),
+                        lambda _: _not_found("Vector Store", vector_store_id))
     return jsonify(_store(store))
 
 
@@ -360,9 +388,9 @@ async def update_vector_store(vector_store_id: str) -> Any:
     # Upstream passes `expires_at` on; the 0.7 client has no such parameter (and Llama Stack
     # 0.7 keeps the store's own expiry), so it goes in the body as upstream sends it.
     extra = {"expires_at": body.pop("expires_at")} if "expires_at" in body else None
-    with _calling("vector_stores.update",
-                  lambda _: _not_found("Vector Store", vector_store_id)):
-        store = await _client().vector_stores.update(vector_store_id, **body, extra_body=extra)
+    store = await _call("vector_stores.update", lambda: _client().vector_stores.update(
+        vector_store_id, **body, extra_body=extra),
+        lambda _: _not_found("Vector Store", vector_store_id))
     return jsonify(_store(store))
 
 
@@ -373,8 +401,9 @@ async def update_vector_store(vector_store_id: str) -> Any:
 async def delete_vector_store(vector_store_id: str) -> Any:
     deleted = False
     if _ID.match(vector_store_id):
-        with contextlib.suppress(_Gone), _calling("vector_stores.delete", _gone):
-            await _client().vector_stores.delete(vector_store_id)
+        with contextlib.suppress(_Gone):
+            await _call("vector_stores.delete",
+                        lambda: _client().vector_stores.delete(vector_store_id), _gone)
             deleted = True
     return jsonify({"vector_store_id": vector_store_id, "deleted": deleted,
                     "response": "Vector store deleted successfully" if deleted
@@ -432,8 +461,11 @@ async def create_file() -> Any:
     data = io.BytesIO(content)
     data.name = filename  # library mode only takes a file object with a name
     log.info("uploading file", filename=filename, bytes=len(content))
-    with _calling("files.create", _rejected):
-        created = await _client().files.create(file=data, purpose=PURPOSE)
+    def send() -> Any:
+        data.seek(0)  # a retry sends the whole file again
+        return _client().files.create(file=data, purpose=PURPOSE)
+
+    created = await _call("files.create", send, _rejected)
     return jsonify({"id": _value(created, "id"),
                     "filename": _value(created, "filename") or filename,
                     "bytes": _value(created, "bytes") or len(content),
@@ -484,10 +516,10 @@ async def add_file_to_vector_store(vector_store_id: str) -> Any:
     client = _client()
     # Llama Stack 0.7 accepts an unknown file id and records a failed entry in the store:
     # asking for the file first gives upstream's 404 and leaves the store clean.
-    with _calling("files.retrieve", lambda _: _not_found("File", file_id)):
-        await client.files.retrieve(file_id)
-    with _calling("vector_stores.files.create", _store_or_file(vector_store_id, file_id)):
-        vs_file = await client.vector_stores.files.create(vector_store_id=vector_store_id, **body)
+    await _call("files.retrieve", lambda: client.files.retrieve(file_id),
+                lambda _: _not_found("File", file_id))
+    vs_file = await _call("vector_stores.files.create", lambda: client.vector_stores.files.create(
+        vector_store_id=vector_store_id, **body), _store_or_file(vector_store_id, file_id))
     log.info("file added to vector store", vector_store_id=vector_store_id, file_id=file_id,
              status=_value(vs_file, "status"))
     return jsonify(_store_file(vs_file, vector_store_id))
@@ -514,9 +546,9 @@ def _store_or_file(vector_store_id: str, file_id: str) -> Callable[[LCoreError],
 async def list_vector_store_files(vector_store_id: str) -> Any:
     query = _page_query()
     _known("Vector Store", vector_store_id)
-    with _calling("vector_stores.files.list",
-                  lambda _: _not_found("Vector Store", vector_store_id)):
-        page = await _client().vector_stores.files.list(vector_store_id=vector_store_id, **query)
+    page = await _call("vector_stores.files.list", lambda: _client().vector_stores.files.list(
+        vector_store_id=vector_store_id, **query),
+        lambda _: _not_found("Vector Store", vector_store_id))
     return jsonify(_page(page, [_store_file(f, vector_store_id) for f in page.data]))
 
 
@@ -528,9 +560,10 @@ async def list_vector_store_files(vector_store_id: str) -> Any:
 async def get_vector_store_file(vector_store_id: str, file_id: str) -> Any:
     _known("File", file_id)
     _known("File", vector_store_id)
-    with _calling("vector_stores.files.retrieve", lambda _: _not_found("File", file_id)):
-        vs_file = await _client().vector_stores.files.retrieve(
-            vector_store_id=vector_store_id, file_id=file_id)
+    vs_file = await _call("vector_stores.files.retrieve",
+                          lambda: _client().vector_stores.files.retrieve(
+                              vector_store_id=vector_store_id, file_id=file_id),
+                          lambda _: _not_found("File", file_id))
     return jsonify(_store_file(vs_file, vector_store_id))
 
 
@@ -541,9 +574,9 @@ async def get_vector_store_file(vector_store_id: str, file_id: str) -> Any:
 async def delete_vector_store_file(vector_store_id: str, file_id: str) -> Any:
     deleted = False
     if _ID.match(vector_store_id) and _ID.match(file_id):
-        with contextlib.suppress(_Gone), _calling("vector_stores.files.delete", _gone):
-            await _client().vector_stores.files.delete(vector_store_id=vector_store_id,
-                                                       file_id=file_id)
+        with contextlib.suppress(_Gone):
+            await _call("vector_stores.files.delete", lambda: _client().vector_stores.files.delete(
+                vector_store_id=vector_store_id, file_id=file_id), _gone)
             deleted = True
     return jsonify({"file_id": file_id, "deleted": deleted,
                     "response": "Vector store file deleted successfully" if deleted

@@ -268,6 +268,7 @@ async def test_each_route_needs_its_action(tmp_path: Path, llama_stack_server: A
                                            withheld: str) -> None:
     granted = [a for a in ROUTES if a != withheld]
     config = lcore_config(tmp_path, "server", llama_stack_server.url, authorization={
+        "always_apply_access_rules": True,  # noop's callers are not judged otherwise
         "access_rules": [{"role": "*", "actions": granted}]})
     app = create_app(config, plugins=load_plugins(entrypoints=False))
     async with started(app) as test_app:
@@ -278,7 +279,8 @@ async def test_each_route_needs_its_action(tmp_path: Path, llama_stack_server: A
                 response = await client.open(path, method=method)
                 if action == withheld:
                     detail = await error(response, 403)
-                    assert f"'{withheld}'" in detail["cause"]
+                    assert detail["response"] == \
+                        "User does not have permission to access this endpoint"
                 else:
                     assert response.status_code != 403, (method, path)
 
