@@ -121,11 +121,12 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         query,
         responses,
         system,
+        vector_stores,
     )
     from lcore_core.endpoints import skills as skills_endpoint
 
     for module in (system, query, responses, conversations, catalog, feedback, mcp_auth,
-                   skills_endpoint):
+                   skills_endpoint, vector_stores):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)

@@ -77,6 +77,9 @@ class Action(StrEnum):
     MODEL_OVERRIDE = "model_override"
     RLSAPI_V1_INFER = "rlsapi_v1_infer"
     RESPONSES = "responses"
+    MANAGE_VECTOR_STORES = "manage_vector_stores"
+    READ_VECTOR_STORES = "read_vector_stores"
+    MANAGE_FILES = "manage_files"
 
 
 class RbacResolver:

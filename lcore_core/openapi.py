@@ -57,11 +57,14 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
     params = [{"name": p, "in": "path", "required": True,
                "schema": _PARAM_SCHEMAS.get(p, {"type": "string"})}
               for p in _PARAM.findall(rule.rule)]
+    if meta.get("query") is not None:
+        # apispec's marshmallow plugin expands this into one parameter per field.
+        params.append({"in": "query", "schema": meta["query"]})
     if params:
         op["parameters"] = params
     if meta["body"] is not None:
-        op["requestBody"] = {"required": True,
-                             "content": {"application/json": {"schema": meta["body"]}}}
+        body_type = meta.get("body_content_type", "application/json")
+        op["requestBody"] = {"required": True, "content": {body_type: {"schema": meta["body"]}}}
     for status, schema in meta["responses"].items():
         if isinstance(schema, str):
             op["responses"][str(status)] = {"description": schema}
@@ -75,7 +78,7 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
         op["x-lcore-action"] = view.lcore_action
         for status in (401, 403):
             op["responses"].setdefault(str(status), _error_ref(status))
-    if any(p["name"] in _PARAM_SCHEMAS for p in params):
+    if any(p.get("name") in _PARAM_SCHEMAS for p in params):
         op["responses"].setdefault("400", _error_ref(400))
     if meta["body"] is not None:
         for status in (400, 413, 422):

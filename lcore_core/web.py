@@ -18,14 +18,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def doc(*, summary: str, tags: Iterable[str] = (), body: type[Schema] | None = None,
         responses: dict[int, type[Schema] | str] | None = None, deprecated: bool = False,
-        content_type: str = "application/json") -> Callable[[F], F]:
-    """Describe a view for `/openapi.json`. `responses` maps a status to a schema or a text."""
+        content_type: str = "application/json", body_content_type: str = "application/json",
+        query: type[Schema] | None = None) -> Callable[[F], F]:
+    """Describe a view for `/openapi.json`. `responses` maps a status to a schema or a text;
+    `query` is a schema of the query-string parameters."""
 
     def decorate(view: F) -> F:
         view.lcore_doc = {  # type: ignore[attr-defined]
             "summary": summary, "tags": list(tags), "body": body,
             "responses": responses or {200: "OK"}, "deprecated": deprecated,
-            "content_type": content_type,
+            "content_type": content_type, "body_content_type": body_content_type,
+            "query": query,
         }
         return view
 

@@ -72,6 +72,10 @@ def stack_environment(workdir: Path | str) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "OTEL_SDK_DISABLED": "true",
+        # Llama Stack's default console log renders every 4xx it raises as a rich traceback:
+        # seconds to a minute of its event loop on a busy 2-core machine, during which the
+        # next request on a kept-alive connection is lost (the client reads a closed socket).
+        "LLAMA_STACK_LOG_FORMAT": "json",
     }
 
 
@@ -229,8 +233,9 @@ def library_client_config(
     workdir = Path(workdir).resolve()
     for key, value in stack_environment(workdir).items():
         # OTEL_SDK_DISABLED would switch off OpenTelemetry for the whole process, LCore's own
-        # tracing included: it is only for a Llama Stack running as its own process.
-        if key != "OTEL_SDK_DISABLED":
+        # tracing included, and the log format would reach LCore's logging too: both are only
+        # for a Llama Stack running as its own process.
+        if key not in ("OTEL_SDK_DISABLED", "LLAMA_STACK_LOG_FORMAT"):
             os.environ.setdefault(key, value)
     return write_run_yaml(
         workdir, llm_base_url, embedding_dimension=embedding_dimension, name="library-run.yaml"

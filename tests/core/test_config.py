@@ -499,11 +499,11 @@ def test_unknown_action(tmp_path, plugins):
 
 def test_upstream_action_lcore_lacks_loads_with_a_warning(tmp_path, plugins):
     config = load(tmp_path, BASE + "authorization:\n  access_rules:\n"
-                                   "    - {role: x, actions: [manage_files, query]}\n", plugins)
+                                   "    - {role: x, actions: [manage_prompts, query]}\n", plugins)
     path = str(tmp_path / "lightspeed-stack.yaml")
     assert [w.replace(path, "F") for w in config.warnings] == [
-        "F:5: authorization.access_rules[0].actions[0]: action 'manage_files' grants nothing "
-        "in LCore: it is for file uploads, which LCore does not serve"]
+        "F:5: authorization.access_rules[0].actions[0]: action 'manage_prompts' grants nothing "
+        "in LCore: it is for stored prompt templates, which LCore does not serve"]
     # The rule keeps what it grants.
     assert RbacResolver(config.authorization.access_rules).allowed(
         AuthTuple("u", "u", frozenset({"x"}), None), "query")
