@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lcore_core.config import Config, ConfigError, load_config
+from lcore_core.config import Config, load_config
 from lcore_core.plugins import Plugins, load_plugins
 
-BASE = "name: test\nllama_stack: {url: 'http://localhost:8321'}\n"  # two lines
+from .test_config import BASE
+from .test_config import errors as config_errors
+from .test_config import write as config_file
 
 
 @pytest.fixture
@@ -19,9 +21,7 @@ def plugins() -> Plugins:
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "lightspeed-stack.yaml"
-    path.write_text(BASE + textwrap.dedent(text), encoding="utf-8")
-    return path
+    return config_file(tmp_path, BASE + textwrap.dedent(text))
 
 
 def load(tmp_path: Path, text: str, plugins: Plugins) -> Config:
@@ -29,10 +29,7 @@ def load(tmp_path: Path, text: str, plugins: Plugins) -> Config:
 
 
 def errors(tmp_path: Path, text: str, plugins: Plugins) -> list[str]:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path, plugins)
-    return str(info.value).replace(str(path), "F").splitlines()
+    return config_errors(tmp_path, BASE + textwrap.dedent(text), plugins)
 
 
 @pytest.fixture

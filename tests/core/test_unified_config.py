@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from lcore_core.config import Config, ConfigError, load_config
+from lcore_core.config import load_config
 from lcore_core.plugins import Plugins, load_plugins
 
-SERVER = "name: test\nllama_stack: {url: 'http://localhost:8321'}\n"
-LIBRARY = "name: test\nllama_stack:\n  use_as_library_client: true\n"
+from .test_config import errors, load, write
 
 
 @pytest.fixture
 def plugins() -> Plugins:
     return load_plugins(entrypoints=False)
 
-
-def write(tmp_path: Path, text: str, name: str = "lightspeed-stack.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def load(tmp_path: Path, text: str, plugins: Plugins) -> Config:
-    return load_config(write(tmp_path, text), plugins)
-
-
-def errors(tmp_path: Path, text: str, plugins: Plugins) -> list[str]:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path, plugins)
-    return str(info.value).replace(str(path), "F").splitlines()
+SERVER = "name: test\nllama_stack: {url: 'http://localhost:8321'}\n"
+LIBRARY = "name: test\nllama_stack:\n  use_as_library_client: true\n"
 
 
 # --- llama_stack.config ------------------------------------------------------------------------

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
-from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
+from lcore_core.testing.llama_stack import LlamaStackServer
 
 from .support import lcore_config, parse_sse, started
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path, scripted_llm: Any) -> Iterator[LlamaStackServer]:
-    """A Llama Stack of this test's own: killing it must not disturb the shared one."""
-    server = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_llama_stack_down_then_back(tmp_path: Path, own_stack: LlamaStackServer,

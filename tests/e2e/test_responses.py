@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from lcore_core import AuthTuple, hookimpl
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.schemas import RESPONSES_MAX_INPUT_ITEMS, RESPONSES_MAX_TOOLS
-from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
+from lcore_core.testing.llama_stack import LlamaStackServer
 from lcore_core.testing.llm import UNSAFE_MARKER
 from lcore_core.testing.mcp_server import weather_report
 
@@ -301,15 +301,6 @@ async def test_without_the_responses_action_is_403(tmp_path: Path, llama_stack_s
             await sdk(app, "resp-lu").responses.create(input="not allowed")
     assert "not authorized" in caught.value.body["detail"]["cause"]  # type: ignore[index]
     assert not [r for r in llm.chat_requests if "not allowed" in r.text]
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path, scripted_llm: Any) -> Iterator[LlamaStackServer]:
-    """A Llama Stack of this test's own: killing it must not disturb the shared one."""
-    server = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_llama_stack_down_is_a_503(tmp_path: Path, own_stack: LlamaStackServer,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from lcore_core.plugins import load_plugins
 from lcore_core.testing.llama_stack import (
     EMBEDDING_MODEL_ID,
     LlamaStackServer,
-    write_run_yaml,
 )
 
 from .support import Lcore, lcore_config, started
@@ -283,14 +282,6 @@ async def test_each_route_needs_its_action(tmp_path: Path, llama_stack_server: A
                         "User does not have permission to access this endpoint"
                 else:
                     assert response.status_code != 403, (method, path)
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path, scripted_llm: Any) -> Iterator[LlamaStackServer]:
-    server = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_llama_stack_down_is_503(tmp_path: Path, own_stack: LlamaStackServer) -> None:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
-from lcore_core.testing.llm import ScriptedLLM
 from tests.core.conftest import make_app, serving, stack_url, write_config
 
 from .support import pg_schema
@@ -35,12 +33,3 @@ def schema() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture
-def own_stack(scripted_llm: ScriptedLLM, tmp_path: Path) -> Iterator[LlamaStackServer]:
-    """A Llama Stack of this test alone: it may be killed."""
-    server = LlamaStackServer(write_run_yaml(tmp_path / "stack", scripted_llm.base_url))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -7,12 +7,13 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from lcore_auth_k8s.cluster import Cluster
-from lcore_core import BackendUnavailable, LCoreError
+from lcore_core import BackendUnavailable, Forbidden, LCoreError, Unauthorized
 
 log = logging.getLogger("lcore.auth.k8s")
 
@@ -111,6 +112,21 @@ class ReviewCache[T]:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+    async def outcome(self, token: str, review: Callable[[str], Awaitable[T]]) -> T:
+        """`review(token)`'s value, kept: a refusal (401/403) is kept and raised again; an
+        API failure (503/500) propagates and is asked again next time."""
+        key = self.key(token)
+        cached = self.get(key)
+        if cached is not None:
+            return settle(cached)
+        try:
+            outcome: T | LCoreError = await review(token)
+        except (Unauthorized, Forbidden) as refused:
+            outcome = refused
+        self.put(key, outcome)
+        return settle(outcome)
 
 
 def settle[T](outcome: T | LCoreError) -> T:

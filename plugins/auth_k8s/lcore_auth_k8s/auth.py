@@ -12,7 +12,6 @@ from lcore_auth_k8s.api import (
     CLUSTER_VERSION,
     KubeApi,
     ReviewCache,
-    settle,
 )
 from lcore_auth_k8s.cluster import Cluster, running_in_cluster
 from lcore_core import AuthTuple, Forbidden, LCoreError, Unauthorized
@@ -44,18 +43,7 @@ class K8sAuth:
         await self.api.close()
 
     async def authenticate(self, request: Request) -> AuthTuple:
-        token = bearer(request)
-        key = self._cache.key(token)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return settle(cached)
-        try:
-            outcome: AuthTuple | LCoreError = await self._review(token)
-        except (Unauthorized, Forbidden) as refused:
-            outcome = refused
-        # API failures (503/500) propagate above and are never cached.
-        self._cache.put(key, outcome)
-        return settle(outcome)
+        return await self._cache.outcome(bearer(request), self._review)
 
     async def _review(self, token: str) -> AuthTuple:
         status = await self.api.token_review(token)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
-from lcore_auth_k8s.api import KubeApi, ReviewCache, settle
-from lcore_core import AuthTuple, Forbidden, LCoreError, Unauthorized
+from lcore_auth_k8s.api import KubeApi, ReviewCache
+from lcore_core import AuthTuple, Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from quart import Request
@@ -94,16 +94,7 @@ class TrustedProxyAuth:
 
     async def _proxy(self, token: str) -> str:
         """The proxy's service-account name, or the refusal of its token."""
-        key = self._cache.key(token)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return settle(cached)
-        try:
-            outcome: str | LCoreError = await self._review(token)
-        except (Unauthorized, Forbidden) as refused:
-            outcome = refused
-        self._cache.put(key, outcome)
-        return settle(outcome)
+        return await self._cache.outcome(token, self._review)
 
     async def _review(self, token: str) -> str:
         status = await self.api.token_review(token)
