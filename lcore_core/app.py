@@ -17,7 +17,7 @@ from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from lcore_core import skills, tracing
+from lcore_core import observability, skills, tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
@@ -76,7 +76,11 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     if not isinstance(config, Config):
         config = validate_document(document or read_document(config or DEFAULT_CONFIG), plugins)
     configure_logging(config.service.log_format)
-    tracer = tracing.configure(config.service.get("tracing"), source=config.source)
+    settings = config.service.get("tracing")
+    if not (settings and settings.get("enabled")):
+        otel = (config.get("observability") or {}).get("otel") or {}
+        settings = observability.tracing_settings(otel)
+    tracer = tracing.configure(settings, source=config.source)
 
     # No static folder: Quart's default /static/<file> route would serve files from the
     # working directory to anyone.

@@ -151,7 +151,8 @@ def traces_url(endpoint: str | None) -> str | None:
 
 
 def configure(settings: Mapping[str, Any] | None, *, source: str | None = None) -> Tracing | None:
-    """The app's `Tracing` for a `service.tracing` section, or None when tracing is off.
+    """The app's `Tracing` for a `service.tracing` section (or the like mapping that
+    `observability.tracing_settings` makes of OTEL_* variables), or None when tracing is off.
 
     Raises `ConfigError` naming the key when tracing is on but OpenTelemetry is missing.
     """
@@ -174,24 +175,32 @@ def configure(settings: Mapping[str, Any] | None, *, source: str | None = None) 
                     " no spans will be exported", key="service.tracing.enabled", file=source)
     resource = Resource.create({"service.name": settings.get("service_name") or "lcore",
                                 "service.version": __version__})
-    # A caller's sampling decision (its traceparent) wins; new traces are sampled by ratio.
-    sampler = ParentBased(TraceIdRatioBased(float(settings.get("sample_ratio", 1.0))))
+    # By default a caller's sampling decision (its traceparent) wins; new traces are sampled
+    # by ratio.
+    ratio = TraceIdRatioBased(float(settings.get("sample_ratio", 1.0)))
+    sampler = ParentBased(ratio) if settings.get("parent_based", True) else ratio
     provider = TracerProvider(resource=resource, sampler=sampler)
-    exporter = OTLPSpanExporter(endpoint=traces_url(settings.get("endpoint")))
+    exporter = OTLPSpanExporter(
+        endpoint=settings.get("traces_url") or traces_url(settings.get("endpoint")),
+        headers=settings.get("headers"), certificate_file=settings.get("certificate_file"),
+        client_key_file=settings.get("client_key_file"),
+        client_certificate_file=settings.get("client_certificate_file"))
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider)
+    return Tracing(provider, extract=settings.get("extract", True))
 
 
 class Tracing:
     """One app's tracer, and the request-level steps the middleware takes."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, *, extract: bool = True) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
         self.tracer = provider.get_tracer("lcore_core")
         self.propagator = TraceContextTextMapPropagator()
+        # False (OTEL_PROPAGATORS=none): a caller's traceparent is not followed.
+        self.extract = extract
         self._trace = trace
         self._context = context
 
@@ -227,7 +236,7 @@ class Tracing:
         A valid `traceparent` from the caller makes it a child of the caller's span. `headers`
         is read only for the W3C trace context headers.
         """
-        parent = self.propagator.extract(headers)
+        parent = self.propagator.extract(headers) if self.extract else None
         server = self.tracer.start_span(
             f"{method} {route}", context=parent, kind=self._trace.SpanKind.SERVER,
             attributes={"http.request.method": method, "http.route": route,

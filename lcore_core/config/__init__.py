@@ -66,7 +66,13 @@ class Config(Settings):
 
     def masked(self) -> dict[str, Any]:
         """A plain copy with every secret replaced by `*****`."""
-        return mask(copy.deepcopy(dict(self)))
+        from lcore_core import observability
+
+        shown = mask(copy.deepcopy(dict(self)))
+        otel = (self.get("observability") or {}).get("otel")
+        if otel:
+            shown["observability"]["otel"] = observability.redacted(otel)
+        return shown
 
 
 def mask(value: Any, key: str = "") -> Any:
@@ -226,6 +232,7 @@ def validate_document(doc: Document, plugins: Plugins) -> Config:
     loaded["conversation_cache"] = _cache(report, data.get("conversation_cache"), plugins)
 
     _check_kubernetes_headers(report, loaded)
+    _observability(report, loaded)
     for path, message in rlsapi_config.cross_section_errors(loaded):
         report.add(path, message)
     valid_actions = frozenset(a.value for a in Action) | plugins.actions()
@@ -257,6 +264,24 @@ def _beside_the_file(doc: Document, section: Any, key: str) -> None:
     beside = Path(doc.file).resolve().parent / path
     if beside.exists():
         section[key] = str(beside.resolve())
+
+
+def _observability(report: _Report, loaded: dict[str, Any]) -> None:
+    """Merge the environment's OTEL_* into `observability.otel` and check what LCore honours."""
+    from lcore_core import observability, tracing
+
+    section = loaded.get("observability") or {}
+    from_file = dict(section.get("otel") or {})
+    otel = observability.effective(from_file)
+    for name, message in observability.problems(otel, from_file):
+        where = "" if name in from_file and from_file[name] == otel.get(name) \
+            else f"(environment variable {name}) "
+        report.add(("observability", "otel", name) if name in from_file else ("observability",),
+                   where + message)
+    if observability.tracing_settings(otel) is not None and not tracing.installed():
+        report.add(("observability", "otel"),
+                   f"{observability.SDK_DISABLED}=false asks for tracing: {tracing.NOT_INSTALLED}")
+    loaded["observability"] = {"otel": otel}
 
 
 def _check_kubernetes_headers(report: _Report, loaded: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from lcore_core import observability
 from lcore_core.config.unified import (
     FORMAT_VERSIONS,
     AzureEntraIdSchema,
@@ -151,6 +152,15 @@ class TracingSchema(Base):
 
         if data.get("enabled") and not tracing.installed():
             raise ValidationError(tracing.NOT_INSTALLED, "enabled")
+
+
+class ObservabilitySchema(Base):
+    """Upstream's `observability`: OpenTelemetry's OTEL_* variables (lcore_core.observability)."""
+
+    otel = fields.Dict(keys=fields.String(validate=validate.Regexp(
+                           observability.NAME, error="not an OTEL_* variable name")),
+                       values=fields.String(), load_default=dict,
+                       validate=validate.Length(max=observability.MAX_VARIABLES))
 
 
 RESPONSE_CHAIN = "response_chain"
@@ -706,6 +716,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "vector_store": section(VectorStoreSchema),
     "azure_entra_id": optional(AzureEntraIdSchema),
     "skills": optional(SkillsSchema),
+    "observability": section(ObservabilitySchema),
 }
 
 # Other names upstream accepts for a core section (upstream renamed llama_stack to ogx).
@@ -718,7 +729,6 @@ PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 UNSUPPORTED_SECTIONS = {
     "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
-    "observability": "upstream's OpenTelemetry settings (LCore's tracing is service.tracing)",
     "saved_prompts": "saved prompts",
     "a2a_agents": "delegating to remote A2A agents",
     "a2a": "the A2A client (LCore's A2A plugin serves A2A; see a2a_state)",

@@ -58,6 +58,8 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.paths: list[str] = []
+        # The request headers of each export, names lower-cased.
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -72,6 +74,7 @@ class OtlpReceiver:
                 with receiver._lock:
                     receiver.paths.append(self.path)
                     receiver.bodies.append(body)
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if self.path == "/v1/traces" else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
