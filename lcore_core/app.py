@@ -17,7 +17,7 @@ from quart.wrappers.response import IterableBody
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from lcore_core import observability, skills, tracing
+from lcore_core import azure, observability, skills, tracing
 from lcore_core.builtins import Rbac
 from lcore_core.config import DEFAULT_CONFIG, Config, validate_document
 from lcore_core.config.loader import Document, read_document
@@ -135,10 +135,6 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
 
-    if config.get("azure_entra_id"):
-        log.warning("azure_entra_id: LCore does not mint Entra ID tokens; the Azure provider "
-                    "needs its key another way (inference.providers api_key_env)")
-
     async def open_llama() -> None:
         if local_model is not None:
             # Before Llama Stack: its run.yaml reads the model server's URL from the environment.
@@ -150,6 +146,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             log.info("llama stack run configuration written", path=str(path))
         await runtime.llama.open()
         await _connect_llama(runtime)
+        if config.get("azure_entra_id") and runtime.degraded is None:
+            runtime.llama.azure = await azure.setup(runtime.llama.client, config.azure_entra_id)
 
     async def check_mcp() -> None:
         if config.mcp_servers and not config.service.skip_unreachable_mcp:

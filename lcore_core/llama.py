@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -44,6 +44,9 @@ from lcore_core.errors import (
 from lcore_core.logs import reclaim_logging
 from lcore_core.metrics import waiting_on_llama
 from lcore_core.warmup import FirstCallsAlone
+
+if TYPE_CHECKING:
+    from lcore_core.azure import AzureProviderData
 
 log = structlog.get_logger("lcore.llama")
 
@@ -85,6 +88,8 @@ class LlamaStack:
         # stored Responses calls took 17 s each, where one call alone took 0.2 s and the next
         # 15 together under 1 s. The pipeline asks for answers through this gate.
         self.answers = FirstCallsAlone()
+        # `azure_entra_id`: the token each call to an Azure model carries (set at start-up).
+        self.azure: AzureProviderData | None = None
 
     @property
     def client(self) -> Any:
@@ -129,6 +134,8 @@ class LlamaStack:
         single cost LCore added to a query (bench/README.md). Its errors are the client's.
         Library mode asks the library client.
         """
+        if self.azure is not None:
+            headers = await self.azure.headers(body.get("model"), headers)
         if self._http is None:
             return await self._through_client(body, headers, stream=False)
         return (await self._send(self._http, body, headers, stream=False)).json()
@@ -139,6 +146,8 @@ class LlamaStack:
         `respond` does (0.1 ms less per stream than the client's decoder, and its request
         building saved); library mode asks the library client."""
         body = {**body, "stream": True}
+        if self.azure is not None:
+            headers = await self.azure.headers(body.get("model"), headers)
         if self._http is None:
             return await self._through_client(body, headers, stream=True)
         return EventStream(await self._send(self._http, body, headers, stream=True))

@@ -175,6 +175,15 @@ class AzureEntraIdSchema(_Strict):
     scope = fields.String(load_default="https://cognitiveservices.azure.com/.default",
                           validate=validate.Length(min=1))
 
+    @validates_schema
+    def _installed(self, data: dict[str, Any], **_: Any) -> None:
+        try:
+            import authlib.integrations.httpx_client  # noqa: F401
+        except ImportError:
+            raise ValidationError("LCore obtains the Entra ID tokens with authlib, which is not "
+                                  "installed: pip install 'lcore-core[azure]'",
+                                  "tenant_id") from None
+
 
 KeyPath = tuple[str | int, ...]
 

@@ -212,6 +212,16 @@ def test_azure_entra_id(tmp_path, plugins):
         "F:3: azure_entra_id.client_secret: required key is missing"]
 
 
+def test_azure_entra_id_without_authlib_says_what_to_install(tmp_path, plugins, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "authlib.integrations.httpx_client", None)
+    lines = errors(tmp_path, SERVER + "azure_entra_id: {tenant_id: t, client_id: c, "
+                                      "client_secret: s}\n", plugins)
+    assert len(lines) == 1 and "azure_entra_id.tenant_id" in lines[0], lines
+    assert "pip install 'lcore-core[azure]'" in lines[0]
+
+
 # --- unified or legacy: the rules across sections ----------------------------------------------
 
 
