@@ -118,9 +118,17 @@ class QueryRequestSchema(Schema):
     # Names of configured shields and of Llama Stack's shields (see lcore_core.shields).
     shield_ids = fields.List(fields.String(validate=validate.Length(1, 256)), load_default=None,
                              allow_none=True, validate=validate.Length(max=MAX_SHIELD_IDS))
+    # Upstream's Solr search settings (mode, fq filters): accepted as null only, since LCore
+    # searches OKP as a vector store and would otherwise ignore them.
+    solr = fields.Raw(load_default=None, allow_none=True, metadata={
+        "description": "Upstream's Solr inline RAG settings; LCore accepts only null"})
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("solr") is not None:
+            raise ValidationError("Solr search settings (mode, filters) are not supported: "
+                                  "LCore searches OKP as a vector store; leave solr out",
+                                  "solr")
         if bool(data.get("model")) != bool(data.get("provider")):
             raise ValidationError("model and provider must be given together",
                                   "provider" if data.get("model") else "model")
@@ -336,3 +344,22 @@ class ResponsesResponseSchema(Schema):
     conversation = fields.String(allow_none=True)
     available_quotas = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
     output_text = fields.String(required=True)
+    # OpenAI's request settings echoed back, and the error of a failed response.
+    error = fields.Dict(allow_none=True)
+    max_output_tokens = fields.Integer(allow_none=True)
+    max_tool_calls = fields.Integer(allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
+    parallel_tool_calls = fields.Boolean(allow_none=True)
+    prompt = fields.Dict(allow_none=True)
+    reasoning = fields.Dict(allow_none=True)
+    temperature = fields.Float(allow_none=True)
+    text = fields.Dict(allow_none=True)
+    tool_choice = fields.Raw(allow_none=True)
+    top_p = fields.Float(allow_none=True)
+    truncation = fields.String(allow_none=True)
+
+    # Fields every answer carries, null when Llama Stack gave none (upstream's model has them all).
+    OPTIONAL = ("completed_at", "usage", "instructions", "previous_response_id", "tools",
+                "store", "error", "max_output_tokens", "max_tool_calls", "metadata",
+                "parallel_tool_calls", "prompt", "reasoning", "temperature", "text",
+                "tool_choice", "top_p", "truncation")

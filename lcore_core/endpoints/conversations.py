@@ -62,8 +62,10 @@ class ConversationSchema(Schema):
 
 class DeleteSchema(Schema):
     conversation_id = fields.String(required=True)
-    success = fields.Boolean(required=True)
+    deleted = fields.Boolean(required=True)
     response = fields.String(required=True)
+    success = fields.Boolean(required=True, metadata={"deprecated": True,
+                                                      "description": "Always true (upstream)"})
 
 
 class UpdateRequestSchema(Schema):
@@ -86,11 +88,20 @@ def _check_id(conversation_id: str) -> None:
                          f"conversation id {conversation_id[:80]!r} is malformed")
 
 
-async def _owned(conversation_id: str, auth: AuthTuple, others_action: str) -> dict[str, Any]:
-    """The conversation's metadata if the caller owns it or may act on others'; else 404."""
+async def _visible(conversation_id: str, auth: AuthTuple,
+                   others_action: str) -> dict[str, Any] | None:
+    """The conversation's metadata if the caller owns it or may act on others'; else None."""
     _check_id(conversation_id)
     meta = await _runtime().userdb.get(conversation_id)
     if meta is None or (meta["user_id"] != auth.user_id and not may(auth, others_action)):
+        return None
+    return meta
+
+
+async def _owned(conversation_id: str, auth: AuthTuple, others_action: str) -> dict[str, Any]:
+    """The conversation's metadata if the caller owns it or may act on others'; else 404."""
+    meta = await _visible(conversation_id, auth, others_action)
+    if meta is None:
         raise NotFound("Conversation not found",
                        f"conversation {conversation_id} does not exist for this user")
     return meta
@@ -220,10 +231,15 @@ async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[s
 @route(bp, "/v1/conversations/<conversation_id>", "/conversations/<conversation_id>",
        "/v2/conversations/<conversation_id>", methods=["DELETE"])
 @doc(summary="Delete a conversation (metadata, cache and Llama Stack)", tags=["conversations"],
-     responses={200: DeleteSchema, 400: "Malformed id", 404: "Unknown conversation"})
+     responses={200: DeleteSchema, 400: "Malformed id"})
 @authorize(Action.DELETE_CONVERSATION)
 async def delete_conversation(conversation_id: str) -> Any:
-    meta = await _owned(conversation_id, g.auth, Action.DELETE_OTHERS_CONVERSATIONS)
+    meta = await _visible(conversation_id, g.auth, Action.DELETE_OTHERS_CONVERSATIONS)
+    if meta is None:
+        # As upstream: 200 with deleted false (and, for another user's conversation, nothing
+        # that tells it exists).
+        return jsonify({"conversation_id": conversation_id, "deleted": False,
+                        "response": "Conversation not found", "success": True})
     runtime = _runtime()
     if meta["response_ids"] is not None:
         # Each stored response of the chain holds the conversation up to its turn.
@@ -234,8 +250,8 @@ async def delete_conversation(conversation_id: str) -> Any:
                       conversation_id)
     await runtime.cache.delete(meta["user_id"], conversation_id)
     await runtime.userdb.delete(conversation_id)
-    return jsonify({"conversation_id": conversation_id, "success": True,
-                    "response": "Conversation deleted successfully"})
+    return jsonify({"conversation_id": conversation_id, "deleted": True,
+                    "response": "Conversation deleted successfully", "success": True})
 
 
 async def _forget(operation: str, delete: Any, llama_id: str) -> None:

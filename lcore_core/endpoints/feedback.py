@@ -105,7 +105,7 @@ class FeedbackStatusUpdateRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    status = fields.Boolean(required=True)
+    status = fields.Boolean(load_default=False)  # as upstream: absent means off
 
 
 class FeedbackStatusUpdateSchema(Schema):

@@ -315,6 +315,8 @@ def shape(data: dict[str, Any], plan: pipeline.QueryPlan, body: dict[str, Any],
                      if item.get("type") not in MCP_ITEMS]
     if body.get("model") is None and "/" in str(out.get("model") or ""):
         out["model"] = str(out["model"]).rsplit("/", 1)[-1]
+    for key in ResponsesResponseSchema.OPTIONAL:  # present, null when Llama Stack left it out
+        out.setdefault(key, None)
     out["conversation"] = plan.conversation_id
     out["safety_identifier"] = body.get("safety_identifier")
     out["available_quotas"] = quotas

@@ -58,7 +58,8 @@ async def test_users_see_only_their_own(client: Any, llm: Any) -> None:
     assert (await client.get(f"/v1/conversations/{alice}?user_id=bob")).status_code == 404
     assert (await client.put(f"/v2/conversations/{alice}?user_id=bob",
                              json={"topic_summary": "x"})).status_code == 404
-    assert (await client.delete(f"/v1/conversations/{alice}?user_id=bob")).status_code == 404
+    refused = await client.delete(f"/v1/conversations/{alice}?user_id=bob")
+    assert (refused.status_code, (await refused.get_json())["deleted"]) == (200, False)
     continued = await client.post("/v2/query?user_id=bob",
                                   json={"query": "more", "conversation_id": alice})
     assert continued.status_code in (403, 404)
@@ -73,5 +74,6 @@ async def test_users_see_only_their_own(client: Any, llm: Any) -> None:
     assert audited.status_code == 200
     everyone = await (await client.get("/v1/conversations?user_id=auditor")).get_json()
     assert {alice, bob} <= {c["conversation_id"] for c in everyone["conversations"]}
-    assert (await client.delete(f"/v1/conversations/{bob}?user_id=auditor")).status_code == 404
+    refused = await client.delete(f"/v1/conversations/{bob}?user_id=auditor")
+    assert (await refused.get_json())["deleted"] is False
     assert (await client.get(f"/v1/conversations/{bob}?user_id=bob")).status_code == 200

@@ -212,12 +212,20 @@ async def test_status_toggle_at_runtime(clean: Started) -> None:
     assert len(clean.stored()) == 1
 
 
-@pytest.mark.parametrize("bad", [{}, {"status": True, "extra": 1}, {"status": "maybe"}])
+@pytest.mark.parametrize("bad", [{"status": True, "extra": 1}, {"status": "maybe"}, []])
 async def test_status_update_body_is_validated(clean: Started, bad: Any) -> None:
     response = await clean.client.put("/v1/feedback/status", json=bad)
     assert response.status_code == 422
     assert (await (await clean.client.get("/v1/feedback/status")).get_json())["status"] == {
         "enabled": True}
+
+
+async def test_status_absent_means_off_as_upstream(clean: Started) -> None:
+    response = await clean.client.put("/v1/feedback/status", json={})
+    assert response.status_code == 200
+    assert (await response.get_json())["status"]["updated_status"] is False
+    assert (await (await clean.client.get("/v1/feedback/status")).get_json())["status"] == {
+        "enabled": False}
 
 
 async def test_feedback_disabled_in_config_is_403(tmp_path: Path,

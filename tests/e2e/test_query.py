@@ -175,13 +175,31 @@ async def test_bad_bodies(lcore: Lcore, llm: Any) -> None:
     assert (await lcore.client.post("/v2/query", json=["query"])).status_code == 422
 
 
+async def test_upstream_solr_field_is_null_or_refused(lcore: Lcore, llm: Any) -> None:
+    accepted = await lcore.client.post("/v1/query", json={
+        "query": "with solr null", "solr": None, "generate_topic_summary": False})
+    assert accepted.status_code == 200
+    refused = await lcore.client.post("/v1/query", json={
+        "query": "with solr", "solr": {"mode": "hybrid", "filters": {"fq": ["product:*x*"]}}})
+    assert refused.status_code == 422
+    assert "solr" in await refused.get_data(as_text=True)
+    assert "not supported" in await refused.get_data(as_text=True)
+
+
 async def test_delete_conversation_removes_it_everywhere(lcore: Lcore, llm: Any) -> None:
     conversation_id = (await (await lcore.query("to be deleted")).get_json())["conversation_id"]
     deleted = await lcore.client.delete(f"/v1/conversations/{conversation_id}")
     assert deleted.status_code == 200
-    assert (await deleted.get_json())["success"] is True
+    assert await deleted.get_json() == {
+        "conversation_id": conversation_id, "deleted": True, "success": True,
+        "response": "Conversation deleted successfully"}
     assert (await lcore.client.get(f"/v1/conversations/{conversation_id}")).status_code == 404
-    assert (await lcore.client.delete(f"/v1/conversations/{conversation_id}")).status_code == 404
+    # Deleting it again is upstream's "not found" answer: 200 with deleted false.
+    again = await lcore.client.delete(f"/v1/conversations/{conversation_id}")
+    assert again.status_code == 200
+    assert await again.get_json() == {
+        "conversation_id": conversation_id, "deleted": False, "success": True,
+        "response": "Conversation not found"}
     assert await lcore.runtime.cache.get(
         "00000000-0000-0000-0000-000", conversation_id) == []
     # Llama Stack no longer has it either: continuing it is refused.

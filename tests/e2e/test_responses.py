@@ -283,6 +283,26 @@ async def test_large_body_is_413(app: Any) -> None:
     assert caught.value.body["detail"]["response"] == "Request too large"  # type: ignore[index]
 
 
+# The fields of upstream's ResponsesResponse (docs/devel_doc/openapi.json at cd1a0484).
+UPSTREAM_RESPONSE_FIELDS = {
+    "available_quotas", "completed_at", "conversation", "created_at", "error", "id",
+    "instructions", "max_output_tokens", "max_tool_calls", "metadata", "model", "object",
+    "output", "output_text", "parallel_tool_calls", "previous_response_id", "prompt",
+    "reasoning", "safety_identifier", "status", "store", "temperature", "text", "tool_choice",
+    "tools", "top_p", "truncation", "usage"}
+
+
+async def test_every_upstream_field_is_in_the_answer(app: Any, model: str, llm: Any) -> None:
+    response = await app.client.post("/v1/responses?user_id=resp-fields",
+                                      json={"model": model, "input": "which fields"})
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert set(body) >= UPSTREAM_RESPONSE_FIELDS, UPSTREAM_RESPONSE_FIELDS - set(body)
+    document = await (await app.client.get("/openapi.json")).get_json()
+    documented = document["components"]["schemas"]["ResponsesResponse"]["properties"]
+    assert set(documented) >= UPSTREAM_RESPONSE_FIELDS
+
+
 async def test_openapi_documents_the_endpoint(app: Any) -> None:
     document = await (await app.client.get("/openapi.json")).get_json()
     operation = document["paths"]["/v1/responses"]["post"]

@@ -43,9 +43,20 @@ def fuzz_schema(fuzz_lcore: LcoreProcess) -> Any:
     return schemathesis.openapi.from_url(f"{fuzz_lcore.url}/openapi.json")
 
 
-def test_every_operation_conforms(fuzz_schema: Any) -> None:
+def test_every_operation_conforms(fuzz_schema: Any, fuzz_lcore: LcoreProcess) -> None:
     """Every documented operation, fuzzed with a valid token: no 5xx (503 only when Llama Stack
     refuses a fuzzed value), every response as documented (status, content type, schema)."""
+    try:
+        _fuzz_every_operation(fuzz_schema)
+    finally:
+        # A fuzzed PUT /v1/feedback/status may have switched feedback off (`{}` means off, as
+        # upstream): the tests below need it on.
+        restored = httpx.put(f"{fuzz_lcore.url}/v1/feedback/status", json={"status": True},
+                             headers=AUTH, timeout=30, trust_env=False)
+        assert restored.status_code == 200, restored.text
+
+
+def _fuzz_every_operation(fuzz_schema: Any) -> None:
     checked = []
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()

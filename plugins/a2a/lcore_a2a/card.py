@@ -18,11 +18,40 @@ from a2a.types import (
     In,
     SecurityScheme,
 )
+from marshmallow import INCLUDE, Schema, fields
 
 from lcore_core import __version__
 
 if TYPE_CHECKING:
     from lcore_core import Config
+
+
+
+class AgentCardSchema(Schema):
+    """The card's JSON (a2a-sdk's AgentCard, camelCase) for the OpenAPI document."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    url = fields.String(required=True)
+    version = fields.String(required=True)
+    capabilities = fields.Dict(required=True)
+    skills = fields.List(fields.Dict(), required=True)
+    defaultInputModes = fields.List(fields.String(), required=True)
+    defaultOutputModes = fields.List(fields.String(), required=True)
+    protocolVersion = fields.String()
+    preferredTransport = fields.String()
+    additionalInterfaces = fields.List(fields.Dict(), allow_none=True)
+    documentationUrl = fields.String(allow_none=True)
+    iconUrl = fields.String(allow_none=True)
+    provider = fields.Dict(allow_none=True)
+    security = fields.List(fields.Dict(), allow_none=True)
+    securitySchemes = fields.Dict(allow_none=True)
+    signatures = fields.List(fields.Dict(), allow_none=True)
+    supportsAuthenticatedExtendedCard = fields.Boolean(allow_none=True)
+
 
 A2A_PATH = "/a2a"
 TEXT = "text/plain"

@@ -14,7 +14,7 @@ from quart import Blueprint, Response, current_app, g, jsonify, request
 
 from lcore_a2a import jsonrpc
 from lcore_a2a.agent import SEND_ENDPOINT, STREAM_ENDPOINT, A2AService
-from lcore_a2a.card import build_card
+from lcore_a2a.card import AgentCardSchema, build_card
 from lcore_a2a.jsonrpc import Call, RpcError, RpcId
 from lcore_core import LCoreError, authorize, doc, route
 from lcore_core import __version__ as lcore_version
@@ -46,7 +46,7 @@ def blueprint() -> Blueprint:
 
     @route(bp, "/.well-known/agent-card.json", "/.well-known/agent.json", "/a2a")
     @doc(summary="The A2A agent card of this service", tags=["a2a"],
-         responses={200: "A2A AgentCard (a2a-sdk 0.3)"})
+         responses={200: AgentCardSchema})
     @authorize(A2A_AGENT_CARD)
     async def agent_card() -> Any:
         root = request.host_url.rstrip("/") + request.root_path

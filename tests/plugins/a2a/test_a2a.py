@@ -80,6 +80,15 @@ async def test_sdk_resolves_the_card_on_both_paths(write_config: ConfigWriter) -
         assert old == card
         raw = (await lcore.http.get(f"{lcore.url}/.well-known/agent-card.json")).json()
         assert raw["capabilities"]["streaming"] is True and "defaultInputModes" in raw
+        # The OpenAPI document describes the card with the SDK's own field names.
+        from a2a.types import AgentCard
+
+        document = (await lcore.http.get(f"{lcore.url}/openapi.json")).json()
+        answer = document["paths"]["/.well-known/agent-card.json"]["get"]["responses"]["200"]
+        ref = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        schema = document["components"]["schemas"][ref]
+        assert set(schema["properties"]) == {f.alias for f in AgentCard.model_fields.values()}
+        assert set(schema["required"]) <= set(raw)
 
 
 async def test_health_endpoint_as_upstream(write_config: ConfigWriter) -> None:
