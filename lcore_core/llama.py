@@ -182,7 +182,8 @@ class LlamaStack:
         except ValueError:
             said = None
         raise from_status(response.status_code,
-                          _detail(said, response.text or response.reason_phrase))
+                          _detail(said, response.text or response.reason_phrase),
+                          model=body.get("model"))
 
     async def close(self) -> None:
         await self.conversations.drain()
@@ -334,6 +335,7 @@ def llama_errors(operation: str | None = None,
     Naming the `operation` ("responses.create") makes the block a `llama_stack.<operation>` span
     when the request is traced; an unnamed block (each chunk of a stream) is never one.
     """
+    model = str((attributes or {}).get("gen_ai.request.model") or "") or None
     with tracing.span("llama_stack." + operation, attributes) if operation else tracing.NO_SPAN:
         try:
             with waiting_on_llama():
@@ -343,7 +345,7 @@ def llama_errors(operation: str | None = None,
         except APIConnectionError as exc:
             raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
         except APIStatusError as exc:
-            raise from_status(exc.status_code, _message(exc)) from exc
+            raise from_status(exc.status_code, _message(exc), model=model) from exc
         except APIError as exc:
             # An `error` event inside a stream (e.g. a dead MCP server, reported after the 200).
             raise BackendUnavailable("Llama Stack failed", str(exc.message)) from exc
@@ -357,13 +359,24 @@ def llama_errors(operation: str | None = None,
         except Exception as exc:
             library_error = _library_error_type()
             if library_error is not None and isinstance(exc, library_error):
-                raise from_status(int(getattr(exc, "status_code", 500)), str(exc)) from exc
+                raise from_status(int(getattr(exc, "status_code", 500)), str(exc),
+                                  model=model) from exc
             if isinstance(exc, ValueError):  # library mode's validation errors
                 raise BadRequest("Llama Stack rejected the request", str(exc)) from exc
             raise
 
 
-def from_status(status: int, message: str) -> LCoreError:
+def from_status(status: int, message: str, *, model: str | None = None) -> LCoreError:
+    """The LCore error for a refusal by Llama Stack; `model` (the call's) names it in upstream's
+    texts for a prompt over the context window and a provider's exhausted quota."""
+    said = message.lower()
+    if "context_length" in said or "context length" in said:
+        return PayloadTooLarge("Prompt is too long", (
+            f"The input exceeds the context window size of model '{model}'." if model
+            else "The prompt exceeds the maximum allowed length."))
+    if status == 429 or "resource_exhausted" in said:
+        return QuotaExceeded("The model quota has been exceeded", (
+            f"The token quota for model {model} has been exceeded." if model else message))
     kind = _STATUS_ERRORS.get(status)
     if kind is not None:
         return kind("Llama Stack rejected the request", message)

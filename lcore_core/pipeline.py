@@ -38,6 +38,10 @@ from lcore_core.shields.selection import select as select_named_shields
 log = structlog.get_logger("lcore.pipeline")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+# Upstream's texts (clients show them).
+MODEL_OVERRIDE_REFUSED = ("This instance does not permit overriding model/provider in the query "
+                          "request (missing permission: model_override). Please remove the "
+                          "model and provider fields from your request.")
 TOPIC_SUMMARY_PROMPT = ("Give a short topic summary (at most 8 words, no punctuation at the end) "
                         "of this question: ")
 MODEL_CACHE_SECONDS = 30.0
@@ -305,8 +309,9 @@ async def select_model(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], 
     wanted_model, wanted_provider = body.get("model"), body.get("provider")
     if wanted_model:
         if not may(auth, Action.MODEL_OVERRIDE):
-            raise Forbidden("This instance does not permit overriding model/provider",
-                            f"User {auth.user_id} lacks the model_override action")
+            raise Forbidden(MODEL_OVERRIDE_REFUSED,
+                            "User lacks model_override permission required to override "
+                            "model/provider.")
     elif preferred is not None:
         wanted_model, wanted_provider = preferred
     else:

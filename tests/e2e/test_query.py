@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 from lcore_core.testing.llm import UNSAFE_MARKER, count_words, message_text
 
 from .support import Lcore, parse_sse
@@ -173,6 +175,23 @@ async def test_bad_bodies(lcore: Lcore, llm: Any) -> None:
     assert (await lcore.client.post("/v2/query", json={"query": "x", "extra": 1})
             ).status_code == 422
     assert (await lcore.client.post("/v2/query", json=["query"])).status_code == 422
+
+
+@pytest.mark.parametrize(("error", "status", "response", "cause"), [
+    ("This model's maximum context length is 128 tokens (context_length_exceeded)", 413,
+     "Prompt is too long", "The input exceeds the context window size of model "
+                           "'openai/scripted-llm'."),
+    ("429 RESOURCE_EXHAUSTED: quota", 429, "The model quota has been exceeded",
+     "The token quota for model openai/scripted-llm has been exceeded."),
+])
+async def test_model_refusals_get_upstreams_texts(lcore: Lcore, llm: Any, error: str,
+                                                  status: int, response: str,
+                                                  cause: str) -> None:
+    question = f"refused by the model {status}"
+    llm.script(question, status=400, error=error)
+    answer = await lcore.client.post("/v1/query", json={"query": question})
+    assert answer.status_code == status, await answer.get_data(as_text=True)
+    assert (await answer.get_json())["detail"] == {"response": response, "cause": cause}
 
 
 async def test_upstream_solr_field_is_null_or_refused(lcore: Lcore, llm: Any) -> None:

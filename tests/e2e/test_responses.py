@@ -199,7 +199,11 @@ async def test_model_override_needs_its_action(app: Any, model: str, llm: Any) -
     client = sdk(app, "fixed-model")
     with pytest.raises(openai.PermissionDeniedError) as caught:
         await client.responses.create(model=model, input="my own model")
-    assert "model" in caught.value.body["detail"]["response"]  # type: ignore[index]
+    assert caught.value.body["detail"] == {  # type: ignore[index]  # upstream's texts
+        "response": "This instance does not permit overriding model/provider in the query "
+                    "request (missing permission: model_override). Please remove the model "
+                    "and provider fields from your request.",
+        "cause": "User lacks model_override permission required to override model/provider."}
     answer = await client.responses.create(input="the default model")
     assert answer.output_text.startswith("Scripted answer to: the default model")
     with pytest.raises(openai.NotFoundError):
