@@ -302,11 +302,14 @@ def test_entry_command_serves_as_the_image_user_from_a_read_only_directory(
         try:
             deadline = time.monotonic() + 60
             statuses: dict[str, int] = {}
-            while time.monotonic() < deadline and statuses.get("/readiness") != 200:
+            # Until both answered 200: the server may come up between the two requests of a
+            # round, so /readiness can answer while /liveness has not yet.
+            while time.monotonic() < deadline and set(statuses.values()) != {200}:
                 # 97: the working directory was writable after all.
                 assert process.poll() is None, (process.returncode,
                                                 process.stdout.read().decode()[-2000:])
                 for path in ("/liveness", "/readiness"):
+                    statuses.setdefault(path, 0)
                     with contextlib.suppress(httpx.TransportError):
                         statuses[path] = httpx.get(f"http://127.0.0.1:{port}{path}",
                                                    timeout=2, trust_env=False).status_code
