@@ -15,6 +15,13 @@ _PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 _STATUS_TEXT = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
                 413: "Request too large", 422: "Invalid body", 429: "Quota exceeded",
                 500: "Internal error", 503: "Backend unavailable"}
+# One entry of a 422 for a body or query string that fails validation (lcore_core.validation).
+VALIDATION_ERROR = {
+    "type": "object", "required": ["loc", "msg", "type"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "msg": {"type": "string"}, "type": {"type": "string"}, "input": {},
+        "ctx": {"type": "object"}}}
 # Path parameters the views validate (a malformed value is a 400): documented with their shape.
 _PARAM_SCHEMAS = {"conversation_id": {"type": "string", "pattern": CONVERSATION_ID_PATTERN}}
 
@@ -26,6 +33,10 @@ def build_openapi(app: Quart, *, title: str, version: str, root_path: str = "") 
     spec = APISpec(title=title, version=version, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()], **options)
     spec.components.schema("Error", schema=ErrorSchema)
+    spec.components.schema("ValidationError", VALIDATION_ERROR)
+    spec.components.schema("HTTPValidationError", {
+        "type": "object", "properties": {"detail": {
+            "type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}}})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
@@ -80,8 +91,15 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
             op["responses"].setdefault(str(status), _error_ref(status))
     if any(p.get("name") in _PARAM_SCHEMAS for p in params):
         op["responses"].setdefault("400", _error_ref(400))
+    if meta["body"] is not None or meta.get("query") is not None:
+        op["responses"].setdefault("422", {
+            "description": "Invalid request: a list of the fields that fail validation, or an "
+                           "error about a value the service refuses",
+            "content": {"application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/HTTPValidationError"},
+                {"$ref": "#/components/schemas/Error"}]}}}})
     if meta["body"] is not None:
-        for status in (400, 413, 422):
+        for status in (400, 413):
             op["responses"].setdefault(str(status), _error_ref(status))
     return op
 

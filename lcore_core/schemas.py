@@ -129,9 +129,11 @@ class QueryRequestSchema(Schema):
             raise ValidationError("Solr search settings (mode, filters) are not supported: "
                                   "LCore searches OKP as a vector store; leave solr out",
                                   "solr")
-        if bool(data.get("model")) != bool(data.get("provider")):
-            raise ValidationError("model and provider must be given together",
-                                  "provider" if data.get("model") else "model")
+        # upstream's texts; a rule of the whole body (pydantic: loc ["body"])
+        if data.get("model") and not data.get("provider"):
+            raise ValidationError("Provider must be specified if model is specified")
+        if data.get("provider") and not data.get("model"):
+            raise ValidationError("Model must be specified if provider is specified")
 
 
 class ReferencedDocumentSchema(Schema):

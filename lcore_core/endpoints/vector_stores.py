@@ -27,6 +27,7 @@ from marshmallow import (
 from quart import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from lcore_core import validation
 from lcore_core.auth import Action, authorize
 from lcore_core.errors import (
     BackendUnavailable,
@@ -322,12 +323,11 @@ def _page(page: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _page_query() -> dict[str, Any]:
+    args = request.args.to_dict()
     try:
-        query = PageQuerySchema().load(request.args.to_dict())
+        query = PageQuerySchema().load(args)
     except ValidationError as exc:
-        raise UnprocessableEntity("Invalid request", "; ".join(
-            f"{k}: {' '.join(v)}" for k, v in exc.messages_dict.items()),
-            extra={"errors": exc.messages_dict}) from None
+        raise validation.invalid(exc.messages, args, "query") from None
     return {k: v for k, v in query.items() if v is not None}
 
 

@@ -16,6 +16,7 @@ import yaml
 from lcore_core.app import create_app
 from lcore_core.auth import DEFAULT_USER_ID, DEFAULT_USERNAME
 from lcore_core.plugins import load_plugins
+from lcore_core.testing.errors import invalid_fields
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +155,7 @@ async def test_feedback_only_on_the_callers_own_conversations(clean: Started) ->
 async def test_bad_feedback_is_422_and_writes_nothing(clean: Started, bad: Any) -> None:
     status, body = await post_feedback(clean, bad)
     assert status == 422, body
-    assert body["detail"]["response"] == "Invalid request"
+    assert invalid_fields(body)
     assert clean.stored() == []
 
 
@@ -164,10 +165,11 @@ async def test_feedback_at_the_length_limit_is_accepted(clean: Started) -> None:
     assert len(clean.stored()) == 1
 
 
-async def test_malformed_json_is_400(clean: Started) -> None:
+async def test_malformed_json_is_422(clean: Started) -> None:
     response = await clean.client.post("/v1/feedback", data="{not json",
                                        headers={"Content-Type": "application/json"})
-    assert response.status_code == 400
+    assert response.status_code == 422
+    assert invalid_fields(await response.get_json()) == {"1": "JSON decode error"}
     assert clean.stored() == []
 
 
@@ -180,7 +182,7 @@ async def test_path_traversal_in_conversation_id_is_rejected(clean: Started,
     before = clean.all_files()
     status, body = await post_feedback(clean, {**GOOD, "conversation_id": conversation_id})
     assert status == 422, body
-    assert "conversation_id" in body["detail"]["cause"]
+    assert "conversation_id" in invalid_fields(body)
     assert clean.all_files() == before
     assert not (clean.workdir / "escaped").exists()
     assert not (clean.workdir / "data" / "feedback-escape").exists()

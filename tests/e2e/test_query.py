@@ -168,7 +168,7 @@ async def test_unknown_conversation_is_404_and_malformed_is_4xx(lcore: Lcore, ll
 async def test_bad_bodies(lcore: Lcore, llm: Any) -> None:
     assert (await lcore.client.post("/v2/query", data="{not json",
                                     headers={"Content-Type": "application/json"})
-            ).status_code == 400
+            ).status_code == 422
     assert (await lcore.client.post("/v2/query", data="query=x",
                                     headers={"Content-Type": "text/plain"})).status_code == 400
     assert (await lcore.client.post("/v2/query", json={"nope": 1})).status_code == 422

@@ -18,6 +18,7 @@ from werkzeug.datastructures import FileStorage
 
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
+from lcore_core.testing.errors import error_text
 from lcore_core.testing.llama_stack import (
     EMBEDDING_MODEL_ID,
     LlamaStackServer,
@@ -187,13 +188,19 @@ async def test_invalid_bodies_are_422(lcore: Lcore) -> None:
         ("/v1/vector-stores/vs_1/files", {"attributes": {}}, "file_id"),
     ]
     for path, body, needle in cases:
-        detail = await error(await post(path, json=body), 422)
-        assert needle in detail["cause"], (body, detail)
-    detail = await error(await lcore.client.put("/v1/vector-stores/vs_1", json={}), 422)
-    assert "At least one field must be provided" in detail["cause"]
+        response = await post(path, json=body)
+        await error(response, 422)
+        problem = error_text(await response.get_json())
+        assert needle in problem, (body, problem)
+    empty = await lcore.client.put("/v1/vector-stores/vs_1", json={})
+    await error(empty, 422)
+    assert "At least one field must be provided" in error_text(await empty.get_json())
     for query in ("limit=0", "limit=101", "order=sideways", "after=bad%20id"):
-        await error(await lcore.client.get(f"/v1/vector-stores?{query}"), 422)
-        await error(await lcore.client.get(f"/v1/vector-stores/vs_1/files?{query}"), 422)
+        for path in ("/v1/vector-stores", "/v1/vector-stores/vs_1/files"):
+            response = await lcore.client.get(f"{path}?{query}")
+            await error(response, 422)
+            name = query.split("=")[0]
+            assert (await response.get_json())["detail"][0]["loc"] == ["query", name]
 
 
 async def test_upload_shape_is_checked(lcore: Lcore) -> None:

@@ -1,0 +1,131 @@
+"""Validation failures in the shape upstream's clients parse.
+
+Upstream validates bodies and query strings with pydantic under FastAPI, which answers a 422 whose
+`detail` is a list of `{"type", "loc", "msg", "input"}`. LCore validates with marshmallow; this
+module turns marshmallow's nested messages into that list: `loc` starts with `body` or `query`,
+then the field names and list indexes, and the commonest messages get pydantic's type and text.
+Checks that upstream makes inside its endpoints keep the `{"response", "cause"}` shape."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lcore_core.errors import UnprocessableEntity
+
+Loc = tuple[str | int, ...]
+
+# marshmallow's default messages -> (pydantic error type, pydantic message)
+_FIXED = {
+    "Missing data for required field.": ("missing", "Field required"),
+    "Unknown field.": ("extra_forbidden", "Extra inputs are not permitted"),
+    "Not a valid string.": ("string_type", "Input should be a valid string"),
+    "Not a valid integer.": ("int_type", "Input should be a valid integer"),
+    "Not a valid number.": ("float_type", "Input should be a valid number"),
+    "Not a valid boolean.": ("bool_type", "Input should be a valid boolean"),
+    "Not a valid list.": ("list_type", "Input should be a valid list"),
+    "Invalid input type.": ("dict_type", "Input should be a valid dictionary"),
+    "Not a valid mapping type.": ("dict_type", "Input should be a valid dictionary"),
+    "Not a valid UUID.": ("uuid_parsing", "Input should be a valid UUID"),
+    "Not a valid datetime.": ("datetime_parsing", "Input should be a valid datetime"),
+    "Not a valid URL.": ("url_parsing", "Input should be a valid URL"),
+    "Field may not be null.": ("none_forbidden", "Input should not be None"),
+}
+_LONGER = re.compile(r"Longer than maximum length (\d+)\.")
+_SHORTER = re.compile(r"Shorter than minimum length (\d+)\.")
+_ONE_OF = re.compile(r"Must be one of: (.*)\.")
+_AT_LEAST = re.compile(r"Must be greater than or equal to ([^ ]+)\.")
+_AT_MOST = re.compile(r"Must be less than or equal to ([^ ]+)\.")
+_MISSING = object()
+
+
+def _classify(message: str, value: Any) -> tuple[str, str]:
+    if message in _FIXED:
+        return _FIXED[message]
+    noun = "String" if isinstance(value, str) else "List"
+    unit = "characters" if isinstance(value, str) else "items"
+    if match := _LONGER.fullmatch(message):
+        kind = "string_too_long" if isinstance(value, str) else "too_long"
+        return kind, f"{noun} should have at most {match[1]} {unit}"
+    if match := _SHORTER.fullmatch(message):
+        kind = "string_too_short" if isinstance(value, str) else "too_short"
+        return kind, f"{noun} should have at least {match[1]} {unit}"
+    if match := _ONE_OF.fullmatch(message):
+        choices = " or ".join(f"'{c}'" for c in match[1].split(", "))
+        return "literal_error", f"Input should be {choices}"
+    if match := _AT_LEAST.fullmatch(message):
+        return "greater_than_equal", f"Input should be greater than or equal to {match[1]}"
+    if match := _AT_MOST.fullmatch(message):
+        return "less_than_equal", f"Input should be less than or equal to {match[1]}"
+    return "value_error", f"Value error, {message}"
+
+
+def _at(data: Any, path: Loc) -> Any:
+    for key in path:
+        present = key in data if isinstance(data, dict) else (
+            isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data))
+        if present:
+            data = data[key]
+        else:
+            return _MISSING
+    return data
+
+
+def _walk(messages: Any, path: Loc, data: Any, out: list[dict[str, Any]]) -> None:
+    if isinstance(messages, dict):
+        for key, inner in messages.items():
+            # marshmallow files errors of the whole object (validates_schema) under `_schema`
+            _walk(inner, path if key == "_schema" else (*path, key), data, out)
+        return
+    for message in messages if isinstance(messages, list) else [messages]:
+        if isinstance(message, (dict, list)):
+            _walk(message, path, data, out)
+            continue
+        value = _at(data, path)
+        kind, text = _classify(str(message), value)
+        if kind == "missing":
+            value = _at(data, path[:-1])  # pydantic shows the object the field is missing from
+        entry: dict[str, Any] = {"type": kind, "loc": list(path), "msg": text}
+        if value is not _MISSING:
+            entry["input"] = value
+        out.append(entry)
+
+
+def errors(messages: Any, data: Any, where: str = "body") -> list[dict[str, Any]]:
+    """FastAPI's validation list for marshmallow's `messages` about `data`."""
+    out: list[dict[str, Any]] = []
+    _walk(messages, (), data, out)
+    for entry in out:
+        entry["loc"] = [where, *entry["loc"]]
+    return out
+
+
+class InvalidRequest(UnprocessableEntity):
+    """A body or query string that fails validation: 422 with FastAPI's list."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in entries)
+        super().__init__("Invalid request", summary)
+        self.entries = entries
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.entries}
+
+
+def invalid(messages: Any, data: Any, where: str = "body") -> InvalidRequest:
+    """The error to raise for a marshmallow ValidationError on `data`."""
+    return InvalidRequest(errors(messages, data, where))
+
+
+def not_an_object(data: Any) -> InvalidRequest:
+    return InvalidRequest([{
+        "type": "model_attributes_type", "loc": ["body"], "input": data,
+        "msg": "Input should be a valid dictionary or object to extract fields from"}])
+
+
+def malformed_json(position: int, reason: str) -> InvalidRequest:
+    return InvalidRequest([{
+        "type": "json_invalid", "loc": ["body", position], "msg": "JSON decode error",
+        "input": {}, "ctx": {"error": reason}}])

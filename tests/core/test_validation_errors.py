@@ -1,0 +1,50 @@
+"""A body that fails validation gets FastAPI's 422 list, as upstream's clients parse it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lcore_core.testing.errors import invalid_fields
+
+
+async def test_missing_unknown_and_mistyped_fields(make_app: Any) -> None:
+    client = make_app({}).test_client()
+    response = await client.post("/v1/query", json={"nope": 1, "conversation_id": 7})
+    assert response.status_code == 422
+    detail = (await response.get_json())["detail"]
+    by_loc = {tuple(entry["loc"]): entry for entry in detail}
+    assert by_loc[("body", "query")] == {
+        "type": "missing", "loc": ["body", "query"], "msg": "Field required",
+        "input": {"nope": 1, "conversation_id": 7}}
+    assert by_loc[("body", "nope")] == {
+        "type": "extra_forbidden", "loc": ["body", "nope"],
+        "msg": "Extra inputs are not permitted", "input": 1}
+    assert by_loc[("body", "conversation_id")]["type"] == "string_type"
+    assert by_loc[("body", "conversation_id")]["input"] == 7
+
+
+async def test_nested_and_whole_body_errors(make_app: Any) -> None:
+    client = make_app({}).test_client()
+    attachment = {"attachment_type": "log", "content_type": "text/plain"}
+    response = await client.post("/v1/query", json={"query": "q", "attachments": [attachment]})
+    assert invalid_fields(await response.get_json()) == {"attachments.0.content": "Field required"}
+    # a rule about several fields belongs to the whole body, as pydantic's model validators do
+    pair = await client.post("/v1/query", json={"query": "q", "model": "m"})
+    entry = (await pair.get_json())["detail"][0]
+    assert entry["loc"] == ["body"] and entry["type"] == "value_error"
+    assert entry["msg"] == "Value error, Provider must be specified if model is specified"
+    not_object = await client.post("/v1/query", json=["q"])
+    assert (await not_object.get_json())["detail"][0]["type"] == "model_attributes_type"
+    broken = await client.post("/v1/query", data='{"query": ', headers={
+        "Content-Type": "application/json"})
+    assert broken.status_code == 422
+    assert (await broken.get_json())["detail"][0]["type"] == "json_invalid"
+
+
+async def test_openapi_documents_the_list(make_app: Any) -> None:
+    client = make_app({}).test_client()
+    spec = await (await client.get("/openapi.json")).get_json()
+    shapes = spec["paths"]["/v2/query"]["post"]["responses"]["422"]["content"][
+        "application/json"]["schema"]["oneOf"]
+    assert {"$ref": "#/components/schemas/HTTPValidationError"} in shapes
+    assert spec["components"]["schemas"]["ValidationError"]["required"] == ["loc", "msg", "type"]
