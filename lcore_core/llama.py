@@ -14,7 +14,7 @@ import shutil
 import ssl
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from llama_stack_client import (
     APIConnectionError,
     APIError,
     APIStatusError,
+    APITimeoutError,
     AsyncLlamaStackClient,
     AsyncStream,
     DefaultAsyncHttpxClient,
@@ -364,6 +365,45 @@ def llama_errors(operation: str | None = None,
             if isinstance(exc, ValueError):  # library mode's validation errors
                 raise BadRequest("Llama Stack rejected the request", str(exc)) from exc
             raise
+
+
+# Turns Llama Stack's refusal (its 400 or 404) into the error a route answers, or None to keep it.
+Missing = Callable[[LCoreError], "LCoreError | None"]
+
+
+async def call_llama(operation: str, call: Callable[[], Awaitable[Any]],
+                     missing: Missing | None = None) -> Any:
+    """`await call()` under `llama_errors(operation)`, for the routes that pass a resource on to
+    Llama Stack (vector stores, files, prompts).
+
+    `missing(error)` may replace a 400 or 404 with the route's own error (upstream's "... not
+    found"): Llama Stack 0.7 answers an unknown id with 400 ("... not found"), newer releases
+    with 404. The call is made once more on a fresh connection when Llama Stack had closed the
+    kept-alive one: 0.7's server closes it after answering an unknown id with a 400 (the error
+    leaves its ASGI app after the response), so the client's next request on it fails at once,
+    with nothing sent to or done by Llama Stack.
+    """
+    for attempt in (1, 2):
+        try:
+            try:
+                with llama_errors(operation):
+                    return await call()
+            except (BadRequest, NotFound) as exc:
+                replacement = missing(exc) if missing is not None else None
+                if replacement is None:
+                    raise
+                raise replacement from exc
+        except BackendUnavailable as exc:
+            if attempt == 2 or not _closed_connection(exc.__cause__):
+                raise
+            log.info("llama stack closed the connection; retrying once", operation=operation)
+    raise AssertionError("unreachable")
+
+
+def _closed_connection(exc: BaseException | None) -> bool:
+    # Not a timeout (Llama Stack may still be working on it), not a refused connection (down).
+    return (isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
+            and isinstance(exc.__cause__, httpx.RemoteProtocolError | httpx.ReadError))
 
 
 def from_status(status: int, message: str, *, model: str | None = None) -> LCoreError:

@@ -10,12 +10,10 @@ import contextlib
 import io
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import structlog
-from llama_stack_client import APIConnectionError, APITimeoutError
 from marshmallow import (
     Schema,
     ValidationError,
@@ -30,14 +28,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from lcore_core import validation
 from lcore_core.auth import Action, authorize
 from lcore_core.errors import (
-    BackendUnavailable,
     BadRequest,
     LCoreError,
     NotFound,
     PayloadTooLarge,
     UnprocessableEntity,
 )
-from lcore_core.llama import llama_errors
+from lcore_core.llama import call_llama as _call
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("vector_stores", __name__)
@@ -247,50 +244,6 @@ def _known(resource: str, resource_id: str) -> None:
     """An id Llama Stack could not have issued names nothing: 404 without asking it."""
     if not _ID.match(resource_id):
         raise _not_found(resource, resource_id[:80])
-
-
-@contextlib.contextmanager
-def _calling(operation: str, missing: Callable[[LCoreError], LCoreError | None] | None = None,
-             ) -> Iterator[None]:
-    """`llama_errors()`; `missing(error)` may turn Llama Stack's 400/404 into another error.
-
-    Llama Stack 0.7 answers an unknown vector store or file with 400 ("... not found"), newer
-    releases with 404: both are upstream's 404 here.
-    """
-    try:
-        with llama_errors(operation):
-            yield
-    except (BadRequest, NotFound) as exc:
-        replacement = missing(exc) if missing is not None else None
-        if replacement is None:
-            raise
-        raise replacement from exc
-
-
-async def _call(operation: str, call: Callable[[], Awaitable[Any]],
-                missing: Callable[[LCoreError], LCoreError | None] | None = None) -> Any:
-    """`await call()` under `_calling`, once more on a fresh connection if Llama Stack had
-    closed the kept-alive one.
-
-    Llama Stack 0.7's server closes its connection after answering an unknown id with a 400
-    (the error leaves its ASGI app after the response); the client's next request on it then
-    fails at once, with nothing sent to or done by Llama Stack.
-    """
-    for attempt in (1, 2):
-        try:
-            with _calling(operation, missing):
-                return await call()
-        except BackendUnavailable as exc:
-            if attempt == 2 or not _closed_connection(exc.__cause__):
-                raise
-            log.info("llama stack closed the connection; retrying once", operation=operation)
-    raise AssertionError("unreachable")
-
-
-def _closed_connection(exc: BaseException | None) -> bool:
-    # Not a timeout (Llama Stack may still be working on it), not a refused connection (down).
-    return (isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
-            and isinstance(exc.__cause__, httpx.RemoteProtocolError | httpx.ReadError))
 
 
 def _value(obj: Any, name: str) -> Any:
