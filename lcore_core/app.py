@@ -41,6 +41,7 @@ from lcore_core.metrics import (
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
+from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.userdb import UserDB
 
 log = structlog.get_logger("lcore.app")
@@ -102,6 +103,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         app=app, llama=LlamaStack(config.llama_stack),
         userdb=UserDB.open(config.database), tracing=tracer,
     )
+    runtime.saved_prompts = SavedPrompts(runtime.userdb)
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
     local_model = LocalModel(config.local_model) if config.get("local_model") else None
@@ -122,15 +124,17 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         conversations,
         feedback,
         mcp_auth,
+        prompts,
         query,
         responses,
+        saved_prompts,
         system,
         vector_stores,
     )
     from lcore_core.endpoints import skills as skills_endpoint
 
     for module in (system, query, responses, conversations, catalog, feedback, mcp_auth,
-                   skills_endpoint, vector_stores):
+                   skills_endpoint, vector_stores, prompts, saved_prompts):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)
@@ -153,13 +157,16 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
             await check_reachable(config.mcp_servers)
 
+    async def storage() -> None:
+        await runtime.userdb.setup()
+        await runtime.saved_prompts.setup()
+
     @app.before_serving
     async def startup() -> None:
         # The user DB's schema (a worker thread waiting on the database) is built while the
         # Llama Stack client is set up (CPU in this thread) and the MCP servers are probed.
         try:
-            await _concurrently(runtime.userdb.setup(), open_llama(), check_mcp(),
-                                skills.start(runtime))
+            await _concurrently(storage(), open_llama(), check_mcp(), skills.start(runtime))
         except BaseException:
             # A failed start-up gets no shutdown: the skills server must not outlive it.
             await skills.stop(runtime)

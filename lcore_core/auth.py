@@ -80,6 +80,9 @@ class Action(StrEnum):
     MANAGE_VECTOR_STORES = "manage_vector_stores"
     READ_VECTOR_STORES = "read_vector_stores"
     MANAGE_FILES = "manage_files"
+    MANAGE_PROMPTS = "manage_prompts"
+    READ_PROMPTS = "read_prompts"
+    MANAGE_SAVED_PROMPTS = "manage_saved_prompts"
 
 
 class RbacResolver:

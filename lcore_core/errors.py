@@ -64,6 +64,10 @@ class NotFound(LCoreError):
     status = 404
 
 
+class Conflict(LCoreError):
+    status = 409
+
+
 class PayloadTooLarge(LCoreError):
     status = 413
 

@@ -33,6 +33,8 @@ class Runtime:
     app: Quart | None = None
     llama: Any = None
     userdb: Any = None
+    # Saved prompts (lcore_core.saved_prompts.SavedPrompts), on the user DB's database.
+    saved_prompts: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     # Set when shutdown's grace period is over: open streams end at their next event.

@@ -676,6 +676,27 @@ class CompactionSchema(Base):
                                   "enabled")
 
 
+# Upstream's defaults and ceilings for saved prompts (the name's ceiling is its column's size).
+SAVED_PROMPTS_DEFAULTS = {"max_prompts_per_user": 50, "max_display_name_length": 255,
+                          "max_content_length": 10_000}
+SAVED_PROMPTS_CEILINGS = {"max_prompts_per_user": 200, "max_display_name_length": 255,
+                          "max_content_length": 30_000}
+
+
+class SavedPromptsSchema(Base):
+    """Limits of the saved prompts each user keeps (`/v1/saved-prompts`), as upstream."""
+
+    max_prompts_per_user = fields.Integer(
+        load_default=SAVED_PROMPTS_DEFAULTS["max_prompts_per_user"],
+        validate=validate.Range(1, SAVED_PROMPTS_CEILINGS["max_prompts_per_user"]))
+    max_display_name_length = fields.Integer(
+        load_default=SAVED_PROMPTS_DEFAULTS["max_display_name_length"],
+        validate=validate.Range(1, SAVED_PROMPTS_CEILINGS["max_display_name_length"]))
+    max_content_length = fields.Integer(
+        load_default=SAVED_PROMPTS_DEFAULTS["max_content_length"],
+        validate=validate.Range(1, SAVED_PROMPTS_CEILINGS["max_content_length"]))
+
+
 class ApprovalsSchema(Base):
     """Timeouts of upstream's tool-call approvals; LCore asks for none (see
     mcp_servers[].require_approval), so these bound nothing."""
@@ -711,6 +732,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "rag": optional(RagSchema),
     "compaction": section(CompactionSchema),
     "approvals": section(ApprovalsSchema),
+    "saved_prompts": section(SavedPromptsSchema),
     **rlsapi_sections(),  # rlsapi_v1, splunk, deployment_environment (lcore_core.rlsapi)
     "shields": shields_field(),
     "vector_store": section(VectorStoreSchema),
@@ -729,7 +751,6 @@ PLUGIN_SECTIONS = {"quota_handlers": "lcore-quota", "a2a_state": "lcore-a2a"}
 UNSUPPORTED_SECTIONS = {
     "okp": "the 0.6 layout's OKP section (upstream moved it to rag.okp, which LCore reads)",
     "solr": "Solr vector search",
-    "saved_prompts": "saved prompts",
     "a2a_agents": "delegating to remote A2A agents",
     "a2a": "the A2A client (LCore's A2A plugin serves A2A; see a2a_state)",
 }
@@ -764,9 +785,6 @@ UPSTREAM_ACTIONS: dict[str, str] = {
     "register_mcp_server": "registering MCP servers at run time",
     "list_mcp_servers": "registering MCP servers at run time",
     "delete_mcp_server": "registering MCP servers at run time",
-    "manage_prompts": "stored prompt templates",
-    "read_prompts": "stored prompt templates",
-    "manage_saved_prompts": "saved prompts",
 }
 # Upstream actions that an LCore plugin registers (`lcore_actions`) when installed.
 PLUGIN_ACTIONS = dict.fromkeys(

@@ -69,15 +69,21 @@ def test_check_bad_file_exits_2_with_file_line_key(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_check_prints_warnings_and_passes(tmp_path):
+def test_check_prints_warnings_and_passes(tmp_path, monkeypatch, capsys):
+    from lcore_core.cli import main
+    from lcore_core.config import schema
+
+    # An action of an upstream endpoint LCore does not serve (a made-up one: the list shrinks).
+    monkeypatch.setitem(schema.UPSTREAM_ACTIONS, "manage_gadgets", "gadgets")
     path = tmp_path / "warn.yaml"
     path.write_text("name: x\nllama_stack:\n  url: http://localhost:8321\nauthorization:\n"
-                    "  access_rules:\n    - {role: x, actions: [manage_prompts]}\n")
-    result = lcore("config", "check", "-c", str(path))
-    assert result.returncode == 0, result.stderr
-    assert "OK" in result.stdout
+                    "  access_rules:\n    - {role: x, actions: [manage_gadgets]}\n")
+    monkeypatch.delenv("LCORE_CONFIG", raising=False)
+    assert main(["config", "check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "OK" in out
     assert (f"warning: {path}:6: authorization.access_rules[0].actions[0]: action "
-            f"'manage_prompts' grants nothing in LCore") in result.stderr
+            f"'manage_gadgets' grants nothing in LCore") in err
 
 
 def test_check_missing_file_exits_2(tmp_path):

@@ -497,13 +497,15 @@ def test_unknown_action(tmp_path, plugins):
                            "'streming_query' (did you mean streaming_query?); valid actions: ")
 
 
-def test_upstream_action_lcore_lacks_loads_with_a_warning(tmp_path, plugins):
+def test_upstream_action_lcore_lacks_loads_with_a_warning(tmp_path, plugins, monkeypatch):
+    # An action of an upstream endpoint LCore does not serve (a made-up one: the list shrinks).
+    monkeypatch.setitem(core.UPSTREAM_ACTIONS, "manage_gadgets", "gadgets")
     config = load(tmp_path, BASE + "authorization:\n  access_rules:\n"
-                                   "    - {role: x, actions: [manage_prompts, query]}\n", plugins)
+                                   "    - {role: x, actions: [manage_gadgets, query]}\n", plugins)
     path = str(tmp_path / "lightspeed-stack.yaml")
     assert [w.replace(path, "F") for w in config.warnings] == [
-        "F:5: authorization.access_rules[0].actions[0]: action 'manage_prompts' grants nothing "
-        "in LCore: it is for stored prompt templates, which LCore does not serve"]
+        "F:5: authorization.access_rules[0].actions[0]: action 'manage_gadgets' grants nothing "
+        "in LCore: it is for gadgets, which LCore does not serve"]
     # The rule keeps what it grants.
     assert RbacResolver(config.authorization.access_rules).allowed(
         AuthTuple("u", "u", frozenset({"x"}), None), "query")
