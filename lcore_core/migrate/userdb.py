@@ -1,8 +1,10 @@
-"""Upstream's user DB (conversation metadata) into LCore's (`lcore_core.userdb`).
+"""Upstream's user DB (conversation metadata, saved prompts) into LCore's (`lcore_core.userdb`,
+`lcore_core.saved_prompts`).
 
 Upstream's `user_conversation` row becomes an `lcore_user_conversation` row with the same
 user, topic summary, last model and provider, times and message count, kept as a Llama Stack
-conversation (as upstream keeps it). A conversation LCore already has is left as it is.
+conversation (as upstream keeps it). A `saved_prompt` row becomes an `lcore_saved_prompt` row.
+A conversation or prompt LCore already has is left as it is.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import datetime as dt
 from typing import Any
 
 from lcore_core.migrate.context import Migration, TableReport
-from lcore_core.migrate.source import BATCH, llama_conversation_id, utc
+from lcore_core.migrate.source import BATCH, UpstreamDatabase, llama_conversation_id, utc
+from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.userdb import UserDB
 
 SECTION = "database"
 TARGET = "lcore_user_conversation"
+PROMPTS_TARGET = "lcore_saved_prompt"
+NAME_COLUMN = 255
 
 
 async def import_userdb(migration: Migration) -> None:
@@ -55,9 +60,85 @@ async def import_userdb(migration: Migration) -> None:
                "the turns themselves are in Llama Stack and the conversation cache",
                turns.found)
     if upstream.has("saved_prompt"):
-        prompts = migration.table(SECTION, "saved_prompt")
-        prompts.found = upstream.count("saved_prompt")
-        prompts.skip("LCore has no saved prompts", prompts.found)
+        await import_saved_prompts(migration, upstream)
+
+
+async def import_saved_prompts(migration: Migration, upstream: UpstreamDatabase) -> None:
+    """Upstream's `saved_prompt` rows into `lcore_saved_prompt`, with their ids, users, names,
+    contents and times. A prompt LCore has (the same id, or the same user and name) is left as
+    it is."""
+    report = migration.table(SECTION, "saved_prompt", PROMPTS_TARGET)
+    userdb = UserDB.open(migration.target.get("database"))
+    store = SavedPrompts(userdb)
+    try:
+        if migration.dry_run:
+            installed = await store.installed()
+        else:
+            await userdb.setup()
+            await store.setup()
+            installed = True
+        batch: list[dict[str, Any]] = []
+        for row in upstream.rows("saved_prompt", ("created_at", "id")):
+            report.found += 1
+            mapped = _saved_prompt(row, report)
+            if mapped is None:
+                continue
+            batch.append(mapped)
+            if len(batch) >= BATCH:
+                await _write_prompts(store, batch, report, migration.dry_run, installed)
+                batch = []
+        if batch:
+            await _write_prompts(store, batch, report, migration.dry_run, installed)
+    finally:
+        await userdb.close()
+
+
+def _saved_prompt(row: dict[str, Any], report: TableReport) -> dict[str, Any] | None:
+    if not row.get("id") or not row.get("user_id") or not row.get("name"):
+        report.skip("no id, user id or name")
+        return None
+    if len(str(row["name"])) > NAME_COLUMN:
+        report.skip(f"a name longer than {NAME_COLUMN} characters")
+        return None
+    try:
+        created = utc(row.get("created_at"))
+        updated = utc(row.get("updated_at"))
+    except (ValueError, TypeError, OverflowError):
+        report.skip("unreadable created_at or updated_at")
+        return None
+    created = created or updated or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    return {"id": str(row["id"]), "user_id": str(row["user_id"]), "name": str(row["name"]),
+            "content": str(row.get("content") or ""), "created_at": created,
+            "updated_at": updated or created}
+
+
+async def _write_prompts(store: SavedPrompts, batch: list[dict[str, Any]], report: TableReport,
+                         dry_run: bool, installed: bool) -> None:
+    exists = "already in LCore's saved prompts (the same id, or the user has a prompt of that " \
+             "name; left as it is)"
+    P = store.Prompt
+
+    def write() -> None:
+        ids = [row["id"] for row in batch]
+        present = {r.id for r in P.select(P.id).where(P.id.in_(ids))}
+        named = {(r.user_id, r.name) for r in P.select(P.user_id, P.name).where(
+            P.user_id.in_({row["user_id"] for row in batch}))}
+        new = [row for row in batch
+               if row["id"] not in present and (row["user_id"], row["name"]) not in named]
+        report.skip(exists, len(batch) - len(new))
+        if dry_run or not new:
+            report.imported += len(new)
+            return
+        with store.db.atomic():
+            # ON CONFLICT DO NOTHING: a prompt LCore saved meanwhile wins, and is counted skipped.
+            inserted = P.insert_many(new).on_conflict_ignore().as_rowcount().execute()
+        report.imported += inserted
+        report.skip(exists, len(new) - inserted)
+
+    if installed:
+        await store.userdb._run(write)
+    else:  # a dry run before LCore's table exists: everything is new, nothing is opened
+        report.imported += len(batch)
 
 
 def _conversation(row: dict[str, Any], report: TableReport) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from lcore_cache_sqlite import SqliteCache
 from ruamel.yaml import YAML
 
 from lcore_core.cli import main
+from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.userdb import UserDB
 
 PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
@@ -37,6 +38,9 @@ DOCS = [{"doc_url": "https://docs.example/install", "doc_title": "Installing"}]
 CALLS = [{"id": "call-1", "name": "search", "args": {"q": "install"}, "type": "tool_call"}]
 RESULTS = [{"id": "call-1", "status": "success", "content": "found", "type": "tool_result",
             "round": 1}]
+ALICE_PROMPT = "5f0c6a55-8a0e-4d43-9d55-3b7e0b1f2a01"
+BOB_PROMPT = "5f0c6a55-8a0e-4d43-9d55-3b7e0b1f2a02"
+CAROL_PROMPT = "5f0c6a55-8a0e-4d43-9d55-3b7e0b1f2a03"
 
 
 # --- upstream's tables (DDL after upstream's models; `?` placeholders) -------------------------
@@ -58,6 +62,13 @@ def user_db_ddl(pg: bool) -> list[str]:
               turn_number INTEGER NOT NULL, started_at {stamp} NOT NULL,
               completed_at {stamp} NOT NULL, provider VARCHAR NOT NULL, model VARCHAR NOT NULL,
               response_id VARCHAR, PRIMARY KEY (conversation_id, turn_number))""",
+        f"""CREATE TABLE saved_prompt (
+              id VARCHAR NOT NULL PRIMARY KEY, user_id VARCHAR NOT NULL,
+              name VARCHAR(255) NOT NULL, content TEXT NOT NULL,
+              created_at {stamp} DEFAULT CURRENT_TIMESTAMP,
+              updated_at {stamp} DEFAULT CURRENT_TIMESTAMP,
+              CONSTRAINT uq_saved_prompt_user_name UNIQUE (user_id, name))""",
+        "CREATE INDEX ix_saved_prompt_user_id ON saved_prompt (user_id)",
     ]
 
 
@@ -154,6 +165,12 @@ class Upstream:
             *[("INSERT INTO user_turn VALUES (?, ?, ?, ?, ?, ?, ?)",
                (ALICE_CONV, n, self.moment(created), self.moment(later), "p1", "m1", f"resp_{n}"))
               for n in (1, 2)],
+            *[("INSERT INTO saved_prompt VALUES (?, ?, ?, ?, ?, ?)",
+               (prompt_id, user, name, content, self.moment(created), self.moment(later)))
+              for prompt_id, user, name, content in (
+                  (ALICE_PROMPT, "alice", "Deploy to staging", "Help me write a checklist"),
+                  (BOB_PROMPT, "bob", "Deploy to staging", "Bob's own"),
+                  (CAROL_PROMPT, "carol", "Mine", "Upstream's text"))],
         ])
         # PostgreSQL: `timestamp`, jsonb; SQLite: time()'s float seconds, JSON text.
         first, second = (created.replace(tzinfo=None), later.replace(tzinfo=None)) if self.pg \
@@ -323,12 +340,15 @@ async def _state(target: Target) -> dict[str, Any]:
     try:
         conversations = {user: await userdb.list(user)
                          for user in ("alice", "bob", "carol", "dave")}
+        store = SavedPrompts(userdb)
+        prompts = {user: await store.list(user) for user in ("alice", "bob", "carol")}
         entries = {user: [e.to_dict() for e in await cache.get(user, conv)]
                    for user, conv in (("alice", f"conv_{ALICE_CONV}"), ("bob", f"conv_{BOB_CONV}"))}
         listed = {user: [vars(c) for c in await cache.list(user)] for user in ("alice", "bob")}
         context = await a2a.get_context("alice", "ctx-alice")
         task = await a2a.get_task("alice", "11111111-1111-1111-1111-111111111111")
-        return {"conversations": conversations, "entries": entries, "listed": listed,
+        return {"conversations": conversations, "prompts": prompts, "entries": entries,
+                "listed": listed,
                 "context": context, "task": task,
                 "missing_context": await a2a.get_context("alice", "ctx-nobody"),
                 "missing_task": await a2a.get_task(None, "22222222-2222-2222-2222-222222222222")}
@@ -353,6 +373,9 @@ async def _seed_carol(target: Target) -> None:
     await userdb.setup()
     await userdb.record_turn(f"conv_{CAROL_CONV}", "carol", model="lcore-model",
                              provider="lcore-provider", topic_summary="LCore's topic")
+    store = SavedPrompts(userdb)  # and a saved prompt of the name upstream's has
+    await store.setup()
+    await store.create("carol", "Mine", "LCore's text", limit=5)
     await userdb.close()
 
 
@@ -372,6 +395,10 @@ def test_migrates_every_store_once(sides: tuple[Upstream, Target], tmp_path: Pat
     assert "skipped 1: already in LCore's user DB (left as it is)" in out
     assert "last_response_id has no LCore counterpart" in out
     assert line(out, "database.user_turn") == "database.user_turn: 2 found, 0 imported, 2 skipped"
+    assert line(out, "database.saved_prompt") == (
+        "database.saved_prompt -> lcore_saved_prompt: 3 found, 2 imported, 1 skipped")
+    assert ("skipped 1: already in LCore's saved prompts (the same id, or the user has a prompt "
+            "of that name; left as it is)") in out
     assert "conversation_cache.cache -> " in out
     assert ": 3 found, 3 imported, 0 skipped" in line(out, "conversation_cache.cache ")
     assert ": 1 found, 1 imported, 0 skipped" in line(out, "conversation_cache.conversations")
@@ -382,7 +409,7 @@ def test_migrates_every_store_once(sides: tuple[Upstream, Target], tmp_path: Pat
     assert ": 1 found, 1 imported, 0 skipped" in line(out, "quota_handlers.token_usage")
     assert ": 2 found, 1 imported, 1 skipped" in line(out, "a2a_state.a2a_contexts")
     assert ": 2 found, 1 imported, 1 skipped" in line(out, "a2a_state.a2a_tasks")
-    assert out.rstrip().endswith("total: 11 imported, 6 skipped")
+    assert out.rstrip().endswith("total: 13 imported, 7 skipped")
 
     got = state(target)
     alice = got["conversations"]["alice"]
@@ -398,6 +425,13 @@ def test_migrates_every_store_once(sides: tuple[Upstream, Target], tmp_path: Pat
     assert dt.datetime.fromisoformat(alice[0]["last_message_at"]) == dt.datetime(
         2025, 3, 4, 7, 6, 7, 123456, tzinfo=dt.UTC)
     assert [c["conversation_id"] for c in got["conversations"]["bob"]] == [f"conv_{BOB_CONV}"]
+    [alice_prompt] = got["prompts"]["alice"]
+    assert alice_prompt == {"id": ALICE_PROMPT, "name": "Deploy to staging",
+                            "content": "Help me write a checklist",
+                            "created_at": "2025-03-04T05:06:07.123456+00:00",
+                            "updated_at": "2025-03-04T07:06:07.123456+00:00"}
+    assert [(p["id"], p["content"]) for p in got["prompts"]["bob"]] == [(BOB_PROMPT, "Bob's own")]
+    assert [p["content"] for p in got["prompts"]["carol"]] == ["LCore's text"]  # untouched
     carol = got["conversations"]["carol"]
     assert (carol[0]["topic_summary"], carol[0]["last_used_model"], carol[0]["message_count"]) \
         == ("LCore's topic", "lcore-model", 1)  # LCore's row, untouched
@@ -439,7 +473,7 @@ def test_migrates_every_store_once(sides: tuple[Upstream, Target], tmp_path: Pat
     # A second run imports nothing and changes nothing.
     status, again, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
     assert status == 0, err
-    assert again.rstrip().endswith("total: 0 imported, 17 skipped")
+    assert again.rstrip().endswith("total: 0 imported, 20 skipped")
     assert state(target) == got
     assert quota_show(capsys, config, "--user", "alice") == alice_quota
 
@@ -471,7 +505,7 @@ def test_dry_run_counts_and_writes_nothing(sides: tuple[Upstream, Target], tmp_p
     assert "(dry run: nothing is written)" in out
     assert line(out, "database.user_conversation ->").endswith(
         "3 found, 3 to import, 0 skipped")
-    assert out.rstrip().endswith("total: 12 to import, 5 skipped")
+    assert out.rstrip().endswith("total: 15 to import, 5 skipped")
     if target.kind == "sqlite":
         # Not even an empty file (the stores may create their directory).
         assert [p for p in target.root.rglob("*") if not p.is_dir()] == []
@@ -485,7 +519,7 @@ def test_dry_run_counts_and_writes_nothing(sides: tuple[Upstream, Target], tmp_p
     # The real run then imports what the dry run counted.
     status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
     assert status == 0, err
-    assert out.rstrip().endswith("total: 12 imported, 5 skipped")
+    assert out.rstrip().endswith("total: 15 imported, 5 skipped")
 
 
 def test_lcore_without_a_store_for_it_says_so(tmp_path: Path,
@@ -570,12 +604,12 @@ def test_one_sqlite_file_for_both(tmp_path: Path, capsys: pytest.CaptureFixture[
     config = target.config(tmp_path / "lcore.yaml")
     status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
     assert status == 0, err
-    assert out.rstrip().endswith("total: 1212 imported, 5 skipped")
+    assert out.rstrip().endswith("total: 1215 imported, 5 skipped")
     assert len(state(target)["conversations"]["dave"]) == 1200
     assert [e["query"] for e in state(target)["entries"]["alice"]] == [
         "How do I install it?", "And then?"]
     status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
-    assert out.rstrip().endswith("total: 0 imported, 1217 skipped")
+    assert out.rstrip().endswith("total: 0 imported, 1220 skipped")
 
 
 def test_unreachable_lcore_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
