@@ -14,13 +14,13 @@ import structlog
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from quart import Blueprint, current_app, jsonify, request
 
+from lcore_core import validation
 from lcore_core.auth import Action, authorize
 from lcore_core.errors import (
     BadRequest,
     Conflict,
     LCoreError,
     NotFound,
-    UnprocessableEntity,
 )
 from lcore_core.llama import call_llama
 from lcore_core.web import doc, load_body, route
@@ -193,12 +193,11 @@ async def list_prompts() -> Any:
                 404: "Unknown prompt or version", 422: "Invalid version", 503: _UNAVAILABLE})
 @authorize(Action.READ_PROMPTS)
 async def get_prompt(prompt_id: str) -> Any:
+    args = request.args.to_dict()
     try:
-        query = PromptVersionQuerySchema().load(request.args.to_dict())
+        query = PromptVersionQuerySchema().load(args)
     except ValidationError as exc:
-        raise UnprocessableEntity("Invalid request", "; ".join(
-            f"{k}: {' '.join(v)}" for k, v in exc.messages_dict.items()),
-            extra={"errors": exc.messages_dict}) from None
+        raise validation.invalid(exc.messages, args, "query") from None
     _valid_id(prompt_id)
     version = query["version"]
     arguments = {"version": version} if version is not None else {}
