@@ -75,6 +75,7 @@ class Action(StrEnum):
     GET_CONFIG = "get_config"
     INFO = "info"
     MODEL_OVERRIDE = "model_override"
+    OVERRIDE_SHIELDS = "override_shields"
     RLSAPI_V1_INFER = "rlsapi_v1_infer"
     RESPONSES = "responses"
     MANAGE_VECTOR_STORES = "manage_vector_stores"

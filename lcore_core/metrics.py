@@ -88,8 +88,8 @@ class CoreMetrics:
             "ls_llm_validation_errors_total", "Queries answered with a shield refusal",
             ["endpoint"], registry=registry)
         self.shield_violations = Counter(
-            "ls_shield_violations_total", "Shield refusals by shield (the shields the query ran "
-            "with, comma-separated, when several were active)", ["shield"], registry=registry)
+            "ls_shield_violations_total", "Shield refusals by shield (a configured shield, the "
+            "one Llama Stack shield of the query, or unknown)", ["shield"], registry=registry)
         self.tokens_sent = Counter(
             "ls_llm_token_sent_total", "Tokens sent to the LLM",
             ["provider", "model", "endpoint"], registry=registry)

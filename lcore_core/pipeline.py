@@ -33,6 +33,7 @@ from lcore_core.runtime import Runtime
 from lcore_core.shields import validity
 from lcore_core.shields.selection import NONE as NO_SHIELDS
 from lcore_core.shields.selection import Shields, not_found
+from lcore_core.shields.selection import configured as configured_shields
 from lcore_core.shields.selection import select as select_named_shields
 
 log = structlog.get_logger("lcore.pipeline")
@@ -228,8 +229,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                   request_headers: dict[str, str], meta: dict[str, Any] | None) -> QueryPlan:
     model_id, provider, model = await select_model(runtime, auth, body)
     # Before the conversation: a refused shield_ids must not take a pooled conversation.
-    shields, others = select_named_shields(runtime, body.get("shield_ids"))
-    guardrails = await select_shields(runtime, others)
+    shields, guardrails = await choose_shields(runtime, auth, body.get("shield_ids"))
     conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"), meta)
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
@@ -373,11 +373,43 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_i
     return Conversation(new_conversation_id(), True, True)
 
 
+SHIELDS_OVERRIDE_REFUSED = (
+    "This instance does not let this user turn shields off (missing permission: "
+    "override_shields). Leave out shield_ids, or name every shield")
+
+
+async def choose_shields(runtime: Runtime, auth: AuthTuple,
+                         requested: list[str] | None) -> tuple[Shields, list[str]]:
+    """The shields a request runs: LCore's configured ones and Llama Stack's (its guardrails).
+
+    The one place a client's `shield_ids` is judged, for every route that takes it: the
+    customization switch (422), names that exist nowhere (404), then leaving out any shield
+    (`[]` or a subset) needs the `override_shields` action (403).
+    """
+    if requested is not None:
+        requested = list(dict.fromkeys(requested))
+    shields, others = select_named_shields(runtime, requested)
+    guardrails = await select_shields(runtime, others)
+    if requested is not None and not may(auth, Action.OVERRIDE_SHIELDS):
+        every = [*configured_shields(runtime).names, *await llama_shield_ids(runtime)]
+        left_out = sorted(set(every) - set(requested))
+        if left_out:
+            raise Forbidden(SHIELDS_OVERRIDE_REFUSED,
+                            "User lacks override_shields permission required to run a query "
+                            "without some of the shields")
+    return shields, guardrails
+
+
+async def llama_shield_ids(runtime: Runtime) -> list[str]:
+    """Llama Stack's shields (cached briefly, like every listing consulted per query)."""
+    return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+
+
 async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:
     """Llama Stack's shields for the call: those named (each must exist), else all of them."""
     if requested is not None and not requested:
         return []
-    available = await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+    available = await llama_shield_ids(runtime)
     if requested is None:
         return available
     missing = [name for name in requested if name not in available]
@@ -754,14 +786,21 @@ def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
     m.llm_duration.labels(*labels).observe(result.llm_seconds)
     if result.shield_violations:
         m.validation_errors.labels(plan.endpoint).inc()
-        # Llama Stack's refusal does not say which shield fired; LCore's own shields do.
-        m.shield_violations.labels(result.refused_by or ",".join(sorted(plan.guardrails))
-                                   or "unknown").inc()
+        m.shield_violations.labels(violation_label(plan, result)).inc()
     stats = current_request()
     if stats is not None:  # for the request log line
         stats.provider, stats.model = plan.provider, plan.model
         stats.input_tokens = (stats.input_tokens or 0) + result.input_tokens
         stats.output_tokens = (stats.output_tokens or 0) + result.output_tokens
+
+
+def violation_label(plan: QueryPlan, result: QueryResult) -> str:
+    """The `shield` label of a refusal: a configured shield's name, the one Llama Stack shield
+    of the call, else `unknown`; never a string a client chose (a bounded label set)."""
+    if result.refused_by:  # a configured shield (LCore's own shields say which fired)
+        return result.refused_by
+    # Llama Stack's refusal does not say which of several shields fired.
+    return plan.guardrails[0] if len(plan.guardrails) == 1 else "unknown"
 
 
 async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds: float) -> None:

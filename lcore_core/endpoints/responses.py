@@ -191,8 +191,7 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
                   ticket: QuotaTicket, client_headers: dict[str, Any],
                   request_headers: dict[str, str]) -> pipeline.QueryPlan:
     # Before the conversation: a refused shield_ids must not take a pooled conversation.
-    shields, others = pipeline.select_named_shields(runtime, body.get("shield_ids"))
-    guardrails = await pipeline.select_shields(runtime, others)
+    shields, guardrails = await pipeline.choose_shields(runtime, auth, body.get("shield_ids"))
     conversation = await _conversation(runtime, auth, conversation_id, previous, meta)
     preferred = None
     if isinstance(meta, dict) and meta.get("last_used_model") and meta.get("last_used_provider"):

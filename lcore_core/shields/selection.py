@@ -74,9 +74,9 @@ def select(runtime: Runtime, requested: list[str] | None) -> tuple[Shields, list
     if requested is not None and custom.get("disable_shield_ids_override"):
         raise UnprocessableEntity(
             "Shield IDs customization is disabled",
-            "This instance does not let a query choose its shields "
-            "(customization.disable_shield_ids_override is set); remove shield_ids from the "
-            "request")
+            "This instance does not support customizing shield IDs in the query request "
+            "(disable_shield_ids_override is set). Please remove the shield_ids field from "
+            "your request.")
     shields = configured(runtime)
     if requested is None:
         return shields, None

@@ -54,3 +54,42 @@ async def test_a2a_turns_are_checked_and_redacted(write_config: ConfigWriter, ll
         assert [text_of(a.artifact.parts) for a in artifacts] == [OFF_TOPIC_ANSWER]
         assert events[-1][0].status.state == TaskState.completed
         assert answer_calls(llm, off) == []
+
+
+def _rpc_message(text: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "message/send",
+            "params": {"metadata": metadata, "message": {
+                "role": "user", "messageId": uuid.uuid4().hex,
+                "parts": [{"kind": "text", "text": text}]}}}
+
+
+async def test_a2a_shield_ids_that_leave_shields_out_need_override_shields(
+        write_config: ConfigWriter, llm: Any) -> None:
+    """`shield_ids` in message metadata is judged as on /v2/query: leaving a shield out (`[]`
+    or a subset) fails the task with 403 unless the caller has `override_shields`."""
+    import lcore_a2a.plugin
+
+    from lcore_core.plugins import load_plugins
+    from lcore_core.testing.llama_stack import SHIELD_ID
+    from tests.reliability.test_hardening import _HeaderRoles
+
+    rules = [{"role": "*", "actions": ["a2a_jsonrpc", "a2a_message", "a2a_agent_card"]},
+             {"role": "trusted", "actions": ["override_shields"]}]
+    config = write_config(shields=SHIELDS[:1], authentication={"module": "test-roles"},
+                          authorization={"access_rules": rules})
+    plugins = load_plugins(entrypoints=False, extra=[lcore_a2a.plugin, _HeaderRoles()])
+    async with serving(config, plugins=plugins) as lcore:
+        for shield_ids in ([], ["pii"], [SHIELD_ID]):
+            response = await lcore.rpc(_rpc_message("hello", {"shield_ids": shield_ids}),
+                                       headers={"X-User": "ann", "X-Roles": ""})
+            result = response.json()["result"]
+            assert result["status"]["state"] == "failed", result
+            assert result["metadata"]["error"]["status_code"] == 403
+            assert "override_shields" in result["metadata"]["error"]["cause"]
+        assert llm.chat_requests == []
+        response = await lcore.rpc(_rpc_message("hello", {"shield_ids": ["pii", SHIELD_ID]}),
+                                   headers={"X-User": "ann", "X-Roles": ""})
+        assert response.json()["result"]["status"]["state"] == "completed"
+        response = await lcore.rpc(_rpc_message("hello", {"shield_ids": []}),
+                                   headers={"X-User": "bob", "X-Roles": "trusted"})
+        assert response.json()["result"]["status"]["state"] == "completed"
