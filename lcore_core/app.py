@@ -43,6 +43,7 @@ from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
 from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.userdb import UserDB
+from lcore_core.write_timeout import with_write_timeout
 
 log = structlog.get_logger("lcore.app")
 
@@ -119,6 +120,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     _install_error_handlers(app)
     if config.service.root_path:
         app.asgi_app = under_root_path(app.asgi_app, config.service.root_path)  # type: ignore[method-assign]
+    app.asgi_app = with_write_timeout(  # type: ignore[method-assign]
+        app.asgi_app, config.service.write_timeout_seconds,
+        metrics.response_write_timeouts.inc)
     from lcore_core.endpoints import (
         catalog,
         conversations,

@@ -113,6 +113,9 @@ class CoreMetrics:
         self.cache_errors = Counter(
             "ls_cache_errors_total", "Conversation cache calls that raised",
             ["backend", "operation"], registry=registry)
+        self.response_write_timeouts = Counter(
+            "ls_response_write_timeouts_total", "Responses ended because a write to the client "
+            "waited longer than service.write_timeout_seconds", registry=registry)
         self.overhead = Histogram(
             "ls_overhead_seconds", "Request time minus time waiting on Llama Stack, for requests "
             "that called it (streams included)", ["path"], buckets=OVERHEAD_BUCKETS,

@@ -193,6 +193,9 @@ class ServiceSchema(Base):
     # LCore addition: how long in-flight requests (open streams) may finish after SIGTERM.
     graceful_shutdown_seconds = fields.Float(load_default=30.0,
                                              validate=validate.Range(min=0, max=3600))
+    # LCore addition: a write to a client that stopped reading ends its response after this.
+    write_timeout_seconds = fields.Float(
+        load_default=60.0, validate=validate.Range(min=0, min_inclusive=False, max=86400))
     # LCore addition: OpenTelemetry tracing (pip install 'lcore-core[tracing]').
     tracing = section(TracingSchema)
     # LCore addition: how a new conversation's turns are kept in Llama Stack (see pipeline).
