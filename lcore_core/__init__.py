@@ -31,6 +31,7 @@ from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
 from lcore_core.jsonsafe import TooDeep as JsonTooDeep
 from lcore_core.jsonsafe import loads as load_json
+from lcore_core.legacy_peewee import PreparedQuery, install_schema
 from lcore_core.migrate import Migration, MigrationError
 from lcore_core.pgasync import AsyncPostgres
 from lcore_core.pgpool import PostgresPool
@@ -43,7 +44,6 @@ from lcore_core.providers import (
     UpstreamImporter,
 )
 from lcore_core.runtime import Runtime
-from lcore_core.userdb import PreparedQuery, install_schema
 from lcore_core.web import doc, load_body, route
 
 __all__ = [

@@ -42,6 +42,7 @@ from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
 from lcore_core.saved_prompts import SavedPrompts
+from lcore_core.storage import Storage
 from lcore_core.userdb import UserDB
 from lcore_core.write_timeout import with_write_timeout
 
@@ -96,13 +97,15 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     plugins.register_metrics(registry, config)
     backend = plugins.cache_backends()[config.conversation_cache.type]
     plugins.register(CoreHeaderValues(), "mcp-headers", distribution="lcore-core")
+    databases = Storage()
     runtime = Runtime(
         config=config, plugins=plugins, registry=registry, metrics=metrics,
         authenticator=auth_provider.factory(config.authentication.get("settings"), config),
         cache=count_cache_calls(backend.factory(config.conversation_cache.settings, config),
                                 config.conversation_cache.type, metrics),
         app=app, llama=LlamaStack(config.llama_stack),
-        userdb=UserDB.open(config.database), tracing=tracer,
+        userdb=UserDB.open(config.database, databases), storage=databases,
+        tracing=tracer,
     )
     runtime.saved_prompts = SavedPrompts(runtime.userdb)
     app.runtime = runtime
@@ -191,7 +194,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             await skills.stop(runtime)
             await runtime.cache.close()
             await runtime.llama.close()
-            await runtime.userdb.close()
+            await runtime.storage.close()
         finally:
             if tracer is not None:
                 # Last, so the spans of the work above are sent too.

@@ -13,10 +13,11 @@ server-sent notice) is dropped as well: the price of that mistake is one new con
 
 from __future__ import annotations
 
-import select
 from typing import Any
 
 from playhouse.pool import PooledPostgresqlDatabase
+
+from lcore_core.storage.postgres import quiet
 
 
 class PostgresPool(PooledPostgresqlDatabase):
@@ -31,15 +32,3 @@ class PostgresPool(PooledPostgresqlDatabase):
             return False
         conn.close()  # the pool drops it without closing it
         return True
-
-
-def quiet(fd: int) -> bool:
-    """Whether an idle session's socket has nothing to read, as a healthy one has: anything
-    waiting (the server's FATAL message, or the end of the stream) means the session is over.
-    `poll`, not `select`: descriptors past 1024 are common in a busy process."""
-    poller = select.poll()
-    try:
-        poller.register(fd, select.POLLIN)
-        return not poller.poll(0)
-    except (OSError, ValueError):
-        return False

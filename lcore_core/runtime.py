@@ -33,6 +33,9 @@ class Runtime:
     app: Quart | None = None
     llama: Any = None
     userdb: Any = None
+    # The databases of every store (lcore_core.storage.Storage): one per configured place,
+    # shared, so a section's `max_connections` bounds the process's connections to it.
+    storage: Any = None
     # Saved prompts (lcore_core.saved_prompts.SavedPrompts), on the user DB's database.
     saved_prompts: Any = None
     state: dict[str, Any] = field(default_factory=dict)

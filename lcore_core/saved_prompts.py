@@ -7,38 +7,37 @@ own; names are unique per user; the count per user is bounded by `saved_prompts`
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import peewee
-
 from lcore_core.config.schema import SAVED_PROMPTS_CEILINGS
+from lcore_core.storage import Duplicate, iso
 from lcore_core.tracing import traced
-from lcore_core.userdb import SchemaVersion, bind_models, install_schema, utcnow
+from lcore_core.userdb import utcnow
 
 if TYPE_CHECKING:
+    from lcore_core.storage import Database
     from lcore_core.userdb import UserDB
 
-SCHEMA_VERSION = 1
+COMPONENT = "saved_prompts"
+TABLE = "lcore_saved_prompt"
+COLUMNS = ("id", "user_id", "name", "content", "created_at", "updated_at")
 # A list never returns more than any configuration allows a user to keep (rows imported or
 # written while a larger limit was configured stay, but are not all listed).
 LIST_LIMIT = SAVED_PROMPTS_CEILINGS["max_prompts_per_user"]
 
 
-class SavedPrompt(peewee.Model):
-    id = peewee.CharField(primary_key=True, max_length=64)
-    user_id = peewee.CharField(index=True, max_length=256)
-    name = peewee.CharField(max_length=255)
-    content = peewee.TextField()
-    created_at = peewee.DateTimeField(default=utcnow)
-    updated_at = peewee.DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "lcore_saved_prompt"
-        indexes = ((("user_id", "name"), True),)
+def migrations(database: Database) -> list[tuple[int, list[Any]]]:
+    stamp = database.timestamp
+    return [(1, [
+        f'CREATE TABLE IF NOT EXISTS "{TABLE}" ("id" VARCHAR(64) NOT NULL PRIMARY KEY, '
+        '"user_id" VARCHAR(256) NOT NULL, "name" VARCHAR(255) NOT NULL, '
+        f'"content" TEXT NOT NULL, "created_at" {stamp} NOT NULL, '
+        f'"updated_at" {stamp} NOT NULL)',
+        f'CREATE INDEX IF NOT EXISTS "{TABLE}_user_id" ON "{TABLE}" ("user_id")',
+        f'CREATE UNIQUE INDEX IF NOT EXISTS "{TABLE}_user_id_name" ON "{TABLE}" '
+        '("user_id", "name")'])]
 
 
 class LimitReached(Exception):
@@ -54,37 +53,27 @@ class NameTaken(Exception):
 
 
 class SavedPrompts:
-    """The store, on the user DB's database and its worker threads."""
+    """The store, on the user DB's Database."""
 
     def __init__(self, userdb: UserDB) -> None:
         self.userdb = userdb
         self.db = userdb.db
-        self.Prompt, self.Version = bind_models(self.db, SavedPrompt, SchemaVersion)
 
     async def setup(self) -> None:
         """Create the table idempotently (after the user DB's own setup)."""
-        await self.userdb._run(lambda: install_schema(
-            self.db, [self.Prompt], self.Version, "saved_prompts", SCHEMA_VERSION,
-            namespace=self.userdb._namespace()))
+        await self.db.migrate(COMPONENT, migrations(self.db))
 
     async def installed(self) -> bool:
         """Whether the table exists (creating nothing)."""
-        if not await self.userdb.installed():
-            return False
-        return bool(await self.userdb._run(lambda: self.db.table_exists(
-            self.Prompt._meta.table_name,
-            self.userdb._namespace() or ("public" if self.userdb.pg is not None else None))))
+        return await self.db.has_table(TABLE)
 
     @traced("lcore.storage.saved_prompts.list")
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         """The user's saved prompts, newest first (at most `LIST_LIMIT`)."""
-        def fetch() -> list[dict[str, Any]]:
-            P = self.Prompt
-            query = (P.select().where(P.user_id == user_id)
-                     .order_by(P.created_at.desc(), P.id.desc()).limit(LIST_LIMIT))
-            return [as_dict(row) for row in query]
-
-        return list(await self.userdb._run(fetch))
+        found = await self.db.fetch(
+            f'SELECT {", ".join(COLUMNS)} FROM "{TABLE}" WHERE user_id = %s '
+            f"ORDER BY created_at DESC, id DESC LIMIT {int(LIST_LIMIT)}", (user_id,))
+        return [as_dict(row) for row in found]
 
     @traced("lcore.storage.saved_prompts.create")
     async def create(self, user_id: str, name: str, content: str, *,
@@ -96,50 +85,52 @@ class SavedPrompts:
         advisory lock on the user; SQLite: the write lock from the start), so concurrent
         requests, from one replica or several, cannot together go past the limit.
         """
-        def write() -> dict[str, Any]:
-            P = self.Prompt
-            now = utcnow()
-            row = {"id": str(uuid.uuid4()), "user_id": user_id, "name": name,
-                   "content": content, "created_at": now, "updated_at": now}
-            try:
-                with self._user_lock(user_id):
-                    count = P.select().where(P.user_id == user_id).count()
-                    if count >= limit:
-                        raise LimitReached(count, limit)
-                    P.insert(**row).execute()
-            except peewee.IntegrityError as exc:
-                raise NameTaken(name) from exc
-            return as_dict(P(**row))
-
-        return dict(await self.userdb._run(write))
-
-    @contextlib.contextmanager
-    def _user_lock(self, user_id: str) -> Iterator[None]:
-        if isinstance(self.db, peewee.PostgresqlDatabase):
-            with self.db.atomic():
-                self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                    (f"lcore-saved-prompts:{user_id}",))
-                yield
-        else:
-            with self.db.atomic(lock_type="IMMEDIATE"):
-                yield
+        now = utcnow()
+        row = {"id": str(uuid.uuid4()), "user_id": user_id, "name": name, "content": content,
+               "created_at": now, "updated_at": now}
+        try:
+            async with self.db.transaction(lock=f"lcore-saved-prompts:{user_id}") as tx:
+                found = await tx.fetch(f'SELECT COUNT(*) AS n FROM "{TABLE}" WHERE user_id = %s',
+                                       (user_id,))
+                count = int(found[0]["n"])
+                if count >= limit:
+                    raise LimitReached(count, limit)
+                await tx.execute(f'INSERT INTO "{TABLE}" ({", ".join(COLUMNS)}) VALUES '
+                                 f'({", ".join(["%s"] * len(COLUMNS))})',
+                                 [row[c] for c in COLUMNS])
+        except Duplicate as exc:
+            raise NameTaken(name) from exc
+        return as_dict(row)
 
     @traced("lcore.storage.saved_prompts.delete")
     async def delete(self, prompt_id: str, user_id: str) -> bool:
         """Delete the user's saved prompt; False when the user has none of that id."""
-        P = self.Prompt
-        return bool(await self.userdb._run(
-            lambda: P.delete().where((P.id == prompt_id) & (P.user_id == user_id)).execute()))
+        return bool(await self.db.execute(
+            f'DELETE FROM "{TABLE}" WHERE id = %s AND user_id = %s', (prompt_id, user_id)))
+
+    async def import_rows(self, rows: Sequence[dict[str, Any]], *,
+                          dry_run: bool) -> tuple[int, int]:
+        """Insert `rows` unless LCore has the same id, or the user a prompt of that name:
+        (imported, skipped). A prompt saved meanwhile wins (ON CONFLICT DO NOTHING)."""
+        marks = ", ".join(["%s"] * len(rows))
+        present = {r["id"] for r in await self.db.fetch(
+            f'SELECT id FROM "{TABLE}" WHERE id IN ({marks})', [r["id"] for r in rows])}
+        users = sorted({r["user_id"] for r in rows})
+        named = {(r["user_id"], r["name"]) for r in await self.db.fetch(
+            f'SELECT user_id, name FROM "{TABLE}" WHERE user_id IN '
+            f'({", ".join(["%s"] * len(users))})', users)}
+        new = [r for r in rows if r["id"] not in present and (r["user_id"], r["name"]) not in named]
+        if dry_run or not new:
+            return len(new), len(rows) - len(new)
+        sql = (f'INSERT INTO "{TABLE}" ({", ".join(COLUMNS)}) VALUES '
+               f'({", ".join(["%s"] * len(COLUMNS))}) ON CONFLICT DO NOTHING')
+        inserted = 0
+        async with self.db.transaction() as tx:
+            for row in new:
+                inserted += await tx.execute(sql, [row[c] for c in COLUMNS])
+        return inserted, len(rows) - inserted
 
 
-def as_dict(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "content": row.content,
-            "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, str):  # SQLite hands back text
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return str(value.astimezone(dt.UTC).isoformat())
+def as_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "content": row["content"],
+            "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}

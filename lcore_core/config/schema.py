@@ -301,6 +301,10 @@ class PostgresSchema(Base):
     # prepared statements, after five uses on a connection). Off behind a connection pooler
     # that does not keep them across transactions (PgBouncer before 1.21 in transaction mode).
     prepared_statements = fields.Boolean(load_default=True)
+    # LCore additions: seconds to wait for a new connection, and the name the server shows for
+    # LCore's sessions (pg_stat_activity.application_name).
+    connect_timeout = positive(load_default=10)
+    application_name = fields.String(load_default="lcore", validate=validate.Length(max=63))
 
 
 def one_of_backends(data: dict[str, Any]) -> None:

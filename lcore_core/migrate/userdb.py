@@ -114,31 +114,13 @@ def _saved_prompt(row: dict[str, Any], report: TableReport) -> dict[str, Any] | 
 
 async def _write_prompts(store: SavedPrompts, batch: list[dict[str, Any]], report: TableReport,
                          dry_run: bool, installed: bool) -> None:
-    exists = "already in LCore's saved prompts (the same id, or the user has a prompt of that " \
-             "name; left as it is)"
-    P = store.Prompt
-
-    def write() -> None:
-        ids = [row["id"] for row in batch]
-        present = {r.id for r in P.select(P.id).where(P.id.in_(ids))}
-        named = {(r.user_id, r.name) for r in P.select(P.user_id, P.name).where(
-            P.user_id.in_({row["user_id"] for row in batch}))}
-        new = [row for row in batch
-               if row["id"] not in present and (row["user_id"], row["name"]) not in named]
-        report.skip(exists, len(batch) - len(new))
-        if dry_run or not new:
-            report.imported += len(new)
-            return
-        with store.db.atomic():
-            # ON CONFLICT DO NOTHING: a prompt LCore saved meanwhile wins, and is counted skipped.
-            inserted = P.insert_many(new).on_conflict_ignore().as_rowcount().execute()
-        report.imported += inserted
-        report.skip(exists, len(new) - inserted)
-
-    if installed:
-        await store.userdb._run(write)
-    else:  # a dry run before LCore's table exists: everything is new, nothing is opened
+    if not installed:  # a dry run before LCore's table exists: everything is new
         report.imported += len(batch)
+        return
+    imported, skipped = await store.import_rows(batch, dry_run=dry_run)
+    report.imported += imported
+    report.skip("already in LCore's saved prompts (the same id, or the user has a prompt of "
+                "that name; left as it is)", skipped)
 
 
 def _conversation(row: dict[str, Any], report: TableReport) -> dict[str, Any] | None:
@@ -169,23 +151,9 @@ def _conversation(row: dict[str, Any], report: TableReport) -> dict[str, Any] | 
 
 async def _write(target: UserDB, batch: list[dict[str, Any]], report: TableReport,
                  dry_run: bool, installed: bool) -> None:
-    C = target.Conversation
-
-    def write() -> None:
-        ids = [row["id"] for row in batch]
-        present = {r.id for r in C.select(C.id).where(C.id.in_(ids))}
-        new = [row for row in batch if row["id"] not in present]
-        report.skip("already in LCore's user DB (left as it is)", len(batch) - len(new))
-        if dry_run or not new:
-            report.imported += len(new)
-            return
-        with target.db.atomic():
-            # ON CONFLICT DO NOTHING: a row LCore wrote meanwhile wins, and is counted skipped.
-            inserted = C.insert_many(new).on_conflict_ignore().as_rowcount().execute()
-        report.imported += inserted
-        report.skip("already in LCore's user DB (left as it is)", len(new) - inserted)
-
-    if installed:
-        await target._run(write)
-    else:  # a dry run before LCore's user DB exists: everything is new, nothing is opened
+    if not installed:  # a dry run before LCore's user DB exists: everything is new
         report.imported += len(batch)
+        return
+    imported, skipped = await target.import_rows(batch, dry_run=dry_run)
+    report.imported += imported
+    report.skip("already in LCore's user DB (left as it is)", skipped)

@@ -210,9 +210,9 @@ async def test_the_setting_reaches_the_pools_from_the_configuration() -> None:
     settings = Settings.wrap({"postgres": PostgresSchema().load(
         {"db": "test", "user": "postgres", "host": "127.0.0.1", "prepared_statements": False})})
     db = UserDB.open(settings)
-    assert db.pg is not None and db.pg.prepare_threshold is None
+    assert db.db.pool.prepare_threshold is None
     await db.close()
     default = UserDB.open(Settings.wrap({"postgres": PostgresSchema().load(
         {"db": "test", "user": "postgres", "host": "127.0.0.1"})}))
-    assert default.pg is not None and default.pg.prepare_threshold is not None
+    assert default.db.pool.prepare_threshold is not None
     await default.close()

@@ -7,11 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import peewee
 import pytest
 
 from lcore_core.config import Settings
-from lcore_core.userdb import UserDB, open_database
+from lcore_core.storage import Database, StorageSettings
+from lcore_core.userdb import UserDB
 
 PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres", "password": "",
       "password_path": None, "ssl_mode": "disable", "gss_encmode": "disable",
@@ -25,15 +25,12 @@ async def userdb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         namespace = f"lcore_test_{uuid.uuid4().hex[:8]}"
         settings = Settings.wrap({"postgres": {**PG, "namespace": namespace}})
-    db = UserDB(open_database(settings))
+    db = UserDB.open(settings)
     await db.setup()
     await db.setup()  # idempotent
     yield db
     if request.param == "postgres":
-        def drop() -> None:
-            with db.db.connection_context():
-                db.db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE')
-        await asyncio.to_thread(drop)
+        await db.db.execute(f'DROP SCHEMA "{namespace}" CASCADE')
     await db.close()
 
 
@@ -116,19 +113,19 @@ async def test_a_version_1_table_gains_the_new_column(kind: str, tmp_path: Path)
     namespace = f"lcore_test_{uuid.uuid4().hex[:8]}"
     settings = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "old.db")}} if kind == "sqlite"
                              else {"postgres": {**PG, "namespace": namespace}})
-    old = open_database(settings)
+    old = Database(StorageSettings.from_section(settings))
     stamp = "TIMESTAMP" if kind == "postgres" else "DATETIME"
-    with old.connection_context():
-        if kind == "postgres":
-            old.execute_sql(f'CREATE SCHEMA "{namespace}"')
-        old.execute_sql(
+    if kind == "postgres":
+        await old.execute(f'CREATE SCHEMA "{namespace}"')
+    await old.execute(
             "CREATE TABLE lcore_user_conversation (id VARCHAR(128) PRIMARY KEY, user_id "
             "VARCHAR(256) NOT NULL, topic_summary TEXT, last_used_model VARCHAR(256) NOT NULL, "
             f"last_used_provider VARCHAR(256) NOT NULL, created_at {stamp} NOT NULL, "
             f"last_message_at {stamp} NOT NULL, message_count INTEGER NOT NULL)")
-        old.execute_sql("INSERT INTO lcore_user_conversation VALUES ('conv_old', 'frank', 'T', "
-                        "'m', 'p', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 4)")
-    db = UserDB(open_database(settings))
+    await old.execute("INSERT INTO lcore_user_conversation VALUES ('conv_old', 'frank', 'T', "
+                      "'m', 'p', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 4)")
+    await old.close()
+    db = UserDB.open(settings)
     try:
         await db.setup()
         row = await db.get("conv_old")
@@ -137,12 +134,10 @@ async def test_a_version_1_table_gains_the_new_column(kind: str, tmp_path: Path)
         await db.record_turn("conv_new", "frank", model="m", provider="p", chained=True,
                              response_id="resp_a")
         assert (await db.get("conv_new"))["response_ids"] == ["resp_a"]
-        version = await db._run(lambda: db.db.execute_sql(
-            "SELECT version FROM lcore_schema_version WHERE component = 'userdb'").fetchone())
-        assert tuple(version) == (2,)
+        assert await db.db.version("userdb") == 2
     finally:
         if kind == "postgres":
-            await db._run(lambda: db.db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE'))
+            await db.db.execute(f'DROP SCHEMA "{namespace}" CASCADE')
         await db.close()
 
 
@@ -150,8 +145,8 @@ async def test_unreachable_database_is_a_storage_error(tmp_path: Path) -> None:
     from lcore_core.errors import StorageError
 
     settings = Settings.wrap({"postgres": {**PG, "port": 1, "namespace": "x"}})
-    db = UserDB(open_database(settings))
-    for call in (db.get("conv_1"), db.list("u1")):  # on the event loop, in a worker thread
+    db = UserDB.open(settings)
+    for call in (db.get("conv_1"), db.list("u1")):
         with pytest.raises(StorageError) as caught:
             await call
         assert caught.value.status == 500
@@ -166,7 +161,7 @@ async def test_replicas_creating_the_schema_together_all_succeed() -> None:
     """
     namespace = f"lcore_race_{uuid.uuid4().hex[:8]}"
     settings = Settings.wrap({"postgres": {**PG, "namespace": namespace}})
-    dbs = [UserDB(open_database(settings)) for _ in range(8)]
+    dbs = [UserDB.open(settings) for _ in range(8)]
     try:
         for round_ in range(3):  # the race window is small: give it a few chances
             results = await asyncio.gather(*(db.setup() for db in dbs), return_exceptions=True)
@@ -174,10 +169,7 @@ async def test_replicas_creating_the_schema_together_all_succeed() -> None:
             await dbs[0].record_turn("conv_r", "u", model="m", provider="p")
             assert (await dbs[-1].get("conv_r"))["user_id"] == "u"
 
-            def drop() -> None:
-                with dbs[0].db.connection_context():
-                    dbs[0].db.execute_sql(f'DROP SCHEMA "{namespace}" CASCADE')
-            await asyncio.to_thread(drop)
+            await dbs[0].db.execute(f'DROP SCHEMA "{namespace}" CASCADE')
             for db in dbs:
                 await db.close()
     finally:
@@ -193,8 +185,8 @@ async def test_kept_connections_survive_a_postgres_restart() -> None:
     proxy = TcpProxy(PG["host"], PG["port"])
     await proxy.start()
     namespace = f"lcore_restart_{uuid.uuid4().hex[:8]}"
-    db = UserDB(open_database(Settings.wrap({"postgres": {**PG, "port": proxy.port,
-                                                          "namespace": namespace}})))
+    db = UserDB.open(Settings.wrap({"postgres": {**PG, "port": proxy.port,
+                                                 "namespace": namespace}}))
     try:
         await db.setup()
         # Several calls at once, so that several worker threads hold a connection.
@@ -209,7 +201,6 @@ async def test_kept_connections_survive_a_postgres_restart() -> None:
         assert {c["message_count"] for c in await db.list("u")} == {2}
     finally:
         await proxy.close()
-        direct = peewee.PostgresqlDatabase("test", host=PG["host"], port=PG["port"],
-                                           user=PG["user"])
-        direct.execute_sql(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
-        direct.close()
+        direct = UserDB.open(Settings.wrap({"postgres": PG}))
+        await direct.db.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+        await direct.close()

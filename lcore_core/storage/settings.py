@@ -1,0 +1,85 @@
+"""Storage settings: one shape for every `sqlite` / `postgres` section (the user DB's
+`database`, a cache's, the quota's, A2A's), built once and handed to `lcore_core.storage`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lcore_core.errors import ConfigError
+
+DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
+CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "lcore"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where a store lives. `kind` is "sqlite" (`path`) or "postgres" (the rest)."""
+
+    kind: str
+    path: Path | None = None
+    host: str = "localhost"
+    port: int = 5432
+    db: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    namespace: str = "public"
+    ssl_mode: str = "prefer"
+    gss_encmode: str = "prefer"
+    ca_cert_path: str | None = None
+    connect_timeout: int = CONNECT_TIMEOUT_S
+    application_name: str = APPLICATION_NAME
+    max_connections: int = 10
+    prepared_statements: bool = True
+
+    @classmethod
+    def from_section(cls, section: Any, *, where: str = "database",
+                     default_path: str | None = DEFAULT_SQLITE_PATH) -> StorageSettings:
+        """The settings of a section holding `sqlite` or `postgres` (None or neither:
+        SQLite at `default_path`). `~` in a path is the user's home; a password file that
+        cannot be read is a `ConfigError` naming `where`."""
+        pg = section.get("postgres") if section else None
+        if pg:
+            password = pg.get("password") or ""
+            if pg.get("password_path"):
+                path = Path(pg["password_path"]).expanduser()
+                try:
+                    password = path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(f"{where}.postgres.password_path: cannot read {path}: "
+                                      f"{exc.strerror or exc}") from exc
+            ca = pg.get("ca_cert_path")
+            return cls(kind="postgres", host=pg.get("host", "localhost"),
+                       port=int(pg.get("port", 5432)), db=pg["db"], user=pg["user"],
+                       password=password, namespace=pg.get("namespace") or "public",
+                       ssl_mode=pg.get("ssl_mode", "prefer"),
+                       gss_encmode=pg.get("gss_encmode", "prefer"),
+                       ca_cert_path=str(Path(ca).expanduser()) if ca else None,
+                       connect_timeout=int(pg.get("connect_timeout") or CONNECT_TIMEOUT_S),
+                       application_name=pg.get("application_name") or APPLICATION_NAME,
+                       max_connections=int(pg.get("max_connections", 10)),
+                       prepared_statements=bool(pg.get("prepared_statements", True)))
+        sqlite = section.get("sqlite") if section else None
+        raw = sqlite["db_path"] if sqlite else default_path
+        if raw is None:
+            raise ConfigError(f"{where}: configure sqlite or postgres")
+        return cls(kind="sqlite", path=Path(raw).expanduser())
+
+    def conninfo(self) -> dict[str, Any]:
+        """libpq's connection keywords (PostgreSQL)."""
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "dbname": self.db, "user": self.user,
+            "password": self.password or None, "sslmode": self.ssl_mode,
+            "gssencmode": self.gss_encmode, "sslrootcert": self.ca_cert_path,
+            "connect_timeout": self.connect_timeout, "application_name": self.application_name}
+        if self.namespace != "public":
+            params["options"] = f"-c search_path={self.namespace},public"
+        return {key: value for key, value in params.items() if value is not None}
+
+    def key(self) -> tuple[Any, ...]:
+        """Two sections with the same key share one Database (and one connection budget)."""
+        if self.kind == "sqlite":
+            return ("sqlite", str(self.path))
+        return ("postgres", tuple(sorted(self.conninfo().items())))

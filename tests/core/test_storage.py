@@ -1,0 +1,322 @@
+"""`lcore_core.storage` on SQLite (temp dir) and the machine's real PostgreSQL (schemas of the
+tests' own): settings from any section, the shared connection budget, migrations, errors, and
+opening databases that earlier LCore (peewee) wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import psycopg
+import pytest
+
+from lcore_core.config import Settings, load_config
+from lcore_core.config.schema import PostgresSchema
+from lcore_core.errors import ConfigError, StorageError
+from lcore_core.plugins import load_plugins
+from lcore_core.saved_prompts import SavedPrompts
+from lcore_core.storage import Database, Duplicate, Storage, StorageSettings
+from lcore_core.userdb import UserDB
+
+PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
+      "ssl_mode": "disable", "gss_encmode": "disable"}
+DIRECT = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def pg_section(**extra: Any) -> Settings:
+    return Settings.wrap({"postgres": PostgresSchema().load({**PG, **extra})})
+
+
+async def drop_schema(namespace: str) -> None:
+    async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        db = Database(StorageSettings.from_section(
+            Settings.wrap({"sqlite": {"db_path": str(tmp_path / "s.db")}})))
+        yield db
+        await db.close()
+        return
+    namespace = f"lcore_storage_{uuid.uuid4().hex[:8]}"
+    db = Database(StorageSettings.from_section(pg_section(namespace=namespace)))
+    yield db
+    await db.close()
+    await drop_schema(namespace)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+def test_a_password_file_under_home_is_read(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pg-password").write_text("s3cret\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = StorageSettings.from_section(pg_section(password_path="~/pg-password"))
+    assert settings.password == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_an_unreadable_password_file_names_the_section(tmp_path: Path) -> None:
+    section = Settings.wrap({"postgres": {**PG, "password_path": str(tmp_path)}})  # a directory
+    with pytest.raises(ConfigError, match=r"quota_handlers\.postgres\.password_path"):
+        StorageSettings.from_section(section, where="quota_handlers")
+
+
+def test_sqlite_paths_expand_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = StorageSettings.from_section(Settings.wrap({"sqlite": {"db_path": "~/x/u.db"}}))
+    assert settings.path == tmp_path / "x" / "u.db"
+    assert StorageSettings.from_section(None).path == Path("/tmp/lightspeed-stack.db")
+
+
+def test_tls_timeout_and_name_reach_the_connection_keywords() -> None:
+    settings = StorageSettings.from_section(pg_section(
+        ssl_mode="verify-full", ca_cert_path=__file__, connect_timeout=3,
+        application_name="lcore-x", namespace="ns"))
+    params = settings.conninfo()
+    assert (params["sslmode"], params["sslrootcert"], params["connect_timeout"],
+            params["application_name"]) == ("verify-full", __file__, 3, "lcore-x")
+    assert params["options"] == "-c search_path=ns,public"
+
+
+async def test_the_user_db_starts_with_a_password_file_under_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_app: Any, serving: Any) -> None:
+    """`password_path: ~/...` passes validation; the app must then start on it (it crashed)."""
+    (tmp_path / "pg-password").write_text("unused-with-trust-auth\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    namespace = f"lcore_home_{uuid.uuid4().hex[:8]}"
+    app = make_app({"database": {"sqlite": None, "postgres": {
+        **PG, "namespace": namespace, "password_path": "~/pg-password"}},
+        "authentication": {"module": "noop"}})
+    try:
+        async with serving(app) as client:
+            response = await client.get("/v1/saved-prompts", query_string={"user_id": "u"})
+            assert response.status_code == 200, await response.get_data(as_text=True)
+    finally:
+        await drop_schema(namespace)
+
+
+def test_the_configuration_checks_the_new_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    head = "name: x\nllama_stack:\n  url: http://127.0.0.1:9\ndatabase:\n  postgres:\n" \
+        "    db: test\n    user: postgres\n"
+    path.write_text(head + "    connect_timeout: 0\n")
+    with pytest.raises(ConfigError, match="connect_timeout"):
+        load_config(path, load_plugins(entrypoints=False))
+    path.write_text(head + "    connect_timeout: 4\n    application_name: lcore-a\n")
+    settings = StorageSettings.from_section(
+        load_config(path, load_plugins(entrypoints=False)).database)
+    assert (settings.connect_timeout, settings.application_name) == (4, "lcore-a")
+
+
+# --- one connection budget -------------------------------------------------------------------
+
+async def test_max_connections_bounds_every_connection_of_a_section() -> None:
+    """The user DB and saved prompts on one `database` section, under concurrent load, never
+    hold more sessions than `max_connections` (counted by the server, by application_name)."""
+    name = f"lcore-budget-{uuid.uuid4().hex[:8]}"
+    namespace = f"lcore_budget_{uuid.uuid4().hex[:8]}"
+    section = pg_section(namespace=namespace, max_connections=3, application_name=name)
+    storage = Storage()
+    userdb = UserDB.open(section, storage)
+    prompts = SavedPrompts(UserDB.open(section, storage))
+    assert prompts.db is userdb.db  # one Database per place
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
+            while not done.is_set():
+                cursor = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                            "application_name = %s", (name,))
+                seen.append((await cursor.fetchone())[0])
+                await asyncio.sleep(0.005)
+
+    async def load(i: int) -> None:
+        await userdb.record_turn(f"conv_{i % 7}", "u", model="m", provider="p")
+        await userdb.get(f"conv_{i % 7}")
+        await userdb.list("u")
+        await prompts.create(f"user{i}", "n", "c", limit=5)
+        await prompts.list(f"user{i}")
+
+    try:
+        await userdb.setup()
+        await prompts.setup()
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(load(i) for i in range(60)))
+        done.set()
+        await watcher
+        assert max(seen) >= 1
+        assert max(seen) <= 3, seen
+        assert sum(c["message_count"] for c in await userdb.list("u")) == 60
+    finally:
+        await storage.close()
+        await drop_schema(namespace)
+
+
+# --- migrations and errors -------------------------------------------------------------------
+
+async def test_migrations_run_once_and_in_order(database: Database) -> None:
+    ran: list[int] = []
+
+    def step(n: int) -> Any:
+        async def run(tx: Any) -> None:
+            ran.append(n)
+        return run
+
+    steps = [(1, ['CREATE TABLE IF NOT EXISTS "t_mig" (k VARCHAR(8) PRIMARY KEY)', step(1)]),
+             (2, [lambda tx: tx.add_column("t_mig", "v", "TEXT"), step(2)])]
+    assert await database.version("mig") == 0
+    assert await database.migrate("mig", steps[:1]) == 1
+    assert await database.migrate("mig", steps) == 2
+    assert await database.migrate("mig", steps) == 2
+    assert ran == [1, 2]
+    assert await database.version("mig") == 2
+    # A database newer than the code is left at its version.
+    assert await database.migrate("mig", steps[:1]) == 2
+    await database.execute('INSERT INTO "t_mig" (k, v) VALUES (%s, %s)', ("a", "x"))
+    assert await database.fetch('SELECT k, v FROM "t_mig"') == [{"k": "a", "v": "x"}]
+
+
+async def test_a_failed_transaction_keeps_nothing(database: Database) -> None:
+    await database.migrate("tx", [(1, ['CREATE TABLE IF NOT EXISTS "t_tx" '
+                                       '(k VARCHAR(8) PRIMARY KEY)'])])
+    with pytest.raises(RuntimeError):
+        async with database.transaction(lock="k") as tx:
+            await tx.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
+            raise RuntimeError("abort")
+    assert await database.fetch('SELECT k FROM "t_tx"') == []
+    await database.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
+    with pytest.raises(Duplicate):
+        await database.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
+    with pytest.raises(StorageError) as caught:
+        await database.fetch('SELECT nothing FROM "t_tx"')
+    assert caught.value.private and caught.value.status == 500
+    assert caught.value.body()["detail"]["cause"] != caught.value.cause  # kept for the log
+
+
+async def test_sqlite_writers_in_one_process_do_not_starve_each_other(tmp_path: Path) -> None:
+    """More concurrent write transactions than worker threads: none times out on the lock."""
+    db = Database(StorageSettings.from_section(
+        Settings.wrap({"sqlite": {"db_path": str(tmp_path / "w.db")}})))
+    await db.migrate("w", [(1, ['CREATE TABLE IF NOT EXISTS "t_w" (k INTEGER PRIMARY KEY)'])])
+
+    async def write(i: int) -> None:
+        async with db.transaction(lock="w") as tx:
+            await tx.fetch('SELECT COUNT(*) AS n FROM "t_w"')
+            await tx.execute('INSERT INTO "t_w" (k) VALUES (%s)', (i,))
+
+    await asyncio.gather(*(write(i) for i in range(40)),
+                         *(db.execute('INSERT INTO "t_w" (k) VALUES (%s)', (100 + i,))
+                           for i in range(40)))
+    assert (await db.fetch('SELECT COUNT(*) AS n FROM "t_w"'))[0]["n"] == 80
+    await db.close()
+
+
+# --- databases earlier LCore wrote (peewee) ---------------------------------------------------
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class _OldConversation(peewee.Model):
+    """The user DB's model as LCore 0.1 (peewee) declared it."""
+
+    id = peewee.CharField(primary_key=True, max_length=128)
+    user_id = peewee.CharField(index=True, max_length=256)
+    topic_summary = peewee.TextField(null=True)
+    last_used_model = peewee.CharField(default="", max_length=256)
+    last_used_provider = peewee.CharField(default="", max_length=256)
+    created_at = peewee.DateTimeField(default=_utcnow)
+    last_message_at = peewee.DateTimeField(default=_utcnow, index=True)
+    message_count = peewee.IntegerField(default=0)
+    response_ids = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "lcore_user_conversation"
+
+
+class _OldPrompt(peewee.Model):
+    id = peewee.CharField(primary_key=True, max_length=64)
+    user_id = peewee.CharField(index=True, max_length=256)
+    name = peewee.CharField(max_length=255)
+    content = peewee.TextField()
+    created_at = peewee.DateTimeField(default=_utcnow)
+    updated_at = peewee.DateTimeField(default=_utcnow)
+
+    class Meta:
+        table_name = "lcore_saved_prompt"
+        indexes = ((("user_id", "name"), True),)
+
+
+class _OldVersion(peewee.Model):
+    component = peewee.CharField(primary_key=True, max_length=64)
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "lcore_schema_version"
+
+
+def _write_as_before(old: peewee.Database) -> None:
+    models = [_OldConversation, _OldPrompt, _OldVersion]
+    with old.bind_ctx(models), old.connection_context():
+        old.create_tables(models)
+        _OldVersion.insert_many([{"component": "userdb", "version": 2},
+                                 {"component": "saved_prompts", "version": 1}]).execute()
+        at = dt.datetime(2026, 5, 1, 12, 30, 15, 123456)
+        _OldConversation.create(id="conv_1", user_id="ann", topic_summary="T",
+                                last_used_model="m", last_used_provider="p", created_at=at,
+                                last_message_at=at, message_count=3, response_ids="r1 r2")
+        _OldConversation.create(id="conv_2", user_id="ann", message_count=1,
+                                created_at=dt.datetime(2026, 5, 1), last_message_at=dt.datetime(
+                                    2026, 5, 1))
+        _OldPrompt.create(id="p1", user_id="ann", name="Mine", content="text", created_at=at,
+                          updated_at=at)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_database_earlier_lcore_wrote_opens_and_keeps_working(
+        kind: str, tmp_path: Path) -> None:
+    namespace = f"lcore_old_{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        section = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "old.db")}})
+        old: peewee.Database = peewee.SqliteDatabase(str(tmp_path / "old.db"))
+    else:
+        section = pg_section(namespace=namespace)
+        old = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres",
+                                        options=f"-c search_path={namespace}")
+        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA "{namespace}"')
+    await asyncio.to_thread(_write_as_before, old)
+    storage = Storage()
+    userdb = UserDB.open(section, storage)
+    prompts = SavedPrompts(userdb)
+    try:
+        await userdb.setup()
+        await prompts.setup()
+        row = await userdb.get("conv_1")
+        assert row is not None
+        assert (row["response_ids"], row["message_count"], row["created_at"]) == (
+            ["r1", "r2"], 3, "2026-05-01T12:30:15.123456+00:00")
+        await userdb.record_turn("conv_1", "ann", model="m2", provider="p", chained=True,
+                                 response_id="r3")
+        await userdb.record_turn("conv_3", "ann", model="m", provider="p")
+        listed = [c["conversation_id"] for c in await userdb.list("ann")]
+        assert listed == ["conv_3", "conv_1", "conv_2"]  # old and new times sort together
+        assert (await userdb.get("conv_1"))["response_ids"] == ["r1", "r2", "r3"]
+        assert [p["name"] for p in await prompts.list("ann")] == ["Mine"]
+        with pytest.raises(Exception, match="Mine"):
+            await prompts.create("ann", "Mine", "again", limit=5)  # the old unique index holds
+        assert (await userdb.db.version("userdb"), await userdb.db.version("saved_prompts")) \
+            == (2, 1)
+    finally:
+        await storage.close()
+        if kind == "postgres":
+            await drop_schema(namespace)
