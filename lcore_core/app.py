@@ -96,12 +96,13 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     metrics = CoreMetrics(registry)
     plugins.register_metrics(registry, config)
     backend = plugins.cache_backends()[config.conversation_cache.type]
-    plugins.register(CoreHeaderValues(), "mcp-headers", distribution="lcore-core")
     databases = Storage()
+    plugins.register(CoreHeaderValues(), "mcp-headers", distribution="lcore-core")
     runtime = Runtime(
         config=config, plugins=plugins, registry=registry, metrics=metrics,
         authenticator=auth_provider.factory(config.authentication.get("settings"), config),
-        cache=count_cache_calls(backend.factory(config.conversation_cache.settings, config),
+        cache=count_cache_calls(backend.build(config.conversation_cache.settings, config,
+                                              databases),
                                 config.conversation_cache.type, metrics),
         app=app, llama=LlamaStack(config.llama_stack),
         userdb=UserDB.open(config.database, databases), storage=databases,
@@ -167,6 +168,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     async def storage() -> None:
         await runtime.userdb.setup()
         await runtime.saved_prompts.setup()
+        setup = getattr(runtime.cache, "setup", None)  # a backend written before it was asked
+        if setup is not None:
+            await setup()
 
     @app.before_serving
     async def startup() -> None:

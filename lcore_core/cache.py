@@ -103,11 +103,17 @@ class ConversationCache(Protocol):
     async def set_topic_summary(self, user_id: str, conversation_id: str, summary: str) -> None:
         ...
 
+    async def setup(self) -> None:
+        """Create what the backend needs (tables); the core awaits it once at start-up, and a
+        backend may also do it on first use. Idempotent."""
+        ...
+
     async def ready(self) -> None:
-        """Raise if the backend cannot serve."""
+        """Raise if the backend cannot serve (the core's `/readiness` calls it)."""
         ...
 
     async def close(self) -> None:
+        """Release connections; the core awaits it once at shutdown."""
         ...
 
 
@@ -127,6 +133,9 @@ class NoopCache:
         return []
 
     async def set_topic_summary(self, user_id: str, conversation_id: str, summary: str) -> None:
+        return None
+
+    async def setup(self) -> None:
         return None
 
     async def ready(self) -> None:
@@ -219,6 +228,9 @@ class MemoryCache:
             self._bytes += _topic_size(summary) - (_topic_size(old) if old is not None else 0)
             while self._bytes > self.max_bytes and self._data:
                 self._drop(next(iter(self._data)))
+
+    async def setup(self) -> None:
+        return None
 
     async def ready(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,9 @@ class CacheBackend:
     """A conversation cache, selected by `conversation_cache.type: <name>`.
 
     `factory(settings, config)` builds the cache; `settings` is the validated
-    `conversation_cache.<config_key or name>` mapping (None when absent).
+    `conversation_cache.<config_key or name>` mapping (None when absent). A factory that also
+    takes `storage` gets the runtime's `lcore_core.Storage`, to open its Database there (shared
+    with the other stores on the same place, closed by the core).
     """
 
     name: str
@@ -57,6 +60,12 @@ class CacheBackend:
     @property
     def key(self) -> str:
         return self.config_key or self.name
+
+    def build(self, settings: Any, config: Config, storage: Any = None) -> ConversationCache:
+        """The cache, from `factory` (given `storage` when it takes one)."""
+        if storage is not None and "storage" in inspect.signature(self.factory).parameters:
+            return self.factory(settings, config, storage=storage)  # type: ignore[call-arg]
+        return self.factory(settings, config)
 
 
 @dataclass(frozen=True)

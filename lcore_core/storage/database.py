@@ -166,7 +166,8 @@ class Database:
     @contextlib.asynccontextmanager
     async def transaction(self, *, lock: str | None = None) -> AsyncIterator[Transaction]:
         """A transaction; `lock` serialises the transactions naming the same key, across
-        processes (PostgreSQL: an advisory lock; SQLite: the write lock from the start)."""
+        processes (PostgreSQL: an advisory lock; SQLite: every transaction holds the write lock
+        from the start)."""
         with _mapped():
             if self._pg is not None:
                 async with self._pg.connection() as conn, conn.transaction():
@@ -177,8 +178,9 @@ class Database:
                 return
             assert self._file is not None
             async with self._file.held() as held:
-                await self._file.on(held, lambda c: c.execute(
-                    "BEGIN IMMEDIATE" if lock is not None else "BEGIN"))
+                # The write lock from the start: a read lock upgraded later can fail at once
+                # when another process writes (SQLITE_BUSY, no waiting).
+                await self._file.on(held, lambda c: c.execute("BEGIN IMMEDIATE"))
                 yield Transaction(self, held)
                 await self._file.on(held, lambda c: c.execute("COMMIT"))
 

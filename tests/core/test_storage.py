@@ -320,3 +320,105 @@ async def test_a_database_earlier_lcore_wrote_opens_and_keeps_working(
         await storage.close()
         if kind == "postgres":
             await drop_schema(namespace)
+
+
+def _old_cache_models(database: peewee.Database, postgres: bool) -> tuple[Any, Any, Any]:
+    """The cache's models as LCore 0.1 (peewee) declared them."""
+    from playhouse.postgres_ext import BinaryJSONField
+
+    def listed() -> Any:
+        return BinaryJSONField(default=list) if postgres else peewee.TextField(default="[]")
+
+    class Base(peewee.Model):
+        class Meta:
+            pass
+
+    Base._meta.set_database(database)
+
+    class Entry(Base):
+        id = peewee.BigAutoField() if postgres else peewee.AutoField()
+        user_id = peewee.TextField()
+        conversation_id = peewee.TextField()
+        created_at = peewee.DateTimeField(default=_utcnow)
+        started_at = peewee.TextField(default="")
+        completed_at = peewee.TextField(default="")
+        query = peewee.TextField()
+        response = peewee.TextField()
+        provider = peewee.TextField(default="")
+        model = peewee.TextField(default="")
+        referenced_documents = listed()
+        tool_calls = listed()
+        tool_results = listed()
+        attachments = listed()
+
+        class Meta:
+            table_name = "lcore_cache_entry"
+            indexes = ((("user_id", "conversation_id", "id"), False),)
+
+    class Conversation(Base):
+        user_id = peewee.TextField()
+        conversation_id = peewee.TextField()
+        topic_summary = peewee.TextField(null=True)
+        last_message_timestamp = peewee.TextField(default="")
+        last_entry_id = (peewee.BigIntegerField if postgres else peewee.IntegerField)(default=0)
+        message_count = peewee.IntegerField(default=0)
+
+        class Meta:
+            table_name = "lcore_cache_conversation"
+            primary_key = peewee.CompositeKey("user_id", "conversation_id")
+            indexes = ((("user_id", "last_entry_id"), False),)
+
+    return Entry, Conversation, _OldVersion
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_cache_earlier_lcore_wrote_opens_and_keeps_working(
+        kind: str, tmp_path: Path) -> None:
+    from lcore_core.testing.cache_contract import cache_from_plugins, entry
+
+    namespace = f"lcore_oldc_{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        old: peewee.Database = peewee.SqliteDatabase(str(tmp_path / "c.db"))
+    else:
+        old = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres",
+                                        options=f"-c search_path={namespace}")
+        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA "{namespace}"')
+    postgres = kind == "postgres"
+    docs = [{"doc_title": "T", "doc_url": "https://x"}]
+
+    def write() -> None:
+        E, C, V = _old_cache_models(old, postgres)
+        with old.bind_ctx([V]), old.connection_context():
+            old.create_tables([E, C, V])
+            V.insert(component=f"cache_{kind}", version=1).execute()
+            first = entry(1).to_dict()
+            first["referenced_documents"] = docs if postgres else '[{"doc_title": "T", ' \
+                '"doc_url": "https://x"}]'
+            for key in ("tool_calls", "tool_results", "attachments"):
+                first[key] = [] if postgres else "[]"
+            entry_id = E.insert(user_id="u", conversation_id="c1", **first).execute()
+            C.insert(user_id="u", conversation_id="c1", topic_summary="old topic",
+                     last_message_timestamp=first["completed_at"], last_entry_id=entry_id,
+                     message_count=1).execute()
+
+    await asyncio.to_thread(write)
+    settings = ({"db_path": str(tmp_path / "c.db")} if kind == "sqlite"
+                else {**PG, "namespace": namespace})
+    cache: Any = cache_from_plugins(kind, settings)
+    try:
+        await cache.setup()
+        [turn] = await cache.get("u", "c1")
+        assert (turn.query, turn.referenced_documents) == ("question 1", docs)
+        await cache.insert("u", "c1", entry(2))
+        await cache.insert("u", "c2", entry(3))
+        assert [t.query for t in await cache.get("u", "c1")] == ["question 1", "question 2"]
+        listed = await cache.list("u")
+        assert [(c.conversation_id, c.message_count) for c in listed] == [("c2", 1), ("c1", 2)]
+        assert listed[1].topic_summary == "old topic"
+        assert await cache.db.version(f"cache_{kind}") == 1
+    finally:
+        await cache.close()
+        if postgres:
+            await drop_schema(namespace)
+

@@ -9,14 +9,14 @@ from lcore_cache_postgres.cache import PostgresCache
 # PostgresSchema: upstream's keys {host, port, db, user, password, namespace, ssl_mode,
 # gss_encmode, ca_cert_path} plus LCore's password_path and max_connections (pool size).
 from lcore_cache_postgres.migrate import import_cache
-from lcore_core import CacheBackend, PostgresSchema, ReadinessCheck, UpstreamImporter, hookimpl
+from lcore_core import CacheBackend, PostgresSchema, UpstreamImporter, hookimpl
 
 if TYPE_CHECKING:
-    from lcore_core import Config, Runtime
+    from lcore_core import Config, Storage
 
 
-def _factory(settings: Any, config: Config) -> PostgresCache:
-    return PostgresCache(settings)
+def _factory(settings: Any, config: Config, storage: Storage | None = None) -> PostgresCache:
+    return PostgresCache(settings, storage)
 
 
 @hookimpl
@@ -24,19 +24,6 @@ def lcore_cache_backends() -> list[CacheBackend]:
     return [CacheBackend("postgres", _factory, schema=PostgresSchema, required=True,
                          description="PostgreSQL, shared by replicas "
                                      "(conversation_cache.postgres)")]
-
-
-@hookimpl
-async def lcore_startup(runtime: Runtime) -> None:
-    if isinstance(runtime.cache, PostgresCache):
-        await runtime.cache.setup()
-
-
-@hookimpl
-def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
-    if not isinstance(runtime.cache, PostgresCache):
-        return []
-    return [ReadinessCheck("conversation-cache", runtime.cache.ready)]
 
 
 @hookimpl

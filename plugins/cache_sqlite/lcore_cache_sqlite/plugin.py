@@ -6,33 +6,20 @@ from typing import TYPE_CHECKING, Any
 
 from lcore_cache_sqlite.cache import SqliteCache
 from lcore_cache_sqlite.migrate import import_cache
-from lcore_core import CacheBackend, ReadinessCheck, SQLiteSchema, UpstreamImporter, hookimpl
+from lcore_core import CacheBackend, SQLiteSchema, UpstreamImporter, hookimpl
 
 if TYPE_CHECKING:
-    from lcore_core import Config, Runtime
+    from lcore_core import Config, Storage
 
 
-def _factory(settings: Any, config: Config) -> SqliteCache:
-    return SqliteCache(settings["db_path"])
+def _factory(settings: Any, config: Config, storage: Storage | None = None) -> SqliteCache:
+    return SqliteCache(settings["db_path"], storage)
 
 
 @hookimpl
 def lcore_cache_backends() -> list[CacheBackend]:
     return [CacheBackend("sqlite", _factory, schema=SQLiteSchema, required=True,
                          description="one SQLite file (conversation_cache.sqlite.db_path)")]
-
-
-@hookimpl
-async def lcore_startup(runtime: Runtime) -> None:
-    if isinstance(runtime.cache, SqliteCache):
-        await runtime.cache.setup()
-
-
-@hookimpl
-def lcore_readiness(runtime: Runtime) -> list[ReadinessCheck]:
-    if not isinstance(runtime.cache, SqliteCache):
-        return []
-    return [ReadinessCheck("conversation-cache", runtime.cache.ready)]
 
 
 @hookimpl

@@ -91,7 +91,7 @@ async def test_password_file_is_used(namespace: str, tmp_path: Path) -> None:
     secret.write_text("ignored-by-trust-auth\n")
     cache = pg_cache(namespace, password_path=str(secret))
     await cache.ready()
-    assert cache.db.connect_params["password"] == "ignored-by-trust-auth"
+    assert cache.db.settings.password == "ignored-by-trust-auth"
     await cache.close()
 
 
@@ -142,7 +142,7 @@ async def test_outage_fails_calls_then_recovers_without_a_new_cache(namespace: s
 async def test_connection_lost_mid_insert_leaves_nothing_partial(namespace: str) -> None:
     """An insert is one statement: the turn row it writes first goes with the connection when
     the conversation row is not written yet (a COMMIT lost on the wire in a transaction)."""
-    cache = pg_cache(namespace, max_connections=4)
+    cache = pg_cache(namespace, max_connections=4, application_name=namespace)
     user, conv = f"u-{uuid.uuid4().hex}", "conv-lost"
     await cache.insert(user, conv, entry(1))
     holder, killer = _connect(), _connect()  # the first keeps the conversation row locked
@@ -151,7 +151,7 @@ async def test_connection_lost_mid_insert_leaves_nothing_partial(namespace: str)
             cursor.execute(f'SELECT 1 FROM "{namespace}".lcore_cache_conversation '
                            "WHERE user_id = %s FOR UPDATE", (user,))
         pending = asyncio.ensure_future(cache.insert(user, conv, entry(2)))
-        # The statement names the test's own schema (its values are sent apart from it).
+        # The cache's sessions carry the test's own application_name.
         pid = await _waiting_for_a_lock(killer, namespace)  # turn row written, not the other
         with killer.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -169,14 +169,14 @@ async def test_connection_lost_mid_insert_leaves_nothing_partial(namespace: str)
     await cache.close()
 
 
-async def _waiting_for_a_lock(conn: Any, marker: str) -> int:
-    """The backend whose statement names `marker`, once it waits for a lock."""
+async def _waiting_for_a_lock(conn: Any, application_name: str) -> int:
+    """The backend of `application_name` inserting a turn, once it waits for a lock."""
     conn.autocommit = True
     for _ in range(200):
         with conn.cursor() as cursor:
             cursor.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                           "AND application_name = 'lcore-cache-postgres' "
-                           "AND query LIKE %s", (f"%{marker}%",))
+                           "AND application_name = %s AND query LIKE %s",
+                           (application_name, "%lcore_cache_entry%"))
             row = cursor.fetchone()
         if row:
             return int(row[0])
@@ -253,3 +253,22 @@ def test_postgres_section_is_validated(write_config: Any) -> None:
     text = str(caught.value)
     assert "conversation_cache.postgres.ssl_mode" in text
     assert "conversation_cache.postgres.pool" in text
+
+
+async def test_the_cache_shares_the_user_db_place_and_is_checked_once(
+        make_app: Any, serving: Any, namespace: str) -> None:
+    """A cache configured on the user DB's place uses the same Database (one connection
+    budget); the core sets it up, checks it once in /readiness and closes it at shutdown."""
+    from lcore_cache_postgres import plugin
+    place = {**PG, "password": "", "namespace": namespace, "max_connections": 2}
+    app = make_app({"database": {"sqlite": None, "postgres": place},
+                    "conversation_cache": {"type": "postgres", "postgres": place},
+                    "authentication": {"module": "noop"}}, plugin)
+    runtime = app.runtime
+    assert runtime.cache.db is runtime.userdb.db
+    async with serving(app) as client:
+        assert await runtime.userdb.db.has_table("lcore_cache_entry")  # set up at start
+        response = await client.get("/readiness")
+        providers = [p["provider_id"] for p in (await response.get_json())["providers"]]
+        assert providers.count("cache") == 1
+        assert all("cache" not in p for p in providers if p != "cache")
