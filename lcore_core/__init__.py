@@ -44,7 +44,7 @@ from lcore_core.providers import (
     UpstreamImporter,
 )
 from lcore_core.runtime import Runtime
-from lcore_core.storage import Database, Duplicate, Storage, StorageSettings
+from lcore_core.storage import Database, Duplicate, Storage, StorageSettings, Transaction
 from lcore_core.storage.cache import SqlCache
 from lcore_core.web import doc, load_body, route
 
@@ -90,6 +90,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageSettings",
+    "Transaction",
     "Unauthorized",
     "UnprocessableEntity",
     "UpstreamImporter",

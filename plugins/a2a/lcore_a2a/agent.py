@@ -46,10 +46,9 @@ from marshmallow import ValidationError
 
 from lcore_a2a.jsonrpc import RpcError
 from lcore_a2a.store import ContextRecord, ContextStore, TaskRecord
-
-# `pipeline` and the request schema are not exported from lcore_core's root yet (asked for).
-from lcore_core import Action, LCoreError, may, pipeline
-from lcore_core.schemas import MAX_ATTACHMENTS, QueryRequestSchema
+from lcore_core import Action, LCoreError, may
+from lcore_core import api as pipeline  # the query pipeline's public face
+from lcore_core.api import MAX_ATTACHMENTS, QueryRequestSchema
 
 if TYPE_CHECKING:
     from lcore_core import AuthTuple, Runtime

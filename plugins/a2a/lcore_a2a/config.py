@@ -11,11 +11,12 @@ from typing import Any
 
 from marshmallow import validates_schema
 
-# Not exported from lcore_core's root (asked for); the same keys as `database.sqlite/postgres`.
-from lcore_core.config.schema import Base, PostgresSchema, SQLiteSchema, one_of_backends, optional
+# The same keys as `database.sqlite/postgres`.
+from lcore_core import PostgresSchema, SQLiteSchema
+from lcore_core.api import ConfigSchema, one_of_backends, optional
 
 
-class A2AStateSchema(Base):
+class A2AStateSchema(ConfigSchema):
     sqlite = optional(SQLiteSchema)
     postgres = optional(PostgresSchema)
 

@@ -8,17 +8,11 @@ upstream's user DB. A context or task LCore already has is left as it is.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from pathlib import Path
-from typing import Any
-
-import peewee
 from a2a.types import Task
 from pydantic import ValidationError
 
 from lcore_a2a.store import ContextRecord, SqlStore, TaskRecord, open_store
-from lcore_core import Migration, MigrationError
+from lcore_core import Migration, MigrationError, StorageError
 
 SECTION = "a2a_state"
 EXISTS = "already in LCore's A2A store (left as it is)"
@@ -33,37 +27,16 @@ async def import_a2a(migration: Migration) -> None:
     try:
         if not migration.dry_run:
             await store.setup()
-        owners = _contexts(migration, store)
+        owners = await _contexts(migration, store)
         if upstream.has("a2a_tasks"):
-            _tasks(migration, store, owners)
-    except peewee.PeeweeException as exc:
-        raise MigrationError(f"LCore's A2A store ({store.where}): {type(exc).__name__}: "
-                             f"{exc}") from exc
+            await _tasks(migration, store, owners)
+    except StorageError as exc:
+        raise MigrationError(f"LCore's A2A store: {exc.cause}") from exc
     finally:
         await store.close()
 
 
-def _exists(store: SqlStore, model: Any, where: Any) -> bool:
-    """Whether the row is there; creates nothing, not even the SQLite file."""
-    if isinstance(store.db, peewee.SqliteDatabase) and not Path(store.db.database).exists():
-        return False
-    with store.db.connection_context():
-        if not store.db.table_exists(model._meta.table_name, store.namespace):
-            return False
-        return bool(model.select().where(where).exists())
-
-
-def _insert(store: SqlStore, model: Any, values: dict[str, Any]) -> bool:
-    """Insert unless the key is taken (then the row LCore has wins)."""
-    with store.db.connection_context():
-        return bool(model.insert(values).on_conflict_ignore().as_rowcount().execute())
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
+async def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
     """Import the contexts; the user of each context of upstream's (even one LCore had)."""
     upstream = migration.upstream(SECTION)
     assert upstream is not None
@@ -71,7 +44,6 @@ def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
     if not upstream.has("a2a_contexts"):
         return owners
     report = migration.table(SECTION, "a2a_contexts", "lcore_a2a_user_context")
-    C = store.Context
     for row in upstream.rows("a2a_contexts", ("context_id",)):
         report.found += 1
         conversation_id = migration.conversation_id(str(row.get("conversation_id") or ""))
@@ -82,12 +54,9 @@ def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
         record = ContextRecord(str(row["context_id"]), user_id, conversation_id)
         owners[record.context_id] = user_id
         if migration.dry_run:
-            added = not _exists(store, C, (C.user_id == user_id)
-                                & (C.context_id == record.context_id))
+            added = not await store.has_context(user_id, record.context_id)
         else:
-            added = _insert(store, C, {"context_id": record.context_id, "user_id": user_id,
-                                       "conversation_id": conversation_id,
-                                       "updated_at": _now()})
+            added = await store.add_context(record)
         if added:
             report.imported += 1
         else:
@@ -95,11 +64,10 @@ def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
     return owners
 
 
-def _tasks(migration: Migration, store: SqlStore, owners: dict[str, str]) -> None:
+async def _tasks(migration: Migration, store: SqlStore, owners: dict[str, str]) -> None:
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "a2a_tasks", "lcore_a2a_task")
-    T = store.Task
     for row in upstream.rows("a2a_tasks", ("id",)):
         report.found += 1
         user_id = owners.get(str(row.get("context_id")))
@@ -120,12 +88,9 @@ def _tasks(migration: Migration, store: SqlStore, owners: dict[str, str]) -> Non
         data = task.model_dump(mode="json", exclude_none=True)
         record = TaskRecord(task.id, task.context_id, user_id, data)
         if migration.dry_run:
-            added = not _exists(store, T, T.task_id == record.task_id)
+            added = not await store.has_task(record.task_id)
         else:
-            added = _insert(store, T, {
-                "task_id": record.task_id, "context_id": record.context_id,
-                "user_id": user_id, "state": task.status.state.value,
-                "task": json.dumps(data, ensure_ascii=False), "updated_at": _now()})
+            added = await store.add_task(record, task.status.state.value)
         if added:
             report.imported += 1
         else:

@@ -57,7 +57,7 @@ def lcore_upstream_importers(config: Config) -> list[UpstreamImporter]:
 
 @hookimpl
 async def lcore_startup(runtime: Runtime) -> None:
-    store = open_store(runtime.config.get("a2a_state"))
+    store = open_store(runtime.config.get("a2a_state"), runtime.storage)
     await store.setup()
     runtime.state[STATE_KEY] = A2AService(runtime, store)
 

@@ -5,32 +5,30 @@ names two contexts, and nobody can take over, or learn about, another user's. Ta
 LCore's (random), and a task is read through its owner (or, for a caller allowed to read other
 users' conversations, through no owner).
 
-`MemoryStore` lives in one process; `SqlStore` keeps both tables in a SQLite file or in a
-PostgreSQL schema (`namespace`) that several LCore replicas share. Tasks are kept as the JSON of
+`MemoryStore` lives in one process; `SqlStore` keeps both tables in the `a2a_state` section's
+Database (`lcore_core.storage`): a SQLite file or a PostgreSQL schema (`namespace`) that several
+LCore replicas share. Tasks are kept as the JSON of
 a2a-sdk's `Task` (camelCase, as on the wire), so a task read back is exactly what was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
-import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import peewee
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
-
-from lcore_core import StorageError, install_schema
+from lcore_core import Database, Storage, StorageError, Transaction
 
 SCHEMA_VERSION = 2  # 2: contexts keyed by user and context id (were: context id alone)
 COMPONENT = "a2a"
-CONNECT_TIMEOUT_S = 5
-T = TypeVar("T")
+CONTEXT = "lcore_a2a_user_context"
+OLD_CONTEXT = "lcore_a2a_context"  # version 1's (one namespace of context ids)
+TASK = "lcore_a2a_task"
 
 
 @dataclass(frozen=True)
@@ -107,197 +105,171 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _models(database: peewee.Database, namespace: str | None) -> tuple[Any, Any, Any, Any]:
-    """Model classes bound to `database` (one set per store: no shared global binding)."""
-
-    class Base(peewee.Model):
-        class Meta:
-            schema = namespace
-
-    Base._meta.set_database(database)
-
-    class Context(Base):
-        user_id = peewee.TextField()
-        context_id = peewee.TextField()
-        conversation_id = peewee.TextField()
-        updated_at = peewee.DateTimeField(default=_utcnow)
-
-        class Meta:
-            table_name = "lcore_a2a_user_context"
-            primary_key = peewee.CompositeKey("user_id", "context_id")
-
-    class OldContext(Base):
-        """Schema version 1's table (one namespace of context ids): read once, then dropped."""
-
-        context_id = peewee.CharField(primary_key=True, max_length=256)
-        user_id = peewee.TextField()
-        conversation_id = peewee.TextField()
-        updated_at = peewee.DateTimeField(default=_utcnow)
-
-        class Meta:
-            table_name = "lcore_a2a_context"
-
-    class Task(Base):
-        task_id = peewee.CharField(primary_key=True, max_length=256)
-        context_id = peewee.CharField(max_length=256, index=True)
-        user_id = peewee.TextField()
-        state = peewee.CharField(max_length=32)
-        task = peewee.TextField()
-        updated_at = peewee.DateTimeField(default=_utcnow)
-
-        class Meta:
-            table_name = "lcore_a2a_task"
-
-    class Version(Base):
-        component = peewee.CharField(primary_key=True, max_length=64)
-        version = peewee.IntegerField()
-
-        class Meta:
-            table_name = "lcore_schema_version"
-
-    return Context, Task, Version, OldContext
+def migrations(db: Database) -> list[tuple[int, list[Any]]]:
+    """The tables earlier LCore (peewee) created, column for column."""
+    return [
+        (1, [f'CREATE TABLE IF NOT EXISTS "{TASK}" ("task_id" VARCHAR(256) NOT NULL PRIMARY KEY, '
+             '"context_id" VARCHAR(256) NOT NULL, "user_id" TEXT NOT NULL, '
+             '"state" VARCHAR(32) NOT NULL, "task" TEXT NOT NULL, '
+             f'"updated_at" {db.timestamp} NOT NULL)',
+             f'CREATE INDEX IF NOT EXISTS "{TASK}_context_id" ON "{TASK}" ("context_id")']),
+        # 2: contexts keyed by user and context id.
+        (2, [f'CREATE TABLE IF NOT EXISTS "{CONTEXT}" ("user_id" TEXT NOT NULL, '
+             '"context_id" TEXT NOT NULL, "conversation_id" TEXT NOT NULL, '
+             f'"updated_at" {db.timestamp} NOT NULL, PRIMARY KEY ("user_id", "context_id"))']),
+    ]
 
 
 class SqlStore:
-    """Both tables in one peewee database; every call runs in a worker thread."""
+    """Both tables in one Database (shared with the other stores on its place)."""
 
-    def __init__(self, database: peewee.Database, *, namespace: str | None = None,
-                 where: str = "") -> None:
+    def __init__(self, database: Database, *, where: str = "", owned: bool = True) -> None:
+        """`owned`: `close` closes `database` (False: the runtime's Storage does)."""
         self.db = database
-        self.namespace = namespace
         self.where = where
-        self.Context, self.Task, self.Version, self.OldContext = _models(database, namespace)
-        self._setup_lock = threading.Lock()
+        self.owned = owned
         self._set_up = False
+        self._setup_lock: asyncio.Lock | None = None
 
-    def _setup(self) -> None:
-        with self._setup_lock:
-            if self._set_up:
-                return
-            with self.db.connection_context():
-                install_schema(self.db, [self.Context, self.Task], self.Version, COMPONENT,
-                               SCHEMA_VERSION, namespace=self.namespace)
-                self._upgrade_contexts()
-            self._set_up = True
-
-    def _upgrade_contexts(self) -> None:
-        """Move version 1's contexts (each recorded with its user) into the table keyed by user
-        and context id, and drop the old table; replicas doing it together take turns."""
-        old = self.OldContext
-        if not self.db.table_exists(old._meta.table_name, self.namespace):
-            return
-        with self.db.atomic():
-            if isinstance(self.db, peewee.PostgresqlDatabase):
-                self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                    (f"lcore-a2a-upgrade:{self.namespace or ''}",))
-                if not self.db.table_exists(old._meta.table_name, self.namespace):
-                    return
-            columns = [self.Context.user_id, self.Context.context_id,
-                       self.Context.conversation_id, self.Context.updated_at]
-            self.Context.insert_from(
-                old.select(old.user_id, old.context_id, old.conversation_id, old.updated_at),
-                columns).on_conflict_ignore().execute()
-            old.drop_table(safe=True)
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        def call() -> T:
-            try:
-                self._setup()
-                with self.db.connection_context():
-                    return fn()
-            except (peewee.PeeweeException, MaxConnectionsExceeded, OSError) as exc:
-                raise StorageError("A2A state store error",
-                                   f"{self.where}: {type(exc).__name__}: {exc}") from exc
-
-        return await asyncio.to_thread(call)
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except StorageError as exc:
+            raise StorageError("A2A state store error", f"{self.where}: {exc.cause}") from exc
 
     async def setup(self) -> None:
         """Create the schema and tables (idempotent; several processes may race here)."""
-        await self._run(lambda: None)
+        if self._setup_lock is None:
+            self._setup_lock = asyncio.Lock()
+        async with self._setup_lock, self._guard():
+            if self._set_up:
+                return
+            await self.db.migrate(COMPONENT, migrations(self.db))
+            await self._upgrade_contexts()
+            self._set_up = True
+
+    async def _upgrade_contexts(self) -> None:
+        """Move version 1's contexts (each recorded with its user) into the table keyed by user
+        and context id, and drop the old table (a version-1 replica may still have written to
+        it); replicas doing it together take turns."""
+        if not await self.db.has_table(OLD_CONTEXT):
+            return
+        async with self.db.transaction(lock="lcore-a2a-upgrade") as tx:
+            if not await _has_table(tx, OLD_CONTEXT):
+                return
+            await tx.execute(
+                f'INSERT INTO "{CONTEXT}" (user_id, context_id, conversation_id, updated_at) '
+                f'SELECT user_id, context_id, conversation_id, updated_at FROM "{OLD_CONTEXT}" '
+                "WHERE true ON CONFLICT DO NOTHING")  # WHERE: SQLite's parser needs it there
+            await tx.execute(f'DROP TABLE IF EXISTS "{OLD_CONTEXT}"')
+
+    async def _ready_tables(self) -> None:
+        if not self._set_up:
+            await self.setup()
 
     async def get_context(self, user_id: str, context_id: str) -> ContextRecord | None:
-        C = self.Context
-
-        def fetch() -> ContextRecord | None:
-            row = C.get_or_none((C.user_id == user_id) & (C.context_id == context_id))
-            return ContextRecord(row.context_id, row.user_id, row.conversation_id) if row else None
-
-        return await self._run(fetch)
+        await self._ready_tables()
+        async with self._guard():
+            rows = await self.db.fetch(
+                f'SELECT conversation_id FROM "{CONTEXT}" WHERE user_id = %s AND context_id = %s',
+                (user_id, context_id))
+        return ContextRecord(context_id, user_id, rows[0]["conversation_id"]) if rows else None
 
     async def save_context(self, record: ContextRecord) -> None:
-        C = self.Context
-        await self._run(lambda: C.insert(
-            context_id=record.context_id, user_id=record.user_id,
-            conversation_id=record.conversation_id, updated_at=_utcnow()).on_conflict(
-            conflict_target=[C.user_id, C.context_id],
-            update={C.conversation_id: record.conversation_id,
-                    C.updated_at: _utcnow()}).execute())
+        await self._ready_tables()
+        async with self._guard():
+            await self.db.execute(
+                f'INSERT INTO "{CONTEXT}" (user_id, context_id, conversation_id, updated_at) '
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, context_id) DO UPDATE SET "
+                "conversation_id = EXCLUDED.conversation_id, updated_at = EXCLUDED.updated_at",
+                (record.user_id, record.context_id, record.conversation_id, _utcnow()))
 
     async def get_task(self, user_id: str | None, task_id: str) -> TaskRecord | None:
-        T_ = self.Task
-
-        def fetch() -> TaskRecord | None:
-            where = T_.task_id == task_id
-            if user_id is not None:
-                where &= T_.user_id == user_id
-            row = T_.get_or_none(where)
-            if row is None:
-                return None
-            return TaskRecord(row.task_id, row.context_id, row.user_id, json.loads(row.task))
-
-        return await self._run(fetch)
+        await self._ready_tables()
+        sql = f'SELECT task_id, context_id, user_id, task FROM "{TASK}" WHERE task_id = %s'
+        params: list[Any] = [task_id]
+        if user_id is not None:
+            sql += " AND user_id = %s"
+            params.append(user_id)
+        async with self._guard():
+            rows = await self.db.fetch(sql, params)
+        if not rows:
+            return None
+        row = rows[0]
+        return TaskRecord(row["task_id"], row["context_id"], row["user_id"],
+                          json.loads(row["task"]))
 
     async def save_task(self, record: TaskRecord) -> None:
-        T_ = self.Task
+        await self._ready_tables()
         state = str((record.task.get("status") or {}).get("state") or "unknown")
-        data = json.dumps(record.task, ensure_ascii=False)
-        await self._run(lambda: T_.insert(
-            task_id=record.task_id, context_id=record.context_id, user_id=record.user_id,
-            state=state, task=data, updated_at=_utcnow()).on_conflict(
-            conflict_target=[T_.task_id],
-            update={T_.state: state, T_.task: data, T_.updated_at: _utcnow()}).execute())
+        async with self._guard():
+            await self.db.execute(
+                f'INSERT INTO "{TASK}" (task_id, context_id, user_id, state, task, updated_at) '
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (task_id) DO UPDATE SET "
+                "state = EXCLUDED.state, task = EXCLUDED.task, updated_at = EXCLUDED.updated_at",
+                (record.task_id, record.context_id, record.user_id, state,
+                 json.dumps(record.task, ensure_ascii=False), _utcnow()))
 
     async def ready(self) -> None:
-        await self._run(lambda: self.db.execute_sql("SELECT 1").fetchone())
+        async with self._guard():
+            await self.db.ready()
 
     async def close(self) -> None:
-        close_all = getattr(self.db, "close_all", None)
-        await asyncio.to_thread(close_all if close_all is not None else self.db.close)
+        if self.owned:
+            await self.db.close()
+
+    # --- import (lcore migrate) ---------------------------------------------------------------
+
+    async def has_context(self, user_id: str, context_id: str) -> bool:
+        """Whether the context is there; creates nothing, not even the SQLite file."""
+        async with self._guard():
+            return await self.db.has_table(CONTEXT) and bool(await self.db.fetch(
+                f'SELECT 1 AS x FROM "{CONTEXT}" WHERE user_id = %s AND context_id = %s',
+                (user_id, context_id)))
+
+    async def has_task(self, task_id: str) -> bool:
+        """Whether the task is there; creates nothing, not even the SQLite file."""
+        async with self._guard():
+            return await self.db.has_table(TASK) and bool(await self.db.fetch(
+                f'SELECT 1 AS x FROM "{TASK}" WHERE task_id = %s', (task_id,)))
+
+    async def add_context(self, record: ContextRecord) -> bool:
+        """Insert unless the key is taken (then the row LCore has wins)."""
+        await self._ready_tables()
+        async with self._guard():
+            return bool(await self.db.execute(
+                f'INSERT INTO "{CONTEXT}" (user_id, context_id, conversation_id, updated_at) '
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (record.user_id, record.context_id, record.conversation_id, _utcnow())))
+
+    async def add_task(self, record: TaskRecord, state: str) -> bool:
+        """Insert unless the key is taken (then the row LCore has wins)."""
+        await self._ready_tables()
+        async with self._guard():
+            return bool(await self.db.execute(
+                f'INSERT INTO "{TASK}" (task_id, context_id, user_id, state, task, updated_at) '
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (record.task_id, record.context_id, record.user_id, state,
+                 json.dumps(record.task, ensure_ascii=False), _utcnow())))
 
 
-def sqlite_store(settings: Any) -> SqlStore:
-    path = Path(settings["db_path"]).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    database = peewee.SqliteDatabase(
-        str(path), pragmas={"journal_mode": "wal", "busy_timeout": 10_000,
-                            "synchronous": "normal"})
-    return SqlStore(database, where=f"SQLite {path}")
+async def _has_table(tx: Transaction, table: str) -> bool:
+    if tx.kind == "postgres":
+        return bool(await tx.fetch(
+            "SELECT 1 AS x FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = %s", (tx.database.settings.namespace, table)))
+    return bool(await tx.fetch(
+        "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = %s", (table,)))
 
 
-def postgres_store(settings: Any) -> SqlStore:
-    password = settings.get("password") or ""
-    if settings.get("password_path"):
-        password = Path(settings["password_path"]).read_text(encoding="utf-8").strip()
-    kwargs: dict[str, Any] = {
-        "host": settings["host"], "port": settings["port"], "user": settings["user"],
-        "password": password, "sslmode": settings["ssl_mode"],
-        "gssencmode": settings["gss_encmode"], "connect_timeout": CONNECT_TIMEOUT_S,
-    }
-    if settings.get("ca_cert_path"):
-        kwargs["sslrootcert"] = settings["ca_cert_path"]
-    database = PooledPostgresqlDatabase(
-        settings["db"], max_connections=settings["max_connections"], stale_timeout=300,
-        timeout=30, **kwargs)
-    namespace = settings.get("namespace") or "public"
-    return SqlStore(database, namespace=namespace,
-                    where=f"PostgreSQL {settings['host']}:{settings['port']}/{settings['db']} "
-                          f"schema {namespace}")
-
-
-def open_store(settings: Any) -> ContextStore:
-    """The store `a2a_state` selects: sqlite, postgres, or memory when neither is given."""
-    if settings and settings.get("sqlite"):
-        return sqlite_store(settings["sqlite"])
-    if settings and settings.get("postgres"):
-        return postgres_store(settings["postgres"])
-    return MemoryStore()
+def open_store(settings: Any, storage: Storage | None = None) -> ContextStore:
+    """The store `a2a_state` selects: sqlite, postgres, or memory when neither is given. On
+    `storage` (the runtime's) when given; a store of its own otherwise."""
+    if not settings or not (settings.get("sqlite") or settings.get("postgres")):
+        return MemoryStore()
+    database = (storage or Storage()).database(settings, where="a2a_state")
+    found = database.settings
+    where = (f"SQLite {found.path}" if found.kind == "sqlite" else
+             f"PostgreSQL {found.host}:{found.port}/{found.db} schema {found.namespace}")
+    return SqlStore(database, where=where, owned=storage is None)

@@ -19,8 +19,8 @@ from lcore_a2a.jsonrpc import Call, RpcError, RpcId
 from lcore_core import LCoreError, authorize, doc, route
 from lcore_core import __version__ as lcore_version
 
-# Not exported from lcore_core's root yet (asked for): the MCP-HEADERS parsing /v2/query uses.
-from lcore_core.mcp import MCP_HEADERS, parse_mcp_headers
+# The MCP-HEADERS parsing /v2/query uses.
+from lcore_core.api import MCP_HEADERS, parse_mcp_headers
 
 STATE_KEY = "lcore-a2a"
 A2A_AGENT_CARD = "a2a_agent_card"

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from lcore_core import ConfigError
-from lcore_core.cli import EXIT_CONFIG, config_arg
+from lcore_core.api import EXIT_CONFIG, config_arg
 from lcore_quota.quota import Quota, iso
 from lcore_quota.store import CLUSTER_SUBJECT, MAX_TOKENS, Limiter, QuotaDatabaseError
 

@@ -134,6 +134,21 @@ async def test_unreachable_postgres_is_a_storage_error(namespace: str) -> None:
     await broken.close()
 
 
+async def test_a_password_file_under_home_is_read(namespace: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`password_path: ~/...` passes validation; the store must then open (it crashed)."""
+    (tmp_path / "pg-password").write_text("unused-with-trust-auth\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = open_store({"postgres": pg_settings(namespace, password_path="~/pg-password")})
+    try:
+        await store.setup()
+        await store.save_context(ContextRecord("ctx-home", "u", "conv_home"))
+        assert (await store.get_context("u", "ctx-home")) == ContextRecord(
+            "ctx-home", "u", "conv_home")
+    finally:
+        await store.close()
+
+
 # --- through LCore --------------------------------------------------------------------------
 
 
