@@ -17,10 +17,11 @@ import pytest
 
 from lcore_core.config import Settings, load_config
 from lcore_core.config.schema import PostgresSchema
-from lcore_core.errors import ConfigError, StorageError
+from lcore_core.errors import ConfigError
 from lcore_core.plugins import load_plugins
 from lcore_core.saved_prompts import SavedPrompts
-from lcore_core.storage import Database, Duplicate, Storage, StorageSettings
+from lcore_core.storage import Database, Storage, StorageSettings
+from lcore_core.testing.storage_contract import DatabaseContract, UserDBContract
 from lcore_core.userdb import UserDB
 
 PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
@@ -161,45 +162,20 @@ async def test_max_connections_bounds_every_connection_of_a_section() -> None:
         await drop_schema(namespace)
 
 
-# --- migrations and errors -------------------------------------------------------------------
+# --- the contracts, on both engines -------------------------------------------------------
 
-async def test_migrations_run_once_and_in_order(database: Database) -> None:
-    ran: list[int] = []
-
-    def step(n: int) -> Any:
-        async def run(tx: Any) -> None:
-            ran.append(n)
-        return run
-
-    steps = [(1, ['CREATE TABLE IF NOT EXISTS "t_mig" (k VARCHAR(8) PRIMARY KEY)', step(1)]),
-             (2, [lambda tx: tx.add_column("t_mig", "v", "TEXT"), step(2)])]
-    assert await database.version("mig") == 0
-    assert await database.migrate("mig", steps[:1]) == 1
-    assert await database.migrate("mig", steps) == 2
-    assert await database.migrate("mig", steps) == 2
-    assert ran == [1, 2]
-    assert await database.version("mig") == 2
-    # A database newer than the code is left at its version.
-    assert await database.migrate("mig", steps[:1]) == 2
-    await database.execute('INSERT INTO "t_mig" (k, v) VALUES (%s, %s)', ("a", "x"))
-    assert await database.fetch('SELECT k, v FROM "t_mig"') == [{"k": "a", "v": "x"}]
+class TestDatabase(DatabaseContract):
+    @pytest.fixture
+    async def database(self, database: Database) -> AsyncIterator[Database]:
+        yield database
 
 
-async def test_a_failed_transaction_keeps_nothing(database: Database) -> None:
-    await database.migrate("tx", [(1, ['CREATE TABLE IF NOT EXISTS "t_tx" '
-                                       '(k VARCHAR(8) PRIMARY KEY)'])])
-    with pytest.raises(RuntimeError):
-        async with database.transaction(lock="k") as tx:
-            await tx.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
-            raise RuntimeError("abort")
-    assert await database.fetch('SELECT k FROM "t_tx"') == []
-    await database.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
-    with pytest.raises(Duplicate):
-        await database.execute('INSERT INTO "t_tx" (k) VALUES (%s)', ("a",))
-    with pytest.raises(StorageError) as caught:
-        await database.fetch('SELECT nothing FROM "t_tx"')
-    assert caught.value.private and caught.value.status == 500
-    assert caught.value.body()["detail"]["cause"] != caught.value.cause  # kept for the log
+class TestUserDB(UserDBContract):
+    @pytest.fixture
+    async def userdb(self, database: Database) -> AsyncIterator[UserDB]:
+        userdb = UserDB(database)
+        await userdb.setup()
+        yield userdb
 
 
 async def test_sqlite_writers_in_one_process_do_not_starve_each_other(tmp_path: Path) -> None:

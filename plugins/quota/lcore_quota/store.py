@@ -40,13 +40,12 @@ import peewee
 import psycopg
 from playhouse.pool import MaxConnectionsExceeded
 
-from lcore_core import AsyncPostgres, PostgresPool, install_schema
+from lcore_core import AsyncPostgres, PostgresPool, StorageSettings, install_schema
 from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
 from lcore_quota.periods import Period
 
 SCHEMA_VERSION = 2  # 2: lcore_quota_token_usage.origin
 COMPONENT = "quota"
-CONNECT_TIMEOUT_S = 5
 POOL_WAIT_S = 30
 CLUSTER_SUBJECT = ""
 # The largest token count a quota column (64-bit signed) holds.
@@ -169,16 +168,10 @@ def open_database(settings: Any) -> tuple[peewee.Database, str, str | None]:
     """The database of a validated `quota_handlers` section, its description and namespace."""
     pg = settings.get("postgres")
     if pg:
-        password = pg.get("password") or ""
-        if pg.get("password_path"):
-            password = Path(pg["password_path"]).expanduser().read_text(
-                encoding="utf-8").strip()
-        params: dict[str, Any] = {
-            "host": pg["host"], "port": pg["port"], "user": pg["user"], "password": password,
-            "sslmode": pg["ssl_mode"], "gssencmode": pg["gss_encmode"],
-            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "lcore-quota"}
-        if pg.get("ca_cert_path"):
-            params["sslrootcert"] = pg["ca_cert_path"]
+        # The connection keywords of the storage service (password file, TLS, timeouts,
+        # application_name), as every store has them.
+        params = StorageSettings.from_section(settings, where="quota_handlers").conninfo()
+        params.pop("dbname")
         pool = PostgresPool(pg["db"], max_connections=AsyncPostgres.split(
             pg["max_connections"])[1], timeout=POOL_WAIT_S, **params)
         return pool, f"PostgreSQL {pg['host']}:{pg['port']}/{pg['db']}", pg["namespace"]

@@ -26,6 +26,7 @@ from lcore_a2a.store import (
 
 from lcore_core import StorageError
 from lcore_core.config.schema import PostgresSchema
+from lcore_core.testing.storage_contract import A2AStateContract
 
 from .conftest import ConfigWriter, answer, serving, user_message
 from .test_a2a import scripted, send
@@ -77,6 +78,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path,
     await opened.setup()  # idempotent
     yield opened
     await opened.close()
+
+
+class TestA2AState(A2AStateContract):
+    """The core's contract for A2A state stores, on memory, SQLite and PostgreSQL."""
+
+    @pytest.fixture
+    async def store(self, store: ContextStore) -> AsyncIterator[ContextStore]:
+        yield store
 
 
 async def test_store_contract(store: ContextStore) -> None:
