@@ -168,9 +168,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     async def storage() -> None:
         await runtime.userdb.setup()
         await runtime.saved_prompts.setup()
-        setup = getattr(runtime.cache, "setup", None)  # a backend written before it was asked
-        if setup is not None:
-            await setup()
+        await runtime.cache.setup()
 
     @app.before_serving
     async def startup() -> None:

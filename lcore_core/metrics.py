@@ -224,17 +224,37 @@ async def timed_body(body: AsyncIterator[Any], on_end: Callable[[], None]) -> As
 
 
 def count_cache_calls(cache: Any, backend: str, metrics: CoreMetrics) -> Any:
-    """Count every cache call and failure by backend, whichever plugin provides the backend;
-    in a traced request each call is also an `lcore.storage.cache.<operation>` span.
+    """`cache` behind a `CountedCache`: every call and failure counted by backend, whichever
+    plugin provides the backend; in a traced request each call is also an
+    `lcore.storage.cache.<operation>` span."""
+    return CountedCache(cache, backend, metrics)
 
-    The methods are wrapped on the instance, not behind a proxy: plugins recognise their own
-    backend with `isinstance(runtime.cache, ...)`.
-    """
-    for operation in CACHE_OPERATIONS:
-        method = getattr(cache, operation, None)
-        if method is not None:
-            setattr(cache, operation, _counted(method, backend, operation, metrics))
-    return cache
+
+class CountedCache:
+    """A conversation cache counted (`count_cache_calls`). The backend's object is left as it
+    is (`backend`); anything else than the counted operations is the backend's own."""
+
+    def __init__(self, cache: Any, backend: str, metrics: CoreMetrics) -> None:
+        self.backend = cache
+        for operation in CACHE_OPERATIONS:
+            method = getattr(cache, operation, None)
+            if method is not None:
+                setattr(self, operation, _counted(method, backend, operation, metrics))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    # The lifecycle (not counted), declared so that the wrapper is a `ConversationCache`.
+    async def setup(self) -> None:
+        setup = getattr(self.backend, "setup", None)  # a backend written before it was asked
+        if setup is not None:
+            await setup()
+
+    async def ready(self) -> None:
+        await self.backend.ready()
+
+    async def close(self) -> None:
+        await self.backend.close()
 
 
 def _counted(method: Any, backend: str, operation: str, metrics: CoreMetrics) -> Any:

@@ -398,3 +398,23 @@ async def test_a_cache_earlier_lcore_wrote_opens_and_keeps_working(
         if postgres:
             await drop_schema(namespace)
 
+
+
+async def test_counting_cache_calls_leaves_the_backend_as_it_is() -> None:
+    """The core counts cache calls behind a wrapper: no method is patched onto the backend."""
+    from prometheus_client import CollectorRegistry
+
+    from lcore_core.cache import ConversationCache, MemoryCache
+    from lcore_core.metrics import CoreMetrics, count_cache_calls
+    from lcore_core.testing.cache_contract import entry
+
+    registry = CollectorRegistry()
+    backend = MemoryCache()
+    counted = count_cache_calls(backend, "memory", CoreMetrics(registry))
+    assert "insert" not in vars(backend)
+    assert isinstance(counted, ConversationCache) and counted.backend is backend
+    await counted.insert("u", "c", entry(1))
+    assert await counted.get("u", "c") == [entry(1)]
+    assert counted.max_entries == backend.max_entries  # the backend's own attributes
+    assert registry.get_sample_value("ls_cache_operations_total",
+                                     {"backend": "memory", "operation": "insert"}) == 1

@@ -200,7 +200,7 @@ async def test_two_apps_share_conversations(namespace: str, write_config: Any,
     conv = f"conv-{uuid.uuid4().hex}"
     async with serving(first) as one, serving(second) as two:
         r1, r2 = first.runtime, second.runtime  # type: ignore[attr-defined]
-        assert type(r1.cache).__name__ == "PostgresCache"
+        assert type(r1.cache.backend).__name__ == "PostgresCache"
         assert r1.cache is not r2.cache
         # What the query pipeline stores for a turn answered by the first process ...
         await r1.userdb.record_turn(conv, "alice", model="m", provider="p")

@@ -116,7 +116,7 @@ async def test_configured_through_yaml(write_config: Any, serving: Any, tmp_path
                                                           "sqlite": {"db_path": str(db)}}}))
     async with serving(app) as client:
         runtime = app.runtime  # type: ignore[attr-defined]
-        assert type(runtime.cache).__name__ == "SqliteCache"
+        assert type(runtime.cache.backend).__name__ == "SqliteCache"
         assert db.is_file()  # created at start-up
         await runtime.cache.insert("u", "conv1", entry(1))
         response = await client.get("/readiness")
