@@ -6,7 +6,13 @@ PY := $(VENV)/bin/python
 PLUGINS := plugins/auth_k8s plugins/auth_jwk plugins/cache_sqlite plugins/cache_postgres plugins/quota plugins/a2a
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: run test lint type venv install install-embedded install-test clean
+OGX_VENV ?= .venv-ogx
+# OGX 1.x (Llama Stack's successor) lives in its own venv: its pins (mcp 2, fastapi) conflict
+# with Llama Stack 0.7's. The e2e suite runs its `ogx` mode when this venv exists.
+OGX_VERSION ?= 1.5.0
+OGX_PACKAGES ?= ogx==$(OGX_VERSION) faiss-cpu
+
+.PHONY: run test lint type venv install install-embedded install-test install-ogx clean
 
 $(PY):
 	"$$(scripts/find-python.sh)" -m venv $(VENV)
@@ -17,8 +23,16 @@ venv: $(PY)
 install: venv
 	$(PY) -m pip install $(PIP_FLAGS) -e .
 
-install-test: venv
+install-test: venv install-ogx
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+
+$(OGX_VENV)/bin/python:
+	"$$(scripts/find-python.sh)" -m venv $(OGX_VENV)
+
+install-ogx: $(OGX_VENV)/bin/python
+	@$(OGX_VENV)/bin/python -c 'import importlib.metadata as m, sys; \
+	  sys.exit(m.version("ogx") != "$(OGX_VERSION)")' 2>/dev/null || \
+	  $(OGX_VENV)/bin/python -m pip install $(PIP_FLAGS) $(OGX_PACKAGES)
 
 # The first time, pip builds llama-cpp-python from source (no Linux wheel on PyPI): minutes.
 install-embedded: venv
@@ -43,4 +57,4 @@ type: install-test
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OGX_VENV)

@@ -24,7 +24,7 @@ from lcore_core.config.loader import Document, read_document
 from lcore_core.config.unified import has_unified_input
 from lcore_core.errors import BackendUnavailable, ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
-from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack
+from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack, provider_data_header
 from lcore_core.llama_config import synthesize_to_file
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
@@ -160,6 +160,8 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         await _connect_llama(runtime)
         if config.get("azure_entra_id") and runtime.degraded is None:
             runtime.llama.azure = await azure.setup(runtime.llama.client, config.azure_entra_id)
+            if runtime.llama.azure is not None:
+                runtime.llama.azure.header = provider_data_header(runtime.llama.backend)
 
     async def check_mcp() -> None:
         if config.mcp_servers and not config.service.skip_unreachable_mcp:
@@ -424,7 +426,9 @@ async def _connect_llama(runtime: Runtime) -> None:
         log.error("starting in degraded mode: Llama Stack unreachable", error=exc.cause)
         return
     runtime.metrics.started_degraded.set(0)
-    log.info("llama stack reachable", version=version)
+    backend = await runtime.llama.ensure_backend(version)
+    log.info("llama stack reachable", version=version, backend=backend,
+             safety_api=runtime.llama.has_safety_api)
 
 
 async def _publish_models(runtime: Runtime) -> None:

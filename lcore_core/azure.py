@@ -97,6 +97,8 @@ class AzureProviderData:
 
     def __init__(self, token: EntraIdToken, providers: Mapping[str, str]) -> None:
         self.token = token
+        # OGX reads X-OGX-Provider-Data instead (`LlamaStack.ensure_backend` sets it)
+        self.header = PROVIDER_DATA_HEADER
         # provider id -> the provider's base URL (provider data wants it beside the key)
         self.providers = dict(providers)
 
@@ -118,10 +120,10 @@ class AzureProviderData:
         if base is None:
             return headers
         data: dict[str, Any] = {}
-        if PROVIDER_DATA_HEADER in headers:
-            data = json.loads(headers[PROVIDER_DATA_HEADER])
+        if self.header in headers:
+            data = json.loads(headers[self.header])
         data.update(azure_api_key=await self.token.get(), azure_api_base=base)
-        return {**headers, PROVIDER_DATA_HEADER: json.dumps(data)}
+        return {**headers, self.header: json.dumps(data)}
 
 
 async def setup(client: Any, settings: Mapping[str, Any]) -> AzureProviderData | None:

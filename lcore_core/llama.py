@@ -91,6 +91,12 @@ class LlamaStack:
         self.answers = FirstCallsAlone()
         # `azure_entra_id`: the token each call to an Azure model carries (set at start-up).
         self.azure: AzureProviderData | None = None
+        # Which backend answers: "llama_stack" (0.x) or "ogx" (1.x), from `llama_stack.backend`
+        # or, for "auto", decided by `ensure_backend()` at start-up.
+        configured = settings.get("backend") or "auto"
+        self.backend: str | None = None if configured == "auto" else configured
+        # Whether the backend serves the safety API (/v1/shields); OGX dropped it.
+        self.has_safety_api = True
 
     @property
     def client(self) -> Any:
@@ -116,7 +122,7 @@ class LlamaStack:
             reclaim_logging()
             self._client = client
         else:
-            http = _plain_http_client(self.settings.url) or DefaultAsyncHttpxClient()
+            http = _http_client(self.settings.url, self.settings.get("ca_cert_path"))
             client = AsyncLlamaStackClient(
                 base_url=self.settings.url, api_key=self.settings.api_key,
                 timeout=self.settings.timeout, max_retries=0, http_client=http)
@@ -225,6 +231,34 @@ class LlamaStack:
             else:
                 return str(info.version)
         return None
+
+    async def ensure_backend(self, version: str | None) -> str:
+        """Start-up, once Llama Stack answered `connect()` with `version`: which backend it is
+        and whether it has the safety API. Logs one warning when its shields cannot be used."""
+        if self.backend is None:
+            if self.library:
+                self.backend = ("ogx" if type(self._client).__module__.startswith("ogx")
+                                else "llama_stack")
+            else:
+                self.backend = backend_of_version(version or "")
+        self.has_safety_api = await self._serves_shields()
+        if not self.has_safety_api:
+            log.warning(SAFETY_UNAVAILABLE, backend=self.backend)
+        return self.backend
+
+    async def _serves_shields(self) -> bool:
+        """Probe the safety API: an answer to GET /v1/shields, not a 404 (or 405)."""
+        try:
+            await self.client.shields.list(
+                timeout=min(self.settings.timeout, CONNECT_ATTEMPT_TIMEOUT_S))
+        except APIStatusError as exc:
+            return exc.status_code not in (404, 405)
+        except Exception as exc:  # noqa: BLE001 - library mode: the API is not in the stack
+            lib_error = _library_error_type()
+            if "not found" in str(exc).lower() or (lib_error and isinstance(exc, lib_error)):
+                return False
+            return True
+        return True
 
     async def version(self) -> str:
         """Llama Stack's version (`GET /v1/version`), asked now, as upstream's /info does.
@@ -437,6 +471,30 @@ def _detail(body: Any, fallback: str) -> str:
             detail = detail.get("message") or detail.get("detail") or detail
         return str(detail)
     return fallback
+
+
+SAFETY_UNAVAILABLE = ("Llama Stack shields (Llama Guard) are unavailable: the backend does not "
+                      "serve the safety API; queries run without them (LCore's own shields "
+                      "still apply)")
+
+
+def backend_of_version(version: str) -> str:
+    """Llama Stack kept 0.x versions; OGX, its successor, starts at 1.0."""
+    head = version.strip().lstrip("v").split(".", 1)[0]
+    return "ogx" if head.isdigit() and int(head) >= 1 else "llama_stack"
+
+
+def provider_data_header(backend: str | None) -> str:
+    """The header per-request provider data (e.g. Azure's key) travels in."""
+    return "X-OGX-Provider-Data" if backend == "ogx" else "X-LlamaStack-Provider-Data"
+
+
+def _http_client(url: str, ca_cert_path: str | None) -> Any:
+    """The HTTP client for server mode: verifying https with `ca_cert_path` when given."""
+    if ca_cert_path:
+        context = ssl.create_default_context(cafile=str(Path(ca_cert_path).expanduser()))
+        return DefaultAsyncHttpxClient(verify=context)
+    return _plain_http_client(url) or DefaultAsyncHttpxClient()
 
 
 def _plain_http_client(url: str) -> Any:

@@ -401,7 +401,10 @@ async def choose_shields(runtime: Runtime, auth: AuthTuple,
 
 
 async def llama_shield_ids(runtime: Runtime) -> list[str]:
-    """Llama Stack's shields (cached briefly, like every listing consulted per query)."""
+    """Llama Stack's shields (cached briefly, like every listing consulted per query); none
+    when the backend has no safety API (OGX: warned once at start-up)."""
+    if not runtime.llama.has_safety_api:
+        return []
     return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
 
 

@@ -41,6 +41,19 @@ def existing_file(value: str) -> None:
         raise ValidationError(f"file {value!r} does not exist")
 
 
+def readable_pem(value: str) -> None:
+    """A CA certificate file: it exists and holds at least one PEM certificate."""
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise ValidationError(f"file {value!r} does not exist") from None
+    except OSError as exc:
+        raise ValidationError(f"file {value!r} cannot be read: {exc.strerror}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValidationError(f"file {value!r} holds no PEM certificate")
+
+
 def positive(**kwargs: Any) -> fields.Integer:
     return fields.Integer(validate=validate.Range(min=1), **kwargs)
 
@@ -220,6 +233,12 @@ class LlamaStackSchema(Base):
     # Stack's databases and files; null: $LCORE_DATA_DIR, else ~/.local/share/lcore.
     state_dir = fields.String(load_default=None, allow_none=True,
                               validate=validate.Length(min=1))
+    # LCore addition: which backend serves `url` -- Llama Stack 0.x or its successor OGX 1.x
+    # (no safety API, its own provider-data header). auto: decided from the server's answers.
+    backend = fields.String(load_default="auto",
+                            validate=validate.OneOf(["auto", "llama_stack", "ogx"]))
+    # LCore addition: the CA certificate (PEM) an https `url` is verified with.
+    ca_cert_path = fields.String(load_default=None, allow_none=True, validate=readable_pem)
 
     @validates_schema
     def _mode(self, data: dict[str, Any], **_: Any) -> None:

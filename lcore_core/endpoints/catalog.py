@@ -322,8 +322,10 @@ async def tools() -> Any:
      responses={200: ShieldsSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.GET_SHIELDS)
 async def shields() -> Any:
-    with llama_errors("shields.list"):
-        listed = await _client().shields.list()
+    listed: Any = []
+    if current_app.runtime.llama.has_safety_api:  # type: ignore[attr-defined]
+        with llama_errors("shields.list"):
+            listed = await _client().shields.list()
     # Upstream's entries for the `shields:` section; `identifier` too, for LCore's clients.
     entries: list[dict[str, Any]] = [
         {"name": s["name"], "identifier": s["name"], "provider_id": s["provider_id"],

@@ -277,9 +277,8 @@ class LlamaStackServer:
         """Start the process and block until it is healthy; raise with its log if it is not."""
         if self.process is not None and self.process.poll() is None:
             return self
-        env = {**os.environ, **stack_environment(self.workdir)}
-        env.pop("LLAMA_STACK_PORT", None)
-        command = [*_llama_command(), "stack", "run", str(self.run_yaml), "--port", str(self.port)]
+        env = self.environment()
+        command = self.command()
         with self.log_path.open("ab") as log:
             log.write(f"\n==== {' '.join(command)}\n".encode())
             log.flush()
@@ -296,10 +295,22 @@ class LlamaStackServer:
         self._wait_healthy()
         return self
 
+    def command(self) -> list[str]:
+        return [*_llama_command(), "stack", "run", str(self.run_yaml), "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, **stack_environment(self.workdir)}
+        env.pop("LLAMA_STACK_PORT", None)
+        return env
+
+    def http_client(self) -> httpx.Client:
+        """A client for probing the server (``/v1/health``)."""
+        return httpx.Client(timeout=2.0, trust_env=False)
+
     def _wait_healthy(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
+        with self.http_client() as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(
