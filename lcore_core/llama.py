@@ -253,11 +253,8 @@ class LlamaStack:
                 timeout=min(self.settings.timeout, CONNECT_ATTEMPT_TIMEOUT_S))
         except APIStatusError as exc:
             return exc.status_code not in (404, 405)
-        except Exception as exc:  # noqa: BLE001 - library mode: the API is not in the stack
-            lib_error = _library_error_type()
-            if "not found" in str(exc).lower() or (lib_error and isinstance(exc, lib_error)):
-                return False
-            return True
+        except Exception as exc:  # library mode raises its own errors, without a status
+            return "not found" not in str(exc).lower()
         return True
 
     async def version(self) -> str:

@@ -301,8 +301,11 @@ async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:
 async def tools() -> Any:
     # The 0.7 client has no `tools` resource; the route is still served (both modes).
     runtime = current_app.runtime  # type: ignore[attr-defined]
-    with llama_errors("tools.list"):
-        listed = await _client().get("/v1/tools", cast_to=object)
+    try:
+        with llama_errors("tools.list"):
+            listed = await _client().get("/v1/tools", cast_to=object)
+    except NotFound:
+        listed = []  # OGX serves no tool listing: no built-in tools to report
     raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
     entries = [builtin_tool_entry(_dump(t)) for t in raw]
     entries.extend(await _mcp_entries(runtime))

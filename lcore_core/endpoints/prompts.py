@@ -151,7 +151,9 @@ def _missing(prompt_id: str) -> Any:
     def missing(exc: LCoreError) -> LCoreError | None:
         if _unknown(exc):
             return _not_found(prompt_id)
-        if "not the latest" in exc.cause.lower():
+        cause = exc.cause.lower()
+        # Llama Stack: "... is not the latest ..."; OGX: "... Must be the latest prompt version"
+        if "not the latest" in cause or "must be the latest" in cause:
             # Upstream answers 404 here too; the prompt is there, the client's copy is stale.
             return Conflict("Prompt version is not the latest", exc.cause)
         return None  # another refusal: Llama Stack's 400

@@ -19,6 +19,7 @@ from lcore_core.testing.llama_stack import (
 )
 from lcore_core.testing.llm import ScriptedLLM
 from lcore_core.testing.mcp_server import MCPTestServer
+from lcore_core.testing.ogx import OgxServer, ogx_available, write_ogx_run_yaml
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,20 @@ def llama_stack_server(
 def llama_stack_library_config(scripted_llm: ScriptedLLM, llama_stack_workdir: Path) -> Path:
     """A run.yaml for ``AsyncLlamaStackAsLibraryClient``, with its state apart from the server's."""
     return library_client_config(llama_stack_workdir / "library", scripted_llm.base_url)
+
+
+@pytest.fixture(scope="session")
+def ogx_server(scripted_llm: ScriptedLLM, llama_stack_workdir: Path) -> Iterator[OgxServer]:
+    """A real OGX 1.x server (https, self-signed: ``ca_cert``) backed by the scripted LLM; one
+    per session. Skips when ``make install-ogx`` has not built ``.venv-ogx``."""
+    if not ogx_available():
+        pytest.skip("OGX is not installed (make install-ogx)")
+    server = OgxServer(write_ogx_run_yaml(llama_stack_workdir / "ogx", scripted_llm.base_url))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

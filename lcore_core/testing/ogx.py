@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from lcore_core.testing.llama_stack import (
     stack_environment,
 )
 
-__all__ = ["OgxServer", "ogx_python", "ogx_available", "write_ogx_run_yaml", "self_signed_cert"]
+__all__ = ["OgxServer", "ogx_available", "ogx_python", "self_signed_cert", "write_ogx_run_yaml"]
 
 #: `make install-ogx` puts OGX here, in the project root.
 OGX_VENV = Path(__file__).resolve().parents[2] / ".venv-ogx"
@@ -93,7 +94,11 @@ def _ogx_config(workdir: Path, llm_base_url: str, embedding_dimension: int,
                 cert: Path, key: Path) -> dict[str, Any]:
     config = _run_config(workdir, llm_base_url, embedding_dimension, None)
     # No safety API in OGX; conversations are part of its responses API.
-    config["apis"] = ["inference", "responses", "vector_io", "files", "tool_runtime"]
+    config["apis"] = ["inference", "responses", "vector_io", "files", "file_processors",
+                      "tool_runtime"]
+    # OGX turns files into chunks through its file_processors API (pypdf: PDF and text).
+    config["providers"]["file_processors"] = [
+        {"provider_id": "pypdf", "provider_type": "inline::pypdf"}]
     config["providers"].pop("safety")
     config["registered_resources"].pop("shields")
     config.pop("safety")
@@ -149,4 +154,5 @@ class OgxServer(LlamaStackServer):
         return env
 
     def http_client(self) -> httpx.Client:
-        return httpx.Client(timeout=2.0, trust_env=False, verify=str(self.ca_cert))
+        verify = ssl.create_default_context(cafile=str(self.ca_cert))
+        return httpx.Client(timeout=2.0, trust_env=False, verify=verify)

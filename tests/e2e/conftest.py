@@ -10,7 +10,7 @@ import pytest
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 
-from .support import MODES, Lcore, lcore_config, started
+from .support import MODES, Lcore, backend_for, lcore_config, started
 
 
 @pytest.fixture(scope="session", params=MODES)
@@ -19,7 +19,7 @@ async def lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     """One started app per mode for the whole session (library mode initialises once)."""
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"lcore-{mode}")
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     app = create_app(lcore_config(workdir, mode, llama),
                      plugins=load_plugins(entrypoints=False))
     async with started(app) as test_app:

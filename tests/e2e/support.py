@@ -7,9 +7,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-MODES = ["server", "library"]
+from lcore_core.testing.ogx import ogx_available
+
+# `ogx`: server mode against a real OGX 1.x (Llama Stack's successor), when `make install-ogx`
+# built its venv; select or deselect it with the `ogx` marker.
+MODES: list[Any] = ["server", "library"] + (
+    [pytest.param("ogx", marks=pytest.mark.ogx)] if ogx_available() else [])
+
+
+def backend_for(request: pytest.FixtureRequest, mode: str, server: Any, library: Any) -> Any:
+    """What `lcore_config` wants for `mode`: the Llama Stack server URL, the library run.yaml,
+    or the OGX server (started on first use: one per session)."""
+    if mode == "ogx":
+        return request.getfixturevalue("ogx_server")
+    return server.url if mode == "server" else library
+
+
+async def backend_serves(runtime: Any, path: str) -> bool:
+    """Probe the running backend: does it answer GET `path` (not 404/405)? OGX, for one, has no
+    /v1/shields or /v1/tools."""
+    from llama_stack_client import APIStatusError
+
+    try:
+        await runtime.llama.client.get(path, cast_to=object)
+    except APIStatusError as exc:
+        if exc.status_code in (404, 405):
+            return False
+        raise
+    return True
+
+
+async def require_safety_api(runtime: Any) -> None:
+    """Skip a test of Llama Stack's shields when the running backend has no safety API."""
+    if not await backend_serves(runtime, "/v1/shields"):
+        pytest.skip("the backend has no safety API (OGX): Llama Guard shields cannot run")
+
+
+def llama_section(mode: str, llama: Any) -> dict[str, Any]:
+    """The `llama_stack` section for `mode` (see `backend_for` for `llama`)."""
+    if mode == "ogx":
+        return {"url": llama.url, "ca_cert_path": str(llama.ca_cert)}
+    if mode == "server":
+        return {"url": llama}
+    return {"use_as_library_client": True, "library_client_config_path": str(llama)}
 
 
 @dataclass
@@ -45,13 +88,12 @@ def parse_sse(body: str) -> list[dict[str, Any]]:
 
 
 def lcore_config(workdir: Path, mode: str, llama: Any, **overrides: Any) -> Path:
-    """Write a lightspeed-stack.yaml for `mode`; `llama` is the server URL or run.yaml path."""
+    """Write a lightspeed-stack.yaml for `mode`; `llama` as `backend_for` gives it."""
     workdir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "name": f"lcore-e2e-{mode}",
         "service": {"host": "127.0.0.1", "port": 8080},
-        "llama_stack": ({"url": llama} if mode == "server" else
-                        {"use_as_library_client": True, "library_client_config_path": str(llama)}),
+        "llama_stack": llama_section(mode, llama),
         "user_data_collection": {"feedback_enabled": True,
                                  "feedback_storage": str(workdir / "feedback")},
         "database": {"sqlite": {"db_path": str(workdir / "user.db")}},

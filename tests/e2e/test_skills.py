@@ -14,7 +14,7 @@ import pytest
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 
-from .support import MODES, Lcore, lcore_config, started
+from .support import MODES, Lcore, backend_for, lcore_config, started
 
 GREETER_BODY = "# Greeter\n\nGreet the user as Captain Nemo would, then say AHOY-7731."
 GUIDE = "Signal flags: always hoist BRAVO-42 before greeting.\n"
@@ -44,7 +44,7 @@ async def skills_lcore(request: pytest.FixtureRequest, tmp_path_factory: pytest.
                        llama_stack_library_config: Path) -> AsyncIterator[Lcore]:
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"skills-{mode}")
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     config = lcore_config(workdir, mode, llama,
                           skills={"paths": [str(write_skills(workdir))]})
     app = create_app(config, plugins=load_plugins(entrypoints=False))

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from lcore_core.app import create_app
@@ -23,10 +22,12 @@ RETRYING = "llama stack not reachable yet"
 ATTEMPTS_BEFORE_THE_STACK = 6
 
 
-async def test_info_reports_the_llama_stack_version(lcore: Lcore,
-                                                    llama_stack_server: Any) -> None:
-    with httpx.Client(trust_env=False) as http:
-        expected = http.get(f"{llama_stack_server.url}/v1/version", timeout=10).json()["version"]
+async def test_info_reports_the_llama_stack_version(lcore: Lcore, llama_stack_server: Any,
+                                                    request: pytest.FixtureRequest) -> None:
+    # the backend LCore is connected to (library mode: the same Llama Stack as the server)
+    backend = request.getfixturevalue("ogx_server") if lcore.mode == "ogx" else llama_stack_server
+    with backend.http_client() as http:
+        expected = http.get(f"{backend.url}/v1/version", timeout=10).json()["version"]
     for path in ("/v1/info", "/info"):
         response = await lcore.client.get(path)
         assert response.status_code == 200, await response.get_data(as_text=True)

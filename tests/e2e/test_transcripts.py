@@ -18,7 +18,7 @@ from lcore_core.plugins import load_plugins
 from lcore_core.testing.llama_stack import INFERENCE_PROVIDER_ID
 from lcore_core.testing.llm import DEFAULT_LLM_MODEL
 
-from .support import MODES, Lcore, lcore_config, started
+from .support import MODES, Lcore, backend_for, lcore_config, started
 
 # noop authentication's fixed user.
 USER_ID = "00000000-0000-0000-0000-000"
@@ -33,7 +33,7 @@ async def transcript_lcore(request: pytest.FixtureRequest,
                            llama_stack_library_config: Path) -> AsyncIterator[Lcore]:
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"transcripts-{mode}")
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     collection = {"transcripts_enabled": True,
                   # Not there yet: made by the first transcript.
                   "transcripts_storage": str(workdir / "data" / "transcripts")}
