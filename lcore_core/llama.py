@@ -241,10 +241,15 @@ class LlamaStack:
                                 else "llama_stack")
             else:
                 self.backend = backend_of_version(version or "")
-        self.has_safety_api = await self._serves_shields()
-        if not self.has_safety_api:
-            log.warning(SAFETY_UNAVAILABLE, backend=self.backend)
+        if not await self._serves_shields():
+            self.safety_api_missing()
         return self.backend
+
+    def safety_api_missing(self) -> None:
+        """The backend has no safety API: no Llama Stack shields from now on; warned once."""
+        if self.has_safety_api:
+            self.has_safety_api = False
+            log.warning(SAFETY_UNAVAILABLE, backend=self.backend)
 
     async def _serves_shields(self) -> bool:
         """Probe the safety API: an answer to GET /v1/shields, not a 404 (or 405)."""

@@ -405,7 +405,12 @@ async def llama_shield_ids(runtime: Runtime) -> list[str]:
     when the backend has no safety API (OGX: warned once at start-up)."""
     if not runtime.llama.has_safety_api:
         return []
-    return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+    try:
+        return await _cached_ids(runtime, "shields", lambda c: c.shields.list())
+    except NotFound:
+        # A backend first reached after start-up (degraded start) that turns out to be OGX.
+        runtime.llama.safety_api_missing()
+        return []
 
 
 async def select_shields(runtime: Runtime, requested: list[str] | None) -> list[str]:

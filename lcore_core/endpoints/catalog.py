@@ -326,9 +326,13 @@ async def tools() -> Any:
 @authorize(Action.GET_SHIELDS)
 async def shields() -> Any:
     listed: Any = []
-    if current_app.runtime.llama.has_safety_api:  # type: ignore[attr-defined]
-        with llama_errors("shields.list"):
-            listed = await _client().shields.list()
+    llama = current_app.runtime.llama  # type: ignore[attr-defined]
+    if llama.has_safety_api:
+        try:
+            with llama_errors("shields.list"):
+                listed = await _client().shields.list()
+        except NotFound:  # OGX, first reached after a degraded start
+            llama.safety_api_missing()
     # Upstream's entries for the `shields:` section; `identifier` too, for LCore's clients.
     entries: list[dict[str, Any]] = [
         {"name": s["name"], "identifier": s["name"], "provider_id": s["provider_id"],

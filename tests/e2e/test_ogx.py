@@ -7,6 +7,7 @@ checks what is OGX-specific. One OGX server per session (the `ogx_server` fixtur
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import uuid
@@ -18,10 +19,10 @@ import pytest
 from lcore_core.app import create_app
 from lcore_core.llama import SAFETY_UNAVAILABLE
 from lcore_core.plugins import load_plugins
-from lcore_core.testing.llama_stack import LLM_MODEL_ID
+from lcore_core.testing.llama_stack import LLM_MODEL_ID, free_port
 from lcore_core.testing.llm import UNSAFE_MARKER
 from lcore_core.testing.mcp_server import weather_report
-from lcore_core.testing.ogx import ogx_available
+from lcore_core.testing.ogx import OgxServer, ogx_available, write_ogx_run_yaml
 
 from .support import Lcore, lcore_config, started
 
@@ -153,3 +154,30 @@ async def test_file_search_over_a_vector_store(lcore: Lcore, llm: Any) -> None:
     assert "drops safety" in body["response"]
     assert {"doc_title": "OGX notes", "doc_url": "https://example.com/ogx"} in \
         body["referenced_documents"]
+
+
+async def test_degraded_start_then_ogx_arrives(tmp_path: Any, llm: Any,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The safety probe could not run at start-up (nothing listening): the first query that
+    reaches OGX finds no safety API, warns once and answers without Llama Stack shields."""
+    server = OgxServer(write_ogx_run_yaml(tmp_path / "ogx", llm.base_url), port=free_port())
+    config = lcore_config(tmp_path / "lcore", "ogx", server,
+                          llama_stack={"url": server.url, "ca_cert_path": str(server.ca_cert),
+                                       "max_retries": 1, "retry_delay": 1,
+                                       "allow_degraded_mode": True})
+    app = create_app(config, plugins=load_plugins(entrypoints=False))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lcore.llama"):
+            async with started(app) as test_app:
+                client = test_app.test_client()
+                assert app.runtime.degraded is not None
+                await asyncio.to_thread(server.start)
+                for question in ("first after the start", "second after the start"):
+                    answer = await client.post("/v2/query", json={
+                        "query": question, "generate_topic_summary": False})
+                    assert answer.status_code == 200, await answer.get_data(as_text=True)
+                assert app.runtime.llama.has_safety_api is False
+                await app.runtime.drain()
+        assert sum(SAFETY_UNAVAILABLE in r.getMessage() for r in caplog.records) == 1
+    finally:
+        await asyncio.to_thread(server.stop)
