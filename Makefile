@@ -10,7 +10,8 @@ OGX_VENV ?= .venv-ogx
 # OGX 1.x (Llama Stack's successor) lives in its own venv: its pins (mcp 2, fastapi) conflict
 # with Llama Stack 0.7's. The e2e suite runs its `ogx` mode when this venv exists.
 OGX_VERSION ?= 1.5.0
-OGX_PACKAGES ?= ogx==$(OGX_VERSION) faiss-cpu
+# faiss-cpu: vector stores; pypdf, chardet: its file processor; tqdm: file search
+OGX_PACKAGES ?= ogx==$(OGX_VERSION) faiss-cpu pypdf chardet tqdm
 
 .PHONY: run test lint type venv install install-embedded install-test install-ogx clean
 
@@ -30,7 +31,7 @@ $(OGX_VENV)/bin/python:
 	"$$(scripts/find-python.sh)" -m venv $(OGX_VENV)
 
 install-ogx: $(OGX_VENV)/bin/python
-	@$(OGX_VENV)/bin/python -c 'import importlib.metadata as m, sys; \
+	@$(OGX_VENV)/bin/python -c 'import importlib.metadata as m, sys, faiss, pypdf; \
 	  sys.exit(m.version("ogx") != "$(OGX_VERSION)")' 2>/dev/null || \
 	  $(OGX_VENV)/bin/python -m pip install $(PIP_FLAGS) $(OGX_PACKAGES)
 
