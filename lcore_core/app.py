@@ -28,7 +28,9 @@ from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack, provider_dat
 from lcore_core.llama_config import synthesize_to_file
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
+from lcore_core.interrupts import LiveStreams
 from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
+from lcore_core.mcp_registry import McpRegistry
 from lcore_core.metrics import (
     CoreMetrics,
     MetricsRegistry,
@@ -115,8 +117,11 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     if local_model is not None:
         # Its hooks: readiness, indexing documents at start-up, stopping the server at shutdown.
         plugins.register(local_model, "local-model", distribution="lcore-core")
+    runtime.mcp = McpRegistry(config.mcp_servers)
+    runtime.streams = LiveStreams()
+    # Always there: a server registered at run time is probed like a configured one.
+    runtime.mcp_health = McpHealth()
     if config.mcp_servers:
-        runtime.mcp_health = McpHealth()
         plugins.register(McpReadiness(config.mcp_servers, runtime.mcp_health), "mcp-readiness",
                          distribution="lcore-core")
 
@@ -132,6 +137,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         conversations,
         feedback,
         mcp_auth,
+        mcp_servers,
         prompts,
         query,
         responses,
@@ -142,7 +148,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
     from lcore_core.endpoints import skills as skills_endpoint
 
     for module in (system, query, responses, conversations, catalog, feedback, mcp_auth,
-                   skills_endpoint, vector_stores, prompts, saved_prompts):
+                   mcp_servers, skills_endpoint, vector_stores, prompts, saved_prompts):
         app.register_blueprint(module.bp)
     for bp in plugins.blueprints(config):
         app.register_blueprint(bp)

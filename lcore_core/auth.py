@@ -84,6 +84,9 @@ class Action(StrEnum):
     MANAGE_PROMPTS = "manage_prompts"
     READ_PROMPTS = "read_prompts"
     MANAGE_SAVED_PROMPTS = "manage_saved_prompts"
+    REGISTER_MCP_SERVER = "register_mcp_server"
+    LIST_MCP_SERVERS = "list_mcp_servers"
+    DELETE_MCP_SERVER = "delete_mcp_server"
 
 
 class RbacResolver:

@@ -76,7 +76,7 @@ def mcp_tools(runtime: Runtime, auth: AuthTuple, client_headers: dict[str, dict[
     """
     incoming = {k.lower(): v for k, v in (request_headers or {}).items()}
     tools = []
-    for server in runtime.config.mcp_servers:
+    for server in runtime.mcp_servers():
         if server.name in skip:
             continue
         given = client_headers.get(server.name)
@@ -152,6 +152,10 @@ class McpHealth:
             task = self._probing[name] = asyncio.ensure_future(run())
         return await asyncio.shield(task)
 
+    def forget(self, name: str) -> None:
+        """Drop what is known of `name` (unregistered: a new server may take its name)."""
+        self._checked.pop(name, None)
+
     def reason(self, name: str) -> str | None:
         """Why `name` was last found unreachable (None: it answered, or was never probed)."""
         return self._checked.get(name, (0.0, None))[1]
@@ -208,7 +212,7 @@ async def check_oauth(runtime: Runtime, auth: AuthTuple,
     send the token in `MCP-HEADERS`. A server that cannot be asked is a 401 as well (as upstream).
     """
     probes = []
-    for server in runtime.config.mcp_servers:
+    for server in runtime.mcp_servers():
         if not oauth_headers(server):
             continue
         authorization = None

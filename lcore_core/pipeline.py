@@ -4,7 +4,8 @@ prepare (quota check, model, shields, conversation, tools) -> the configured que
 shields (lcore_core.shields; a refused question skips the next step) -> Llama Stack Responses
 call -> summarise the output (text, tool calls, RAG chunks, referenced documents, shield refusal) ->
 finish (user DB, cache, quota consume, metrics, `lcore_query_completed`). A failed or cut call
-consumes nothing and stores no half turn.
+consumes nothing and stores no half turn; a stream its owner interrupts (lcore_core.interrupts)
+stores and charges what it got.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import secrets
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
 from lcore_core.errors import Forbidden, LCoreError, NotFound
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
+from lcore_core.interrupts import INTERRUPTED_TEXT, LiveStream, close_markdown
 from lcore_core.llama import llama_errors
 from lcore_core.metrics import current_request
 from lcore_core.runtime import Runtime
@@ -165,7 +168,7 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   endpoint: str, client_mcp_headers: dict[str, Any] | None = None,
                   request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
-    if runtime.config.mcp_servers and not body.get("no_tools"):
+    if runtime.mcp_servers() and not body.get("no_tools"):
         from lcore_core.mcp import check_oauth
 
         # As upstream, before the quota: a client owing an MCP server's OAuth token hears so.
@@ -233,7 +236,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
     conversation = await resolve_conversation(runtime, auth, body.get("conversation_id"), meta)
     unavailable: list[str] = []
     if runtime.mcp_health is not None and not body.get("no_tools"):
-        unavailable = await runtime.mcp_health.unreachable(runtime.config.mcp_servers)
+        unavailable = await runtime.mcp_health.unreachable(runtime.mcp_servers())
     tools = [] if body.get("no_tools") else await select_tools(
         runtime, auth, body.get("vector_store_ids"), client_mcp_headers, request_headers,
         skip=frozenset(unavailable))
@@ -526,7 +529,7 @@ async def _without_dead_mcp(runtime: Runtime, plan: QueryPlan, exc: LCoreError) 
     offered = {t.get("server_label") for t in plan.tools if t.get("type") == "mcp"}
     if exc.status < 500 or not offered or runtime.mcp_health is None:
         return False
-    servers = [s for s in runtime.config.mcp_servers if s.name in offered]
+    servers = [s for s in runtime.mcp_servers() if s.name in offered]
     dead = await runtime.mcp_health.unreachable(servers, force=True)
     if not dead:
         return False
@@ -861,20 +864,26 @@ async def stream(runtime: Runtime, plan: QueryPlan, *,
     # The first answers of a fresh Llama Stack go one at a time (LlamaStack.answers): a stream
     # holds the gate until its last event.
     admitted = await runtime.llama.answers.admit()
+    streams = runtime.streams
+    live = streams.open(plan.auth.user_id) if streams is not None else LiveStream(
+        str(uuid.uuid4()), plan.auth.user_id)
     try:
-        async for event in _stream(runtime, plan, raise_on_open):
+        async for event in _stream(runtime, plan, raise_on_open, live):
             yield event
     finally:
+        if streams is not None:
+            streams.close(live)
         runtime.llama.answers.settle(admitted, plan.answered)
         if not plan.ticket.settled:
             await release(runtime, plan.quota_auth, plan.ticket)
 
 
-async def _stream(runtime: Runtime, plan: QueryPlan,
-                  raise_on_open: bool) -> AsyncIterator[StreamEvent]:
+async def _stream(runtime: Runtime, plan: QueryPlan, raise_on_open: bool,
+                  live: LiveStream) -> AsyncIterator[StreamEvent]:
     result = QueryResult()
     waiting = 0.0
-    start = StreamEvent("start", {"conversation_id": plan.conversation_id})
+    start = StreamEvent("start", {"conversation_id": plan.conversation_id,
+                                  "request_id": live.request_id})
     started = time.perf_counter()
     try:
         verdict = await check_question(runtime, plan)  # reports its own failure
@@ -904,12 +913,17 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     iterator = upstream.__aiter__()
     try:
         yield start  # inside: a client gone right after it still closes the upstream stream
-        while True:
+        while not live.interrupted:
             t0 = time.perf_counter()
             try:
+                live.waiting = asyncio.current_task()
                 with llama_errors():
                     chunk = await iterator.__anext__()
             except StopAsyncIteration:
+                break
+            except asyncio.CancelledError:
+                if not live.caught():
+                    raise
                 break
             except LCoreError as exc:
                 # Failed before saying anything (a streamed call learns of a dead MCP server
@@ -921,6 +935,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
                 iterator = upstream.__aiter__()
                 continue
             finally:
+                live.waiting = None
                 waiting += time.perf_counter() - t0
             data = as_dict(chunk)
             kind = data.get("type", "")
@@ -963,6 +978,11 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
         return
     finally:
         await _close_quietly(upstream)
+    if live.interrupted and completed is None:
+        async for event in _interrupted(runtime, plan, result, "".join(texts), token_no,
+                                        waiting, verdict, live):
+            yield event
+        return
     if completed is None:
         cut = LCoreError("Llama Stack stream ended early", "no response.completed event")
         await _failed(runtime, plan, cut, waiting)
@@ -991,6 +1011,23 @@ async def _stream(runtime: Runtime, plan: QueryPlan,
     yield StreamEvent("turn_complete", {"token": result.response})
     quotas = await finish(runtime, plan, result)
     yield _end_event(plan, result, quotas)
+
+
+async def _interrupted(runtime: Runtime, plan: QueryPlan, result: QueryResult, text: str,
+                       token_no: int, waiting: float, verdict: validity.Verdict,
+                       live: LiveStream) -> AsyncIterator[StreamEvent]:
+    """The end of a stream its owner stopped: a closing line, then the turn as far as it got
+    is stored and its tokens (as estimated, Llama Stack reported none) are charged."""
+    suffix = close_markdown(text) + f"\n\n*{INTERRUPTED_TEXT}*"
+    result.response = plan.shields.redact(text)
+    result.llm_seconds = waiting
+    await estimate_missing_usage(plan, result)
+    result.response = plan.shields.redact(text + suffix)
+    add_inline_hits(result, plan)
+    add_check(result, verdict)
+    yield StreamEvent("token", {"id": token_no, "token": suffix})
+    await finish(runtime, plan, result)
+    yield StreamEvent("interrupted", {"request_id": live.request_id})
 
 
 async def _refused_stream(runtime: Runtime, plan: QueryPlan, verdict: validity.Verdict,

@@ -44,10 +44,19 @@ class Runtime:
     cutting_streams: bool = False
     # Which MCP servers answer (lcore_core.mcp.McpHealth), when any is configured.
     mcp_health: Any = None
+    # The MCP servers a query offers (lcore_core.mcp_registry.McpRegistry): configured ones
+    # and those registered at run time through /v1/mcp-servers.
+    mcp: Any = None
+    # Live streaming queries an owner may interrupt (lcore_core.interrupts.LiveStreams).
+    streams: Any = None
     # This app's OpenTelemetry tracer when `service.tracing.enabled` (lcore_core.tracing).
     tracing: Tracing | None = None
     # Why the service started without Llama Stack (`llama_stack.allow_degraded_mode`), else None.
     degraded: str | None = None
+
+    def mcp_servers(self) -> list[Any]:
+        """Every MCP server a query may offer (read on each call: registrations come and go)."""
+        return self.mcp.servers() if self.mcp is not None else list(self.config.mcp_servers)
 
     async def cached(self, key: str, seconds: float, fetch: Callable[[], Awaitable[T]]) -> T:
         """`await fetch()`, kept in `state[key]` for `seconds` (Llama Stack's lists, which the

@@ -807,11 +807,7 @@ KNOWN_CACHE_TYPES: dict[str, str | None] = {
 
 # Upstream authorization actions whose endpoints LCore does not serve yet: accepted in access
 # rules with a warning (they grant nothing). Plugins may register some of them.
-UPSTREAM_ACTIONS: dict[str, str] = {
-    "register_mcp_server": "registering MCP servers at run time",
-    "list_mcp_servers": "registering MCP servers at run time",
-    "delete_mcp_server": "registering MCP servers at run time",
-}
+UPSTREAM_ACTIONS: dict[str, str] = {}
 # Upstream actions that an LCore plugin registers (`lcore_actions`) when installed.
 PLUGIN_ACTIONS = dict.fromkeys(
     ("a2a_agent_card", "a2a_task_execution", "a2a_message", "a2a_jsonrpc"), "lcore-a2a")

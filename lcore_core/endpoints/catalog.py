@@ -269,7 +269,7 @@ def mcp_tool_entry(server: Any, tool: dict[str, Any]) -> dict[str, Any]:
 
 async def _mcp_entries(runtime: Any) -> list[dict[str, Any]]:
     """Each MCP server's own tools, asked with the caller's resolved headers, in parallel."""
-    servers = runtime.config.mcp_servers
+    servers = runtime.mcp_servers()
     if not servers:
         return []
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS), servers)

@@ -28,7 +28,7 @@ class ClientOptionsSchema(Schema):
      tags=["mcp"], responses={200: ClientOptionsSchema})
 @authorize(Action.GET_TOOLS)
 async def client_options() -> Any:
-    servers = current_app.runtime.config.mcp_servers  # type: ignore[attr-defined]
+    servers = current_app.runtime.mcp_servers()  # type: ignore[attr-defined]
     options = [{"name": s.name, "client_auth_headers": names} for s in servers
                if (names := client_header_names(s))]
     return jsonify({"servers": options})

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
+from marshmallow import Schema, ValidationError, fields
 from quart import Blueprint, Response, current_app, g, jsonify, request
 
 from lcore_core import pipeline
 from lcore_core.auth import Action, authorize
-from lcore_core.errors import LCoreError
+from lcore_core.config.schema import Base
+from lcore_core.errors import Forbidden, LCoreError, NotFound
+from lcore_core.interrupts import Outcome
 from lcore_core.mcp import MCP_HEADERS, parse_mcp_headers
 from lcore_core.schemas import QueryRequestSchema, QueryResponseSchema
 from lcore_core.web import doc, load_body, route
@@ -29,7 +33,7 @@ async def _plan(endpoint: str) -> pipeline.QueryPlan:
     runtime = _runtime()
     body = await load_body(QueryRequestSchema)
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
-                                       runtime.config.mcp_servers)
+                                       runtime.mcp_servers())
     plan = await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
                                   client_mcp_headers=client_headers,
                                   request_headers=dict(request.headers))
@@ -63,7 +67,8 @@ def _note_unavailable(response: Response, plan: pipeline.QueryPlan) -> Response:
 @doc(summary="Ask a question; the answer streams as server-sent events", tags=["query"],
      body=QueryRequestSchema, content_type="text/event-stream",
      responses={200: "SSE stream: start, token..., tool_call, tool_result, turn_complete, end "
-                     "(or error)", 404: "Unknown model or conversation", 429: "Quota exceeded",
+                     "(or error; a stream stopped through /v1/streaming_query/interrupt ends with "
+                     "a closing token and interrupted)", 404: "Unknown model or conversation", 429: "Quota exceeded",
                 503: "Llama Stack unavailable"})
 @authorize(Action.STREAMING_QUERY)
 async def streaming_query() -> Any:
@@ -105,6 +110,46 @@ async def streaming_query() -> Any:
     response.headers["X-Accel-Buffering"] = "no"
     response.timeout = None
     return _note_unavailable(response, plan)
+
+
+def _request_id(value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ValidationError(f"Improper request ID {value[:64]}") from None
+
+
+class StreamingInterruptRequestSchema(Base):
+    request_id = fields.String(required=True, validate=_request_id, metadata={
+        "description": "The request_id of the stream's start event",
+        "example": "123e4567-e89b-12d3-a456-426614174000"})
+
+
+class StreamingInterruptResponseSchema(Schema):
+    request_id = fields.String(required=True)
+    interrupted = fields.Boolean(required=True)
+    message = fields.String(required=True)
+
+
+@route(bp, "/v1/streaming_query/interrupt", methods=["POST"])
+@doc(summary="Stop one of the caller's streaming queries; what it said so far is kept",
+     tags=["query"], body=StreamingInterruptRequestSchema,
+     responses={200: StreamingInterruptResponseSchema,
+                403: "The stream is another user's", 404: "No live stream of that id"})
+@authorize(Action.STREAMING_QUERY)
+async def interrupt_stream() -> Any:
+    request_id = (await load_body(StreamingInterruptRequestSchema))["request_id"]
+    user_id = g.auth.user_id
+    outcome = _runtime().streams.interrupt(request_id, user_id)
+    if outcome is Outcome.NOT_FOUND:
+        raise NotFound("Streaming Request not found",
+                       f"Streaming Request with ID {request_id} does not exist")
+    if outcome is Outcome.FORBIDDEN:
+        raise Forbidden("User does not have permission to interrupt this streaming request",
+                        f"User {user_id} does not own streaming request with ID {request_id}")
+    log.info("stream interrupted", stream_request_id=request_id)
+    return jsonify({"request_id": request_id, "interrupted": True,
+                    "message": "Streaming request interrupted"})
 
 
 def _encode(event: pipeline.StreamEvent, text_mode: bool) -> bytes:

@@ -74,7 +74,7 @@ async def responses() -> Any:
     if body.get("reasoning") is not None:
         log.info("reasoning is not supported and is ignored")
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
-                                       runtime.config.mcp_servers)
+                                       runtime.mcp_servers())
     plan = await prepare(runtime, g.auth, body, client_headers, dict(request.headers))
     if body["stream"]:
         return await _streamed(runtime, plan, body)
@@ -202,7 +202,7 @@ async def _decide(runtime: Any, auth: AuthTuple, body: dict[str, Any], text: str
     unavailable: list[str] = []
     none = body.get("tool_choice") == "none"
     if runtime.mcp_health is not None and not none:
-        unavailable = await runtime.mcp_health.unreachable(runtime.config.mcp_servers)
+        unavailable = await runtime.mcp_health.unreachable(runtime.mcp_servers())
     tools = [] if none else await _tools(runtime, auth, body.get("tools"), client_headers,
                                          request_headers, frozenset(unavailable))
     requested_stores = None
@@ -267,7 +267,7 @@ async def _tools(runtime: Any, auth: AuthTuple, requested: list[dict[str, Any]] 
     if requested is None:
         return await pipeline.select_tools(runtime, auth, None, client_headers,
                                            request_headers, skip)
-    names = [s.name for s in runtime.config.mcp_servers]
+    names = [s.name for s in runtime.mcp_servers()]
     resolved = {t["server_label"]: t
                 for t in mcp_tools(runtime, auth, client_headers, request_headers, skip)}
     tools = []

@@ -150,7 +150,7 @@ def quota_subject(kind: str | None, auth: AuthTuple) -> AuthTuple | None:
 async def _plan(runtime: Runtime, auth: AuthTuple, body: dict[str, Any],
                 subject: AuthTuple | None, ticket: QuotaTicket) -> pipeline.QueryPlan:
     model_id, provider, model = await resolve_model(runtime)
-    servers = runtime.config.mcp_servers
+    servers = runtime.mcp_servers()
     unavailable: list[str] = []
     if runtime.mcp_health is not None:
         unavailable = await runtime.mcp_health.unreachable(servers)

@@ -110,7 +110,7 @@ async def _dispatch(call: Call) -> Any:
         await a2a.prepare(
             turn, endpoint=STREAM_ENDPOINT if streaming else SEND_ENDPOINT,
             client_mcp_headers=parse_mcp_headers(request.headers.get(MCP_HEADERS),
-                                                 runtime.config.mcp_servers),
+                                                 runtime.mcp_servers()),
             request_headers=dict(request.headers))
     except LCoreError as exc:  # quota, model, conversation, Llama Stack: the task fails
         task = await a2a.failed(turn, exc)
