@@ -24,11 +24,11 @@ from lcore_core.config.loader import Document, read_document
 from lcore_core.config.unified import has_unified_input
 from lcore_core.errors import BackendUnavailable, ConfigError, LCoreError
 from lcore_core.hookspecs import hookimpl
+from lcore_core.interrupts import LiveStreams
 from lcore_core.llama import CONNECT_ATTEMPT_TIMEOUT_S, LlamaStack, provider_data_header
 from lcore_core.llama_config import synthesize_to_file
 from lcore_core.local_model import LocalModel
 from lcore_core.logs import configure_logging, flush_logging
-from lcore_core.interrupts import LiveStreams
 from lcore_core.mcp import CoreHeaderValues, McpHealth, McpReadiness, check_reachable
 from lcore_core.mcp_registry import McpRegistry
 from lcore_core.metrics import (

@@ -67,8 +67,9 @@ def _note_unavailable(response: Response, plan: pipeline.QueryPlan) -> Response:
 @doc(summary="Ask a question; the answer streams as server-sent events", tags=["query"],
      body=QueryRequestSchema, content_type="text/event-stream",
      responses={200: "SSE stream: start, token..., tool_call, tool_result, turn_complete, end "
-                     "(or error; a stream stopped through /v1/streaming_query/interrupt ends with "
-                     "a closing token and interrupted)", 404: "Unknown model or conversation", 429: "Quota exceeded",
+                     "(or error; a stream stopped through /v1/streaming_query/interrupt ends "
+                     "with a closing token and interrupted)",
+                404: "Unknown model or conversation", 429: "Quota exceeded",
                 503: "Llama Stack unavailable"})
 @authorize(Action.STREAMING_QUERY)
 async def streaming_query() -> Any:

@@ -150,6 +150,31 @@ async def test_cut_stream_consumes_nothing(app: Any, llm: Any) -> None:
     assert quota.store.usage_totals("e2e-cut") == []
 
 
+async def test_interrupted_stream_consumes_what_it_used(app: Any, llm: Any) -> None:
+    quota = quota_of(app)
+    llm.script("interrupted quota stream", text=" ".join(f"w{i}" for i in range(40)),
+               chunk_delay=0.2)
+    async with app.client.request("/v2/streaming_query?user_id=e2e-stop", method="POST",
+                                  headers={"Content-Type": "application/json"}) as conn:
+        await conn.send(b'{"query": "interrupted quota stream", '
+                        b'"generate_topic_summary": false}')
+        await conn.send_complete()
+        received = b""
+        while b'"token"' not in received:
+            received += await asyncio.wait_for(conn.receive(), 30)
+        request_id = parse_sse(received.decode())[0]["data"]["request_id"]
+        stopped = await app.client.post("/v1/streaming_query/interrupt?user_id=e2e-stop",
+                                        json={"request_id": request_id})
+        assert stopped.status_code == 200
+        while b'"interrupted"' not in received:
+            received += await asyncio.wait_for(conn.receive(), 30)
+    # Llama Stack reported no usage for the cut call: LCore's estimate of it is charged.
+    [usage] = quota.store.usage_totals("e2e-stop")
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0 and usage["calls"] == 1
+    spent = usage["input_tokens"] + usage["output_tokens"]
+    assert (await quota.status("e2e-stop"))["daily"] == 2000 - spent
+
+
 async def quota_samples(app: Any) -> dict[tuple[str, str, str], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
