@@ -7,6 +7,7 @@ from typing import Any
 
 from lcore_core.config import Settings
 from lcore_core.errors import Conflict, Forbidden, UnprocessableEntity
+from lcore_core.skills.server import SERVER_LABEL as SKILLS_LABEL
 
 # Runtime registrations a process keeps at most; a client controls how many it adds.
 MAX_RUNTIME_SERVERS = 64
@@ -32,7 +33,9 @@ class McpRegistry:
     def add(self, fields: dict[str, Any]) -> Any:
         """Register a server; 409 when its name is taken, 422 past `limit` registrations."""
         name = fields["name"]
-        if any(s.name == name for s in self._all):
+        # The skills' own MCP server goes to Llama Stack under its label: a second server of
+        # that label would make the call ambiguous.
+        if name == SKILLS_LABEL or any(s.name == name for s in self._all):
             raise Conflict("Mcp Server already exists",
                            f"Mcp Server with name '{name}' is already registered")
         if len(self._runtime) >= self.limit:

@@ -26,7 +26,7 @@ def test_registered_servers_follow_the_configured_ones() -> None:
 def test_names_are_unique_across_both() -> None:
     registry = McpRegistry(STATIC)
     registry.add({"name": "tides", "url": "http://t/mcp"})
-    for name in ("tides", "weather"):
+    for name in ("tides", "weather", "agent-skills"):
         with pytest.raises(Conflict) as caught:
             registry.add({"name": name, "url": "http://x/mcp"})
         assert caught.value.response == "Mcp Server already exists"
