@@ -13,7 +13,7 @@ from lcore_core.mcp_registry import MAX_RUNTIME_SERVERS
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.mcp_server import MCPTestServer
 
-from .support import MODES, Lcore, lcore_config, started
+from .support import MODES, Lcore, backend_for, lcore_config, started
 
 
 def tide_report(port: str) -> str:
@@ -38,10 +38,10 @@ async def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
               mcp_test_server: Any) -> AsyncIterator[Lcore]:
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"mcp-servers-{mode}")
-    llama = llama_stack_server.url if mode == "server" else llama_stack_library_config
+    llama = backend_for(request, mode, llama_stack_server, llama_stack_library_config)
     # Library mode gets no configured server: there a call with two MCP servers whose model
     # calls the second one's tool is abandoned (499), with or without registration (as on main).
-    static = [{"name": "weather", "url": mcp_test_server.url}] if mode == "server" else []
+    static = [{"name": "weather", "url": mcp_test_server.url}] if mode != "library" else []
     config = lcore_config(workdir, mode, llama, mcp_servers=static)
     lcore_app = create_app(config, plugins=load_plugins(entrypoints=False))
     async with started(lcore_app) as test_app:
@@ -55,7 +55,7 @@ async def test_registered_server_is_used_until_deleted(app: Lcore, llm: Any,
     client = app.client
     configured = [{"name": "weather", "url": mcp_test_server.url,
                    "provider_id": "model-context-protocol", "source": "config"}
-                  ] if app.mode == "server" else []
+                  ] if app.mode != "library" else []
     listing = await (await client.get("/v1/mcp-servers")).get_json()
     assert listing == {"servers": configured}
 
