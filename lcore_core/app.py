@@ -45,6 +45,7 @@ from lcore_core.providers import ReadinessCheck
 from lcore_core.runtime import Runtime
 from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.storage import Storage
+from lcore_core.summaries import TopicSummaries
 from lcore_core.userdb import UserDB
 from lcore_core.write_timeout import with_write_timeout
 
@@ -111,6 +112,9 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
         tracing=tracer,
     )
     runtime.saved_prompts = SavedPrompts(runtime.userdb)
+    summary_settings = config.get("topic_summary")
+    if summary_settings is not None and summary_settings.enabled:
+        runtime.summaries = TopicSummaries(runtime, summary_settings)
     app.runtime = runtime
     plugins.register(CoreReadiness(runtime), "core-readiness", distribution="lcore-core")
     local_model = LocalModel(config.local_model) if config.get("local_model") else None

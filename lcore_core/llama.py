@@ -159,6 +159,13 @@ class LlamaStack:
             return await self._through_client(body, headers, stream=True)
         return EventStream(await self._send(self._http, body, headers, stream=True))
 
+    async def chat(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
+        """One chat completion, not streamed, as plain JSON (background calls: topic titles)."""
+        if self.azure is not None:
+            headers = await self.azure.headers(body.get("model"), headers)
+        return await self.client.post("/v1/chat/completions", body=body, cast_to=object,
+                                      options={"headers": headers})
+
     async def _through_client(self, body: dict[str, Any], headers: dict[str, str], *,
                               stream: bool) -> Any:
         """A Responses call through the client (library mode), as plain JSON."""

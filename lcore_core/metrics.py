@@ -116,6 +116,10 @@ class CoreMetrics:
         self.response_write_timeouts = Counter(
             "ls_response_write_timeouts_total", "Responses ended because a write to the client "
             "waited longer than service.write_timeout_seconds", registry=registry)
+        self.background_skipped = Counter(
+            "ls_background_llm_skipped_total", "Background LLM calls (topic summaries) not made "
+            "or without result, by purpose and reason (queue_full, failed, no_title, shutdown)",
+            ["purpose", "reason"], registry=registry)
         self.overhead = Histogram(
             "ls_overhead_seconds", "Request time minus time waiting on Llama Stack, for requests "
             "that called it (streams included)", ["path"], buckets=OVERHEAD_BUCKETS,

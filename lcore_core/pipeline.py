@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from lcore_core import rag, skills, tokens, tracing, transcripts
+from lcore_core import rag, skills, summaries, tokens, tracing, transcripts
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
@@ -46,8 +46,6 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MODEL_OVERRIDE_REFUSED = ("This instance does not permit overriding model/provider in the query "
                           "request (missing permission: model_override). Please remove the "
                           "model and provider fields from your request.")
-TOPIC_SUMMARY_PROMPT = ("Give a short topic summary (at most 8 words, no punctuation at the end) "
-                        "of this question: ")
 MODEL_CACHE_SECONDS = 30.0
 
 
@@ -735,8 +733,8 @@ async def finish(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> dict
         streaming=plan.streaming,
         shield_violations=tuple(result.shield_violations)), runtime)
     if plan.new_conversation and plan.generate_topic_summary and plan.store:
-        # A second LLM call: never on the answer's path.
-        runtime.spawn(summarise_topic(runtime, plan))
+        # Batched and bounded background work, never on the answer's path.
+        request_summary(runtime, plan)
     return await runtime.plugins.quota_status(plan.auth, runtime)
 
 
@@ -776,16 +774,13 @@ async def _store_turn(runtime: Runtime, plan: QueryPlan, entry: CacheEntry,
         log.error("cache insert failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def summarise_topic(runtime: Runtime, plan: QueryPlan) -> None:
-    """Write a new conversation's topic summary (runs after the answer was sent)."""
-    topic = await topic_summary(runtime, plan)
-    if not topic:
+def request_summary(runtime: Runtime, plan: QueryPlan) -> None:
+    """Ask for a new conversation's topic summary (lcore_core.summaries), unless switched off."""
+    if runtime.summaries is None:
         return
-    try:
-        await runtime.userdb.set_topic_summary(plan.conversation_id, topic)
-        await runtime.cache.set_topic_summary(plan.auth.user_id, plan.conversation_id, topic)
-    except Exception as exc:
-        log.warning("topic summary not stored", error=f"{type(exc).__name__}: {exc}")
+    runtime.summaries.request(summaries.Item(
+        auth=plan.auth, quota_auth=plan.quota_auth, conversation_id=plan.conversation_id,
+        question=plan.query, provider=plan.provider, model=plan.model, model_id=plan.model_id))
 
 
 def _metrics(runtime: Runtime, plan: QueryPlan, result: QueryResult) -> None:
@@ -824,21 +819,6 @@ async def _failed(runtime: Runtime, plan: QueryPlan, exc: BaseException, seconds
         provider=plan.provider, model=plan.model, endpoint=plan.endpoint,
         duration_s=time.perf_counter() - plan.started, llm_duration_s=seconds,
         streaming=plan.streaming, error=f"{type(exc).__name__}: {exc}"), runtime)
-
-
-async def topic_summary(runtime: Runtime, plan: QueryPlan) -> str | None:
-    """A short LLM-written summary for a new conversation; None if the call fails."""
-    try:
-        with llama_errors("responses.create", {"gen_ai.request.model": plan.model_id,
-                                               "lcore.purpose": "topic_summary"}):
-            response = await runtime.llama.client.responses.create(
-                model=plan.model_id, input=TOPIC_SUMMARY_PROMPT + plan.query, store=False,
-                instructions="You write very short topic titles.")
-    except LCoreError as exc:
-        log.warning("topic summary failed", error=str(exc))
-        return None
-    text = summarise(as_dict(response)).response.strip().strip('"').strip()
-    return text[:200] or None
 
 
 # --- streaming -----------------------------------------------------------------------------

@@ -53,6 +53,8 @@ class Runtime:
     tracing: Tracing | None = None
     # Why the service started without Llama Stack (`llama_stack.allow_degraded_mode`), else None.
     degraded: str | None = None
+    # Topic summaries of new conversations (lcore_core.summaries.TopicSummaries).
+    summaries: Any = None
 
     def mcp_servers(self) -> list[Any]:
         """Every MCP server a query may offer (read on each call: registrations come and go)."""
@@ -83,6 +85,8 @@ class Runtime:
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait up to `timeout` seconds for background work, then cancel what is left."""
+        if self.summaries is not None:
+            await self.summaries.drain(timeout)
         pending = set(self.background)
         if not pending:
             return

@@ -143,9 +143,13 @@ class UserDB:
                                           (conversation_id,)))
 
     @traced("lcore.storage.userdb.set_topic_summary")
-    async def set_topic_summary(self, conversation_id: str, summary: str) -> bool:
+    async def set_topic_summary(self, conversation_id: str, summary: str, *,
+                                only_if_unset: bool = False) -> bool:
+        """True when written; `only_if_unset` leaves a topic already there (a user's rename)."""
+        unset = " AND topic_summary IS NULL" if only_if_unset else ""
         return bool(await self.db.execute(
-            f'UPDATE "{TABLE}" SET topic_summary = %s WHERE id = %s', (summary, conversation_id)))
+            f'UPDATE "{TABLE}" SET topic_summary = %s WHERE id = %s{unset}',
+            (summary, conversation_id)))
 
     async def import_rows(self, rows: Sequence[dict[str, Any]], *,
                           dry_run: bool) -> tuple[int, int]:

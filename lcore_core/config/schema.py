@@ -438,9 +438,34 @@ class InferenceSchema(Base):
 
     @validates_schema
     def _pair(self, data: dict[str, Any], **_: Any) -> None:
-        if (data["default_model"] is None) != (data["default_provider"] is None):
-            missing = "default_provider" if data["default_provider"] is None else "default_model"
-            raise ValidationError("default_model and default_provider go together", missing)
+        _together(data, "default_model", "default_provider")
+
+
+def _together(data: dict[str, Any], first: str, second: str) -> None:
+    """Two keys that are both set or both unset (a model and its provider)."""
+    if (data[first] is None) != (data[second] is None):
+        missing = second if data[second] is None else first
+        raise ValidationError(f"{first} and {second} go together", missing)
+
+
+class TopicSummarySchema(Base):
+    """LCore addition: how new conversations get their topic summary (lcore_core.summaries)."""
+
+    enabled = fields.Boolean(load_default=True)
+    # A model of its own for titles (e.g. a smaller one); unset: the answer's model.
+    model = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
+    provider = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
+    max_input_chars = fields.Integer(load_default=1000, validate=validate.Range(1, 100_000))
+    max_output_tokens = fields.Integer(load_default=24, validate=validate.Range(1, 1024))
+    batch_window_ms = fields.Integer(load_default=1000, validate=validate.Range(0, 60_000))
+    batch_size = fields.Integer(load_default=16, validate=validate.Range(1, 64))
+    max_concurrent_calls = fields.Integer(load_default=2, validate=validate.Range(1, 64))
+    max_queued = fields.Integer(load_default=64, validate=validate.Range(0, 100_000))
+    charge_quota = fields.Boolean(load_default=True)
+
+    @validates_schema
+    def _pair(self, data: dict[str, Any], **_: Any) -> None:
+        _together(data, "model", "provider")
 
 
 class DocumentsSchema(Base):
@@ -759,6 +784,7 @@ CORE_SECTIONS: dict[str, fields.Field] = {
     "compaction": section(CompactionSchema),
     "approvals": section(ApprovalsSchema),
     "saved_prompts": section(SavedPromptsSchema),
+    "topic_summary": section(TopicSummarySchema),
     **rlsapi_sections(),  # rlsapi_v1, splunk, deployment_environment (lcore_core.rlsapi)
     "shields": shields_field(),
     "vector_store": section(VectorStoreSchema),

@@ -12,10 +12,15 @@ Replies, in order of precedence:
 2. **Topic check.** A request whose text contains :data:`TOPIC_CHECK_MARKER` (put it in a
    ``question_validity`` shield's ``model_prompt``) is a question-validity check: the answer is
    ``REJECTED``, or ``ALLOWED`` when the text contains :data:`ON_TOPIC_MARKER`.
-3. **Scripted rules**, first match wins (see :meth:`ScriptedLLM.script`). A rule with tool calls
+3. **Topic titles.** A request whose text contains :data:`TITLES_MARKER` (LCore's topic-summary
+   instruction) lists questions as ``<n>. <question>`` lines in its last user message; the answer
+   has one line ``<n>. Title: <the question's first 6 words>`` per question, in order, leaving
+   out the questions that contain :data:`NO_TITLE_MARKER`. Only rules whose ``match`` is a
+   predicate apply to such a request (a substring rule is about questions, not title lists).
+4. **Scripted rules**, first match wins (see :meth:`ScriptedLLM.script`). A rule with tool calls
    answers with them while no ``tool`` message follows the last user message, and with its
    ``then`` text once one does.
-4. **The default reply**, exactly::
+5. **The default reply**, exactly::
 
        Scripted answer to: <last user message> (user turns: <N>)
 
@@ -58,8 +63,10 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_LLM_MODEL",
     "GUARD_PROMPT_MARKER",
+    "NO_TITLE_MARKER",
     "ON_TOPIC_MARKER",
     "SCRIPTED_VERSION",
+    "TITLES_MARKER",
     "TOPIC_CHECK_MARKER",
     "UNSAFE_MARKER",
     "RecordedRequest",
@@ -82,6 +89,11 @@ GUARD_PROMPT_MARKER = "UNSAFE CONTENT CATEGORIES"
 TOPIC_CHECK_MARKER = "LCORE-TOPIC-CHECK"
 #: A question containing this is on topic for the question-validity check.
 ON_TOPIC_MARKER = "LCORE-ON-TOPIC"
+
+#: LCore's topic-summary instruction begins with this (lcore_core.summaries.INSTRUCTION).
+TITLES_MARKER = "Write numbered topic titles"
+#: A question containing this gets no line in a topic-titles reply.
+NO_TITLE_MARKER = "LCORE-NO-TITLE"
 
 Messages = list[dict[str, Any]]
 Predicate = Callable[[Messages], bool]
@@ -131,6 +143,16 @@ def _tool_outputs(messages: Messages) -> list[str]:
 def _last_user_text(messages: Messages) -> str:
     index = _last_user_index(messages)
     return message_text(messages[index]) if index >= 0 else ""
+
+
+def titles_reply(messages: Messages) -> str:
+    """The reply to a topic-titles request (see the module docstring)."""
+    lines = []
+    for line in _last_user_text(messages).splitlines():
+        found = re.match(r"(\d+)\. (.*)", line)
+        if found and NO_TITLE_MARKER not in found.group(2):
+            lines.append(f"{found.group(1)}. Title: {' '.join(found.group(2).split()[:6])}")
+    return "\n".join(lines)
 
 
 def default_reply(messages: Messages) -> str:
@@ -215,6 +237,10 @@ class RecordedRequest:
     @property
     def is_topic_check(self) -> bool:
         return TOPIC_CHECK_MARKER in self.text
+
+    @property
+    def is_titles_request(self) -> bool:
+        return TITLES_MARKER in self.text
 
 
 @dataclass
@@ -366,7 +392,13 @@ class ScriptedLLM:
             if r.path.endswith("/chat/completions")
             and not r.is_guard_check
             and not r.is_topic_check
+            and not r.is_titles_request
         ]
+
+    @property
+    def titles_requests(self) -> list[RecordedRequest]:
+        """The topic-titles requests received (see :data:`TITLES_MARKER`)."""
+        return [r for r in self.requests if r.is_titles_request]
 
     @property
     def topic_check_requests(self) -> list[RecordedRequest]:
@@ -385,8 +417,12 @@ class ScriptedLLM:
         if TOPIC_CHECK_MARKER in prompt_text:
             return _Answer(text="ALLOWED" if ON_TOPIC_MARKER in prompt_text else "REJECTED",
                            usage=self.report_usage)
+        titles = TITLES_MARKER in prompt_text
         with self._lock:
-            rule = next((r for r in self._rules if r.matches(messages)), None)
+            rule = next((r for r in self._rules if (callable(r.match) or not titles)
+                         and r.matches(messages)), None)
+            if rule is None and titles:
+                return _Answer(text=titles_reply(messages), usage=self.report_usage)
             if rule is None:
                 return _Answer(text=default_reply(messages), usage=self.report_usage)
             answer = _Answer(

@@ -4,15 +4,22 @@ Point a service at ``proxy.port`` instead of the real port (PostgreSQL, say): ``
 open connection and refuses new ones, ``start()`` brings the "backend" back on the same port, and
 ``kill_on`` drops the connection carrying a given byte string before it is forwarded (a
 ``COMMIT`` lost on the wire). ``sent`` keeps what clients sent upstream when ``record`` is set
-(what a service really puts on the wire). It runs on the caller's event loop.
+(what a service really puts on the wire). With ``count_http`` set it also counts the HTTP/1.1
+requests it carries per path (``requests``), how many of each are in flight (sent, no answer
+begun yet) and the most ever in flight at once (``peak``): what a service really asks of the
+backend behind it. It runs on the caller's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+from collections import Counter
 
 __all__ = ["TcpProxy"]
+
+_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+?)(?:\?\S*)? HTTP/1\.[01]\r\n")
 
 
 class TcpProxy:
@@ -27,6 +34,10 @@ class TcpProxy:
         self.connections = 0
         self.record = False
         self.sent = bytearray()
+        self.count_http = False
+        self.requests: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
 
     @property
     def up(self) -> bool:
@@ -70,6 +81,8 @@ class TcpProxy:
             writer.transport.abort()
             return
         self.writers.add(up_writer)
+        # The path of this connection's request awaiting its answer (HTTP/1.1: one at a time).
+        asked: list[str] = []
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                        watch: bool) -> None:
@@ -80,8 +93,27 @@ class TcpProxy:
                         return
                     if watch and self.record:
                         self.sent += data
+                    if self.count_http:
+                        self._count(asked, data, watch)
                     dst.write(data)
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            if asked:
+                self.in_flight[asked.pop()] -= 1
+
+    def _count(self, asked: list[str], data: bytes, request: bool) -> None:
+        """A request begins (a request line while none is awaiting) or its answer begins."""
+        if request and not asked:
+            line = _REQUEST_LINE.match(data)
+            if line is not None:
+                path = line.group(2).decode("latin-1")
+                asked.append(path)
+                self.requests[path] += 1
+                self.in_flight[path] += 1
+                self.peak[path] = max(self.peak[path], self.in_flight[path])
+        elif not request and asked:
+            self.in_flight[asked.pop()] -= 1
