@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,9 @@ from structlog.testing import capture_logs
 from lcore_core import hookimpl
 from lcore_core.auth import AuthTuple
 from lcore_core.cache import CacheEntry
+from lcore_core.config import load_config
+from lcore_core.errors import ConfigError
+from lcore_core.plugins import load_plugins
 from lcore_core.summaries import INSTRUCTION, Item, prompt, shares, split_titles
 from lcore_core.testing import ScriptedLLM
 from lcore_core.testing.llm import NO_TITLE_MARKER, TITLES_MARKER, titles_reply
@@ -280,3 +284,35 @@ async def test_shutdown_writes_what_waits_without_waiting_for_the_window(
 async def test_switched_off_there_is_no_summarizer(summaries_app: Any) -> None:
     app = summaries_app(enabled=False)
     assert app.runtime.summaries is None
+
+
+# --- the configuration section ---------------------------------------------------------------
+
+BASE = "name: x\nllama_stack:\n  url: http://127.0.0.1:9\n"
+
+
+def test_defaults() -> None:
+    from lcore_core.config.schema import TopicSummarySchema
+
+    assert TopicSummarySchema().load({}) == {
+        "enabled": True, "model": None, "provider": None, "max_input_chars": 1000,
+        "max_output_tokens": 24, "batch_window_ms": 1000, "batch_size": 16,
+        "max_concurrent_calls": 2, "max_queued": 64, "charge_quota": True}
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("  max_concurrent_calls: 0\n", "topic_summary.max_concurrent_calls: Must be greater than "
+                                    "or equal to 1"),
+    ("  batch_size: 65\n", "topic_summary.batch_size: Must be"),
+    ("  max_queued: -1\n", "topic_summary.max_queued: Must be"),
+    ("  batch_window_ms: fast\n", "topic_summary.batch_window_ms: Not a valid integer."),
+    ("  model: small\n", "topic_summary.provider: model and provider go together"),
+    ("  batch: 5\n", "topic_summary.batch: unknown key"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "lightspeed-stack.yaml"
+    path.write_text(BASE + "topic_summary:\n" + section)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, load_plugins(entrypoints=False))
+    assert f"{path}:" in str(caught.value)
+    assert message in str(caught.value)
