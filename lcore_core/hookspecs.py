@@ -190,6 +190,8 @@ def lcore_quota_consume(auth: AuthTuple, usage: Usage, ticket: QuotaTicket,
 
     `auth` is the caller, `ticket` the one given to the check (settle the reservation to the real
     usage), `runtime` the running service. Never called when the call failed or a stream was cut.
+    A topic summary's share of its call comes with a fresh ticket (`endpoint` "topic_summary")
+    that no check reserved for.
     """
 
 
