@@ -121,7 +121,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     done = len(rec.latency)
     # `sent`: every request started, warm-up included (what the backend served during the run).
-    return {"requests": done, "sent": counter, "errors": rec.errors, "error_count": sum(rec.errors.values()),
+    return {"requests": done, "sent": counter, "errors": rec.errors,
+            "error_count": sum(rec.errors.values()),
             "rps": done / args.duration, "latency_ms": summary(rec.latency),
             "ttft_ms": summary(rec.ttft), "overhead_ms": summary(rec.overhead)}
 

@@ -23,7 +23,7 @@ from lcore_core.errors import ConfigError
 from lcore_core.plugins import load_plugins
 from lcore_core.summaries import INSTRUCTION, Item, prompt, shares, split_titles
 from lcore_core.testing import ScriptedLLM
-from lcore_core.testing.llm import NO_TITLE_MARKER, TITLES_MARKER, titles_reply
+from lcore_core.testing.llm import NO_TITLE_MARKER, TITLES_MARKER, count_words, titles_reply
 from lcore_core.testing.tcp_proxy import TcpProxy
 
 CHAT = "/v1/chat/completions"
@@ -249,8 +249,8 @@ async def test_each_caller_is_charged_its_share_and_tokens_are_counted(
         app.runtime.summaries.request(_item(second, "gamma delta epsilon", bob))
         await app.runtime.drain()
     (asked,) = llm.titles_requests
-    sent = sum(len(str(m["content"]).split()) for m in asked.messages)
-    received = len("1. Title: alpha beta\n2. Title: gamma delta epsilon".split())
+    sent = sum(count_words(str(m["content"])) for m in asked.messages)
+    received = count_words("1. Title: alpha beta\n2. Title: gamma delta epsilon")
     (sent_a, sent_b), (received_a, received_b) = shares(sent, 2), shares(received, 2)
     assert charges.charged == [("alice", sent_a, received_a, "topic_summary"),
                                ("bob", sent_b, received_b, "topic_summary")]
@@ -316,3 +316,21 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, section: str, messa
         load_config(path, load_plugins(entrypoints=False))
     assert f"{path}:" in str(caught.value)
     assert message in str(caught.value)
+
+
+async def test_a_drain_that_runs_out_cancels_the_calls_and_counts_them(
+        summaries_app: Any, llm: ScriptedLLM) -> None:
+    llm.script(lambda messages: TITLES_MARKER in str(messages), delay=5.0,
+               text=lambda messages: "1. Too late")
+    app = summaries_app(batch_window_ms=0, batch_size=1, max_concurrent_calls=1)
+    async with app.test_app():
+        summaries = app.runtime.summaries
+        first, second = await _conversation(app), await _conversation(app)
+        summaries.request(_item(first, "slow"))
+        summaries.request(_item(second, "slower"))
+        (call,) = summaries.calls
+        await app.runtime.drain(timeout=0.3)
+        assert call.cancelled()
+        assert (summaries.calls, summaries.waiting, summaries.running) == ({}, [], 0)
+        assert _skipped(app, "shutdown") == 2
+        assert (await _topic(app, first), await _topic(app, second)) == (None, None)
