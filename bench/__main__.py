@@ -200,8 +200,10 @@ def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
                 {"jsonpath": "$.groups[*]", "operator": "contains", "value": "users",
                  "roles": ["user"]}]}}},
         "authorization": {"access_rules": [
+            # override_shields: the bench's queries run without shields (`shield_ids: []`).
             {"role": "user", "actions": ["query", "streaming_query", "list_conversations",
-                                         "get_conversation", "feedback", "get_models", "info"]}]},
+                                         "get_conversation", "feedback", "get_models", "info",
+                                         "override_shields"]}]},
         "database": {"postgres": pg},
         "conversation_cache": {"type": "postgres", "postgres": pg},
         "quota_handlers": {"postgres": pg, "limiters": [

@@ -50,9 +50,12 @@ class SummaryService(Service):
     summaries: bool = True
 
     def body(self, endpoint: str) -> str:
+        body = super().body(endpoint)
         if self.name.startswith("direct") or not self.summaries:
-            return super().body(endpoint)
-        return json.dumps({"query": "bench question {n}", "shield_ids": []})
+            return body
+        asked = json.loads(body)  # the bench's own query, with the request's default
+        asked.pop("generate_topic_summary", None)
+        return json.dumps(asked)
 
 
 def access_log_calls(stack: LlamaStackServer) -> int:
