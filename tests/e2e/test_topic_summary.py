@@ -7,6 +7,7 @@ answers are Responses calls, the titles chat completions.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ from urllib.parse import urlsplit
 
 import lcore_quota.plugin
 import pytest
-from structlog.testing import capture_logs
 
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
@@ -56,6 +56,13 @@ async def ask(client: Any, question: str) -> dict[str, Any]:
     response = await client.post("/v2/query", json={"query": question})
     assert response.status_code == 200, await response.get_data(as_text=True)
     return await response.get_json()  # type: ignore[no-any-return]
+
+
+def skip_lines(caplog: pytest.LogCaptureFixture, reason: str) -> int:
+    """The `topic summary skipped` log lines' count of titles skipped for `reason`."""
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    return sum(int(m["count"]) for m in logged
+               if m.get("event") == "topic summary skipped" and m.get("reason") == reason)
 
 
 def skipped(app: Any, reason: str) -> float:
@@ -105,23 +112,22 @@ async def test_the_cap_holds_under_a_burst(lcore_app: Any, llm: Any, proxy: TcpP
 
 
 async def test_a_full_queue_skips_a_summary_with_a_log_line_and_a_count(
-        lcore_app: Any, llm: Any, proxy: TcpProxy) -> None:
+        lcore_app: Any, llm: Any, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     slow_titles(llm, 3.0)
     app = lcore_app({"batch_window_ms": 0, "batch_size": 1, "max_concurrent_calls": 1,
                      "max_queued": 1})
+    caplog.set_level(logging.WARNING, logger="lcore.summaries")
     async with started(app) as test_app:
         client = test_app.test_client()
-        with capture_logs() as logs:
-            answers = await asyncio.gather(*(ask(client, f"crowded {n}") for n in range(5)))
-            await app.runtime.drain(timeout=60)
+        answers = await asyncio.gather(*(ask(client, f"crowded {n}") for n in range(5)))
+        await app.runtime.drain(timeout=60)
         shown = await topics(client)
         count = skipped(app, "queue_full")
     titled = [a for a in answers if shown[a["conversation_id"]] == "Slow title"]
     assert count >= 1
     assert len(titled) + count == 5
     assert proxy.requests[CHAT] == len(titled)
-    assert sum(1 for entry in logs if entry["event"] == "topic summary skipped"
-               and entry["reason"] == "queue_full") == count
+    assert skip_lines(caplog, "queue_full") == count
 
 
 @pytest.mark.parametrize("charge", [True, False])
