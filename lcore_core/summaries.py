@@ -46,7 +46,7 @@ MAX_TITLE_CHARS = 200
 _NUMBERED = re.compile(r"^\s*(\d+)\s*[.):-]\s*(.*?)\s*$")
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
     """One title to write: whose conversation, what was asked, whom to charge."""
 
@@ -114,11 +114,12 @@ class TopicSummaries:
 
     def request(self, item: Item) -> None:
         """Ask for a title; never waits. A full queue skips it (logged and counted)."""
-        if len(self.waiting) >= self.settings.max_queued:
-            self.skipped(QUEUE_FULL, [item])
-            return
         self.waiting.append(item)
         self._kick()
+        # What a free call slot took at once never waited: only the rest counts as queued.
+        if len(self.waiting) > self.settings.max_queued:
+            self.waiting.remove(item)
+            self.skipped(QUEUE_FULL, [item])
 
     def skipped(self, reason: str, items: list[Item]) -> None:
         self.runtime.metrics.background_skipped.labels(PURPOSE, reason).inc(len(items))
@@ -146,7 +147,8 @@ class TopicSummaries:
         model_id = None if self.settings.model else self.waiting[0].model_id
         batch = [i for i in self.waiting
                  if model_id in (None, i.model_id)][:self.settings.batch_size]
-        self.waiting = [i for i in self.waiting if i not in batch]
+        taken = {id(i) for i in batch}
+        self.waiting = [i for i in self.waiting if id(i) not in taken]
         return batch
 
     def _launch(self, batch: list[Item]) -> None:

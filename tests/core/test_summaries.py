@@ -341,3 +341,17 @@ async def test_a_drain_that_runs_out_cancels_the_calls_and_counts_them(
         assert (summaries.calls, summaries.waiting, summaries.running) == ({}, [], 0)
         assert _skipped(app, "shutdown") == 2
         assert (await _topic(app, first), await _topic(app, second)) == (None, None)
+
+
+async def test_with_no_queue_a_title_goes_only_to_a_free_slot(summaries_app: Any,
+                                                              llm: ScriptedLLM) -> None:
+    llm.script(lambda messages: TITLES_MARKER in str(messages), delay=0.5,
+               text=lambda messages: "1. Taken")
+    app = summaries_app(batch_window_ms=0, max_concurrent_calls=1, max_queued=0)
+    async with app.test_app():
+        first, second = await _conversation(app), await _conversation(app)
+        app.runtime.summaries.request(_item(first, "one"))
+        app.runtime.summaries.request(_item(second, "two"))
+        await app.runtime.drain()
+        assert (await _topic(app, first), await _topic(app, second)) == ("Taken", None)
+        assert _skipped(app, "queue_full") == 1
