@@ -60,6 +60,14 @@ async def test_get_delete_and_topic(userdb: UserDB) -> None:
     assert await userdb.get("conv_x") is None
 
 
+async def test_a_generated_topic_does_not_replace_one_already_there(userdb: UserDB) -> None:
+    await userdb.record_turn("conv_t", "carol", model="m", provider="p")
+    assert await userdb.set_topic_summary("conv_t", "generated", only_if_unset=True)
+    assert not await userdb.set_topic_summary("conv_t", "generated again", only_if_unset=True)
+    assert await userdb.set_topic_summary("conv_t", "renamed")
+    assert (await userdb.get("conv_t"))["topic_summary"] == "renamed"
+
+
 async def test_concurrent_turns_lose_no_update(userdb: UserDB) -> None:
     await asyncio.gather(*(userdb.record_turn("conv_c1", "dave", model="m", provider="p")
                            for _ in range(20)))
