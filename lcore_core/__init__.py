@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lcore_core.auth import Action, Authenticator, AuthTuple, authorize, may
+from lcore_core.auth import Action, Authenticator, AuthTuple, authorize, may, require_bearer
 from lcore_core.cache import (
     CacheEntry,
     ConversationCache,
@@ -105,5 +105,6 @@ __all__ = [
     "load_json",
     "load_plugins",
     "may",
+    "require_bearer",
     "route",
 ]

@@ -11,7 +11,7 @@ import structlog
 from quart import current_app, g, request
 
 from lcore_core import tracing
-from lcore_core.errors import Forbidden
+from lcore_core.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from quart import Request
@@ -24,6 +24,26 @@ log = structlog.get_logger("lcore.auth")
 DEFAULT_USER_ID = "00000000-0000-0000-0000-000"
 FORBIDDEN_RESPONSE = "User does not have permission to access this endpoint"
 DEFAULT_USERNAME = "lightspeed-user"
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_bearer(request: Request) -> str:
+    """The Bearer token, or 401 with upstream's causes (no header / no token in it), which every
+    token-reading auth module shares."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized(cause="No token found in Authorization header"
+                           if request.headers.get("Authorization")
+                           else "No Authorization header found")
+    return token
 
 
 class AuthTuple(NamedTuple):

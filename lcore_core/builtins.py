@@ -16,6 +16,8 @@ from lcore_core.auth import (
     AuthTuple,
     RbacResolver,
     applied_access_rules,
+    bearer_token,
+    require_bearer,
 )
 from lcore_core.cache import DEFAULT_MAX_BYTES, MemoryCache, NoopCache
 from lcore_core.errors import Unauthorized
@@ -29,25 +31,6 @@ if TYPE_CHECKING:
     from lcore_core.config import Config
 
 log = structlog.get_logger("lcore.auth")
-
-
-def bearer_token(request: Request) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def require_bearer(request: Request) -> str:
-    """The Bearer token, or 401 with upstream's causes (no header / no token in it)."""
-    token = bearer_token(request)
-    if token is None:
-        raise Unauthorized(cause="No token found in Authorization header"
-                           if request.headers.get("Authorization")
-                           else "No Authorization header found")
-    return token
 
 
 class NoopAuth:
@@ -94,7 +77,7 @@ class ApiKeyAuth:
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)
         if not matched:
-            raise Unauthorized("Invalid API key", "The API key is not valid")
+            raise Unauthorized("Invalid API Key", "The API key is not valid")
         return AuthTuple(DEFAULT_USER_ID, DEFAULT_USERNAME, frozenset(), token,
                          skip_user_id_check=True)
 

@@ -27,7 +27,7 @@ from lcore_core import rag, skills, summaries, tokens, tracing, transcripts
 from lcore_core.auth import Action, AuthTuple, may
 from lcore_core.cache import CacheEntry
 from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
-from lcore_core.errors import Forbidden, LCoreError, NotFound
+from lcore_core.errors import Forbidden, LCoreError, NotFound, UnprocessableEntity
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.interrupts import INTERRUPTED_TEXT, LiveStream, close_markdown
 from lcore_core.llama import llama_errors
@@ -161,11 +161,30 @@ async def estimate_missing_usage(plan: QueryPlan, result: QueryResult) -> None:
 
 # --- preparation ---------------------------------------------------------------------------
 
+# Upstream's attachment vocabulary: other values are refused with its 422 texts.
+ATTACHMENT_TYPES = frozenset({"alert", "api object", "configuration", "error message", "event",
+                              "image", "log", "stack trace"})
+ATTACHMENT_CONTENT_TYPES = frozenset({"text/plain", "application/json", "application/yaml",
+                                      "application/xml", "image/jpeg", "image/png"})
+
+
+def check_attachments(attachments: list[dict[str, Any]]) -> None:
+    """422 `Invalid attribute value` for an attachment type or content type upstream refuses."""
+    for a in attachments:
+        for key, allowed, what in (("attachment_type", ATTACHMENT_TYPES, "type"),
+                                   ("content_type", ATTACHMENT_CONTENT_TYPES, "content type")):
+            if a[key] not in allowed:
+                raise UnprocessableEntity(
+                    "Invalid attribute value",
+                    f"Invalid attachment {what} {a[key]}: must be one of {sorted(allowed)}")
+
+
 
 async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   endpoint: str, client_mcp_headers: dict[str, Any] | None = None,
                   request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
+    check_attachments(body.get("attachments") or [])
     if runtime.mcp_servers() and not body.get("no_tools"):
         from lcore_core.mcp import check_oauth
 
@@ -320,7 +339,7 @@ async def select_model(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], 
         wanted_model, wanted_provider = inference.default_model, inference.default_provider
     if not wanted_model:
         if not models:
-            raise NotFound("No LLM model is available", "Llama Stack lists no llm model")
+            raise NotFound("Model not found", "No Model is configured")
         first = models[0]
         return first["identifier"], first["provider_id"], first["provider_resource_id"]
     for m in models:
@@ -329,8 +348,8 @@ async def select_model(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], 
             return m["identifier"], m["provider_id"], m["provider_resource_id"]
     valid = ", ".join(f"{m['provider_id']}/{m['provider_resource_id']}" for m in models)
     raise NotFound("Model not found",
-                   f"model {wanted_model!r} of provider {wanted_provider!r} is not available; "
-                   f"valid: {valid or 'none'}")
+                   f"Model with ID {wanted_model} does not exist (provider {wanted_provider}; "
+                   f"valid: {valid or 'none'})")
 
 
 @dataclass
@@ -364,7 +383,7 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_i
         owned = meta is not None and meta["user_id"] == auth.user_id
         if meta is None or not (owned or may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
             raise NotFound("Conversation not found",
-                           f"conversation {conversation_id} does not exist for this user")
+                           f"Conversation with ID {conversation_id} does not exist")
         chain = meta["response_ids"]
         return Conversation(conversation_id, False, chain is not None,
                             chain[-1] if chain else None)

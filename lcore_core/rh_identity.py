@@ -58,9 +58,9 @@ class RhIdentitySchema(Schema):
     max_header_size = fields.Integer(load_default=8192, validate=validate.Range(min=256))
 
 
-def _invalid(cause: str) -> BadRequest:
+def _invalid(cause: str, response: str = "Invalid identity data") -> BadRequest:
     log.info("rh-identity refused: %s", cause)
-    return BadRequest("Invalid identity data", cause)
+    return BadRequest(response, cause)
 
 
 def _text(value: Any, name: str) -> str:
@@ -79,16 +79,23 @@ class RhIdentityAuth:
 
     async def authenticate(self, request: Request) -> AuthTuple:
         raw = request.headers.get(HEADER)
+        # Upstream's response texts for the header's own faults; the cause says more.
         if not raw:
-            raise Unauthorized("Missing identity", f"the {HEADER} header is required")
+            raise Unauthorized("Missing x-rh-identity header", f"the {HEADER} header is required")
         if len(raw) > self.max_size:
-            raise _invalid(f"{HEADER} header exceeds {self.max_size} bytes")
+            raise _invalid(f"{HEADER} header exceeds {self.max_size} bytes",
+                           "x-rh-identity header exceeds maximum allowed size")
         try:
-            data = jsonsafe.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
+            decoded = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(f"{HEADER} is not base64-encoded",
+                           "Invalid base64 encoding in x-rh-identity header") from None
+        try:
+            data = jsonsafe.loads(decoded.decode("utf-8"))
         except jsonsafe.TooDeep as exc:
-            raise _invalid(f"{HEADER}: {exc}") from None
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise _invalid(f"{HEADER} is not base64-encoded JSON") from None
+            raise _invalid(f"{HEADER}: {exc}", "Invalid JSON in x-rh-identity header") from None
+        except (ValueError, UnicodeDecodeError):
+            raise _invalid(f"{HEADER} is not JSON", "Invalid JSON in x-rh-identity header") from None
         identity = data.get("identity") if isinstance(data, dict) else None
         if not isinstance(identity, dict):
             raise _invalid("missing 'identity' object")

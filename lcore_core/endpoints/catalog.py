@@ -150,8 +150,8 @@ def _lookup(resource: str, resource_id: str) -> Iterator[None]:
     passed on, it would break the request line and read as Llama Stack being down.
     """
     if not _RESOURCE_ID.match(resource_id):
-        raise BadRequest(f"Invalid {resource.lower()} ID", f"{resource_id[:80]!r} is not a valid "
-                         f"{resource.lower()} ID")
+        raise BadRequest(f"Invalid {resource.lower()} ID format",
+                         f"The {resource.lower()} ID {resource_id[:80]!r} has invalid format.")
     try:
         with llama_errors():
             yield

@@ -85,7 +85,7 @@ def _runtime() -> Any:
 def _check_id(conversation_id: str) -> None:
     if not _ID.match(conversation_id):
         raise BadRequest("Invalid conversation ID format",
-                         f"conversation id {conversation_id[:80]!r} is malformed")
+                         f"The conversation ID {conversation_id[:80]} has invalid format.")
 
 
 async def _visible(conversation_id: str, auth: AuthTuple,
@@ -103,7 +103,7 @@ async def _owned(conversation_id: str, auth: AuthTuple, others_action: str) -> d
     meta = await _visible(conversation_id, auth, others_action)
     if meta is None:
         raise NotFound("Conversation not found",
-                       f"conversation {conversation_id} does not exist for this user")
+                       f"Conversation with ID {conversation_id} does not exist")
     return meta
 
 

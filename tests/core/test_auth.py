@@ -177,7 +177,7 @@ async def test_api_key_good_wrong_and_wrong_length() -> None:
     auth = ApiKeyAuth({"api_key": "k-0123456789", "api_keys": []})
     assert (await authenticate(auth, bearer("k-0123456789"))).token == "k-0123456789"
     for bad in ("k-0123456780", "x-0123456789", "k-01234567", "k-0123456789-longer", "K"):
-        with pytest.raises(Unauthorized, match="Invalid API key"):
+        with pytest.raises(Unauthorized, match="Invalid API Key"):
             await authenticate(auth, bearer(bad))
     with pytest.raises(Unauthorized, match="No Authorization header found"):
         await authenticate(auth)

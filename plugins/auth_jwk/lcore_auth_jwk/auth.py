@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lcore_auth_jwk.keys import Jwks, key_type_for
 from lcore_auth_jwk.roles import RoleRule, resolve_roles
-from lcore_core import AuthTuple, Unauthorized, load_json
+from lcore_core import AuthTuple, Unauthorized, load_json, require_bearer
 
 with warnings.catch_warnings():
     import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
@@ -84,17 +84,11 @@ class JwkTokenAuth:
         return AuthTuple(user_id, username, roles, token)
 
     def _token(self, request: Request) -> str:
-        header = request.headers.get("Authorization")
-        if not header:
-            raise Unauthorized("No token found in the request", "No Authorization header found")
+        header = request.headers.get("Authorization", "")
         # Checked before any parsing, so an oversized header costs nothing to refuse.
         if len(header) > self.max_token_size + len("Bearer "):
             raise Unauthorized(cause=f"Token larger than {self.max_token_size} bytes")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(cause="Authorization header must use the Bearer scheme")
-        return token
+        return require_bearer(request)
 
     def _header(self, token: str) -> dict[str, Any]:
         parts = token.split(".")

@@ -14,7 +14,7 @@ from lcore_auth_k8s.api import (
     ReviewCache,
 )
 from lcore_auth_k8s.cluster import Cluster, running_in_cluster
-from lcore_core import AuthTuple, Forbidden, LCoreError, Unauthorized
+from lcore_core import AuthTuple, Forbidden, LCoreError, Unauthorized, require_bearer
 
 if TYPE_CHECKING:
     from quart import Request
@@ -92,8 +92,4 @@ def bearer(request: Request) -> str:
     header = request.headers.get("Authorization", "")
     if len(header) > MAX_TOKEN_BYTES:
         raise Unauthorized(cause=f"Token larger than {MAX_TOKEN_BYTES} bytes")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("No token found in the request",
-                           "Authorization header with a Bearer token is required")
-    return token.strip()
+    return require_bearer(request)

@@ -125,11 +125,12 @@ class Quota:
     def _exceeded(self, auth: AuthTuple, refused: Refused, now: dt.datetime) -> QuotaExceeded:
         lim = refused.limiter
         resets = lim.period.next_start(now)
-        whose = "the cluster" if lim.is_cluster else f"user {auth.user_id}"
+        # Upstream's cause, then which limiter refused and when it resets.
+        who = "Cluster" if lim.is_cluster else f"User {auth.user_id}"
         return QuotaExceeded(
             "The quota has been exceeded",
-            f"{lim.type} {lim.name!r} leaves {whose} {max(refused.available, 0)} tokens, "
-            f"{refused.needed} are needed; it resets at {iso(resets)}",
+            f"{who} has {max(refused.available, 0)} tokens, but {refused.needed} tokens are "
+            f"needed ({lim.type} {lim.name!r} resets at {iso(resets)})",
             headers={"Retry-After": str(max(math.ceil((resets - now).total_seconds()), 1))},
             extra={"limiter": lim.name, "limiter_type": lim.type,
                    "available": refused.available, "needed": refused.needed,

@@ -140,8 +140,7 @@ async def expect_401(client: Any, headers: dict[str, str], cause: str) -> None:
     response = await client.get("/v1/info", headers=headers)
     body = await response.get_json()
     assert response.status_code == 401, body
-    assert body["detail"]["response"] in ("Missing or invalid credentials provided by client",
-                                          "No token found in the request")
+    assert body["detail"]["response"] == "Missing or invalid credentials provided by client"
     assert cause in body["detail"]["cause"], body
 
 
@@ -220,8 +219,8 @@ def attack_tokens(signer: Signer) -> dict[str, tuple[dict[str, str], str]]:
         "malformed": (bearer("not-a-jwt"), "three segments"),
         "malformed header": (bearer(f"!!!.{payload}.sig"), "could not be decoded"),
         "missing header": ({}, "No Authorization header"),
-        "wrong scheme": ({"Authorization": f"Basic {good}"}, "Bearer scheme"),
-        "empty bearer": ({"Authorization": "Bearer "}, "Bearer scheme"),
+        "wrong scheme": ({"Authorization": f"Basic {good}"}, "No token found in Authorization"),
+        "empty bearer": ({"Authorization": "Bearer "}, "No token found in Authorization"),
         "1 MB token": (bearer(good + "A" * (1024 * 1024)), "Token larger than"),
         "missing user claim": (bearer(signer.token(user_id=None)), "missing claim: user_id"),
         "non-string username": (bearer(signer.token(username=42)), "invalid claim: username"),

@@ -70,7 +70,7 @@ async def test_exhausted_user_gets_429_json_and_headers(write_config: Any, servi
         assert detail["limiter"] == "user-daily"
         assert detail["resets_at"] == next_day
         assert detail["available"] == 0
-        assert "user alice" in detail["cause"] and next_day in detail["cause"]
+        assert "User alice has" in detail["cause"] and next_day in detail["cause"]
         assert int(response.headers["Retry-After"]) > 0
         assert response.headers["X-Quota-Remaining"] == "user-daily=0, cluster-monthly=900000"
         assert response.headers["X-Quota-Limit"] == "user-daily=5000, cluster-monthly=900000"
