@@ -63,6 +63,11 @@ class Forbidden(LCoreError):
 class NotFound(LCoreError):
     status = 404
 
+    @classmethod
+    def of(cls, resource: str, resource_id: str) -> NotFound:
+        """Upstream's 404 for an unknown id (`Conversation`, `Model`, `Rag`, `Vector Store`...)."""
+        return cls(f"{resource} not found", f"{resource} with ID {resource_id} does not exist")
+
 
 class Conflict(LCoreError):
     status = 409

@@ -382,8 +382,7 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_i
             meta = await runtime.userdb.get(conversation_id)
         owned = meta is not None and meta["user_id"] == auth.user_id
         if meta is None or not (owned or may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
-            raise NotFound("Conversation not found",
-                           f"Conversation with ID {conversation_id} does not exist")
+            raise NotFound.of("Conversation", conversation_id)
         chain = meta["response_ids"]
         return Conversation(conversation_id, False, chain is not None,
                             chain[-1] if chain else None)

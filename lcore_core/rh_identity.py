@@ -95,7 +95,8 @@ class RhIdentityAuth:
         except jsonsafe.TooDeep as exc:
             raise _invalid(f"{HEADER}: {exc}", "Invalid JSON in x-rh-identity header") from None
         except (ValueError, UnicodeDecodeError):
-            raise _invalid(f"{HEADER} is not JSON", "Invalid JSON in x-rh-identity header") from None
+            raise _invalid(f"{HEADER} is not JSON",
+                           "Invalid JSON in x-rh-identity header") from None
         identity = data.get("identity") if isinstance(data, dict) else None
         if not isinstance(identity, dict):
             raise _invalid("missing 'identity' object")

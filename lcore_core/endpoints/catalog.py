@@ -163,7 +163,7 @@ _RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,255}$")
 
 
 def _not_found(resource: str, resource_id: str) -> NotFound:
-    return NotFound(f"{resource} not found", f"{resource} with ID {resource_id} does not exist")
+    return NotFound.of(resource, resource_id)
 
 
 # --- models ------------------------------------------------------------------------------

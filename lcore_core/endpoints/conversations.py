@@ -102,8 +102,7 @@ async def _owned(conversation_id: str, auth: AuthTuple, others_action: str) -> d
     """The conversation's metadata if the caller owns it or may act on others'; else 404."""
     meta = await _visible(conversation_id, auth, others_action)
     if meta is None:
-        raise NotFound("Conversation not found",
-                       f"Conversation with ID {conversation_id} does not exist")
+        raise NotFound.of("Conversation", conversation_id)
     return meta
 
 

@@ -146,8 +146,7 @@ async def _check_owner(runtime: Any, conversation_id: str, user_id: str) -> None
     """Feedback only on a conversation that exists and is the caller's (upstream's texts)."""
     meta = await runtime.userdb.get(conversation_id)
     if meta is None:
-        raise NotFound("Conversation not found",
-                       f"Conversation with ID {conversation_id} does not exist")
+        raise NotFound.of("Conversation", conversation_id)
     if meta["user_id"] != user_id:
         raise Forbidden("User does not have permission to perform this action",
                         f"User {user_id} does not have permission to submit feedback for "

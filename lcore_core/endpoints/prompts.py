@@ -140,7 +140,7 @@ def _valid_id(prompt_id: str) -> None:
 
 
 def _not_found(prompt_id: str) -> NotFound:
-    return NotFound("Prompt not found", f"Prompt with ID {prompt_id} does not exist")
+    return NotFound.of("Prompt", prompt_id)
 
 
 def _unknown(exc: LCoreError) -> bool:

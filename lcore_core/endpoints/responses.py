@@ -242,8 +242,7 @@ async def _conversation(runtime: Any, auth: AuthTuple, conversation_id: str | No
     if conversation_id or not previous:
         return await pipeline.resolve_conversation(runtime, auth, conversation_id, meta)
     if meta is None:
-        raise NotFound("Response not found",
-                       f"response {previous} does not exist for this user")
+        raise NotFound.of("Response", previous)
     if meta["response_ids"][-1] == previous:
         return pipeline.Conversation(meta["conversation_id"], False, True, previous)
     return pipeline.Conversation(pipeline.new_conversation_id(), True, True, previous)

@@ -237,7 +237,7 @@ def _client() -> Any:
 
 def _not_found(resource: str, resource_id: str) -> NotFound:
     """Upstream's wording: "Vector Store not found" / "... with ID x does not exist"."""
-    return NotFound(f"{resource} not found", f"{resource} with ID {resource_id} does not exist")
+    return NotFound.of(resource, resource_id)
 
 
 def _known(resource: str, resource_id: str) -> None:
