@@ -208,7 +208,7 @@ async def test_impossible_rag_id_is_400_not_a_backend_error(lcore: Started) -> N
         assert response.status_code != 503
     response = await lcore.client.get("/v1/rags/bad%01id")
     assert response.status_code == 400
-    assert (await response.get_json())["detail"]["response"] == "Invalid rag ID"
+    assert (await response.get_json())["detail"]["response"] == "Invalid rag ID format"
 
 
 async def test_tools_show_mcp_urls_only_to_admins(tmp_path: Path,
