@@ -169,7 +169,10 @@ ATTACHMENT_CONTENT_TYPES = frozenset({"text/plain", "application/json", "applica
 
 
 def check_attachments(attachments: list[dict[str, Any]]) -> None:
-    """422 `Invalid attribute value` for an attachment type or content type upstream refuses."""
+    """422 `Invalid attribute value` for an attachment type or content type upstream refuses.
+
+    For the attachments a REST client writes (the query endpoints); A2A turns its file and
+    data parts into attachments of its own kinds."""
     for a in attachments:
         for key, allowed, what in (("attachment_type", ATTACHMENT_TYPES, "type"),
                                    ("content_type", ATTACHMENT_CONTENT_TYPES, "content type")):
@@ -179,12 +182,10 @@ def check_attachments(attachments: list[dict[str, Any]]) -> None:
                     f"Invalid attachment {what} {a[key]}: must be one of {sorted(allowed)}")
 
 
-
 async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                   endpoint: str, client_mcp_headers: dict[str, Any] | None = None,
                   request_headers: dict[str, str] | None = None) -> QueryPlan:
     """Check quota and decide model, conversation, tools and shields for one query."""
-    check_attachments(body.get("attachments") or [])
     if runtime.mcp_servers() and not body.get("no_tools"):
         from lcore_core.mcp import check_oauth
 

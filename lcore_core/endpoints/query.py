@@ -34,6 +34,7 @@ async def _plan(endpoint: str) -> pipeline.QueryPlan:
     body = await load_body(QueryRequestSchema)
     client_headers = parse_mcp_headers(request.headers.get(MCP_HEADERS),
                                        runtime.mcp_servers())
+    pipeline.check_attachments(body.get("attachments") or [])
     plan = await pipeline.prepare(runtime, g.auth, body, endpoint=endpoint,
                                   client_mcp_headers=client_headers,
                                   request_headers=dict(request.headers))
