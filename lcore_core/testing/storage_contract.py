@@ -1,6 +1,7 @@
 """Contracts every storage backend must pass: a `Database` (`DatabaseContract`), the user DB
-(`UserDBContract`) and an A2A state store (`A2AStateContract`). The conversation cache has its
-own (`lcore_core.testing.cache_contract`).
+(`UserDBContract`), an A2A state store (`A2AStateContract`) and the quota service on its
+store (`QuotaContract`). The conversation cache has its own
+(`lcore_core.testing.cache_contract`).
 
 Subclass one in a test module and override its fixture so that it yields a fresh object (and
 closes it afterwards); pytest then runs every test below against it::
@@ -15,13 +16,15 @@ closes it afterwards); pytest then runs every test below against it::
             await db.close()
 
 LCore's own suites run each against SQLite and PostgreSQL (tests/core/test_storage.py,
-tests/plugins/a2a/test_state.py). Tests use random keys (users, tables), so a backend may keep
-its storage between tests. Needs pytest-asyncio (auto mode).
+tests/plugins/a2a/test_state.py, tests/plugins/quota/test_contract.py). Tests use random keys
+(users, tables, limiters), so a backend may keep its storage between tests. Needs
+pytest-asyncio (auto mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,10 +32,13 @@ from typing import Any
 
 import pytest
 
-from lcore_core.errors import StorageError
+from lcore_core.auth import AuthTuple
+from lcore_core.errors import QuotaExceeded, StorageError
+from lcore_core.events import QuotaTicket, Usage
 from lcore_core.storage import Database, Duplicate
 
-__all__ = ["A2AStateContract", "DatabaseContract", "UserDBContract"]
+__all__ = ["A2AStateContract", "DatabaseContract", "QuotaClock", "QuotaContract",
+           "UserDBContract"]
 
 
 def _key(prefix: str) -> str:
@@ -222,3 +228,190 @@ class A2AStateContract:
 
     async def test_ready(self, store: Any) -> None:
         await store.ready()
+
+
+# --- quota ------------------------------------------------------------------------------------
+
+QUOTA_START = dt.datetime(2025, 1, 15, 12, 0, 0, tzinfo=dt.UTC)  # a Wednesday noon
+
+
+class QuotaClock:
+    """The time a quota service sees (aware UTC); the contract moves it."""
+
+    def __init__(self, now: dt.datetime = QUOTA_START) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+def _limiter(name: str, initial: int, *, cluster: bool = False, increase: int = 0,
+             period: str = "1 day") -> dict[str, Any]:
+    return {"name": name, "type": "cluster_limiter" if cluster else "user_limiter",
+            "initial_quota": initial, "quota_increase": increase, "period": period}
+
+
+def _ticket() -> QuotaTicket:
+    return QuotaTicket(query="q", endpoint="/v1/query")
+
+
+def _usage(input_tokens: int, output_tokens: int = 0) -> Usage:
+    return Usage(input_tokens, output_tokens, "openai", "scripted-llm")
+
+
+class QuotaContract:
+    """What a quota service must do on its storage; override the `make_quota` fixture.
+
+    `make_quota(section, clock)` returns a set-up quota service (lcore-quota's `Quota`, or one
+    with its methods: `check`, `consume`, `release`, `status`, `apply_periods`,
+    `set_available`, `increase`, `usage_totals`) for `section` (a `quota_handlers` section
+    without its storage keys, which the fixture adds) on the clock given, and closes it at the
+    end. Every service it makes in one test shares one store (replicas). Limiter names and
+    users are random, so the store may be kept between tests.
+    """
+
+    @pytest.fixture
+    async def make_quota(self) -> AsyncIterator[Any]:
+        pytest.fail("a QuotaContract subclass must override the `make_quota` fixture")
+        yield  # pragma: no cover
+
+    @pytest.fixture
+    def clock(self) -> QuotaClock:
+        return QuotaClock()
+
+    @staticmethod
+    def section(*limiters: dict[str, Any], history: bool = False) -> dict[str, Any]:
+        return {"limiters": list(limiters), "reservation_tokens": 100,
+                "reservation_chars_per_token": 0, "enable_token_history": history}
+
+    @staticmethod
+    async def spend(quota: Any, user: str, tokens: int) -> None:
+        ticket = _ticket()
+        await quota.check(AuthTuple(user, user), ticket)
+        await quota.consume(AuthTuple(user, user), _usage(tokens), ticket)
+
+    async def test_reserve_then_commit_to_the_real_usage(self, make_quota: Any,
+                                                         clock: QuotaClock) -> None:
+        name, alice, bob = _key("daily"), _key("alice"), _key("bob")
+        quota = await make_quota(self.section(_limiter(name, 1000)), clock)
+        ticket = _ticket()
+        await quota.check(AuthTuple(alice, alice), ticket)
+        assert await quota.status(alice) == {name: 900}  # the estimate is held meanwhile
+        await quota.consume(AuthTuple(alice, alice), _usage(30, 12), ticket)
+        assert await quota.status(alice) == {name: 958}
+        await self.spend(quota, alice, 350)  # above the estimate: charged all the same
+        assert await quota.status(alice) == {name: 608}
+        assert await quota.status(bob) == {name: 1000}  # budgets are per user
+
+    async def test_release_refunds_the_reservation_once(self, make_quota: Any,
+                                                        clock: QuotaClock) -> None:
+        name, alice = _key("daily"), _key("alice")
+        quota = await make_quota(self.section(_limiter(name, 1000)), clock)
+        ticket = _ticket()
+        await quota.check(AuthTuple(alice, alice), ticket)
+        await quota.release(ticket)
+        await quota.release(ticket)
+        assert await quota.status(alice) == {name: 1000}
+
+    async def test_limits_refuse_all_or_nothing(self, make_quota: Any,
+                                                clock: QuotaClock) -> None:
+        user, cluster = _key("user"), _key("cluster")
+        alice, bob = _key("alice"), _key("bob")
+        quota = await make_quota(self.section(_limiter(user, 10_000),
+                                              _limiter(cluster, 350, cluster=True)), clock)
+        await self.spend(quota, alice, 150)
+        await self.spend(quota, bob, 150)  # the cluster's budget is shared
+        assert await quota.status(alice) == {user: 9850, cluster: 50}
+        with pytest.raises(QuotaExceeded) as caught:
+            await quota.check(AuthTuple(bob, bob), _ticket())
+        assert caught.value.status == 429
+        assert caught.value.extra["limiter"] == cluster
+        # Nothing stays held on the user limiter that had room.
+        assert await quota.status(bob) == {user: 9850, cluster: 50}
+
+    async def test_set_revoke_and_increase_last_until_the_reset(self, make_quota: Any,
+                                                                 clock: QuotaClock) -> None:
+        name, alice = _key("daily"), _key("alice")
+        quota = await make_quota(self.section(_limiter(name, 300)), clock)
+        await quota.set_available(name, alice, 0, revoke=True)
+        with pytest.raises(QuotaExceeded):
+            await quota.check(AuthTuple(alice, alice), _ticket())
+        await quota.increase(name, alice, 120)
+        assert await quota.status(alice) == {name: 120}
+        await quota.set_available(name, alice, 5000)
+        assert await quota.status(alice) == {name: 5000}
+        clock.advance(days=1)
+        assert await quota.apply_periods() == 1
+        assert await quota.status(alice) == {name: 300}
+
+    async def test_history_per_user_provider_model(self, make_quota: Any,
+                                                   clock: QuotaClock) -> None:
+        name, alice, bob = _key("daily"), _key("alice"), _key("bob")
+        quota = await make_quota(self.section(_limiter(name, 10_000), history=True), clock)
+        for tokens in (10, 20):
+            ticket = _ticket()
+            await quota.check(AuthTuple(alice, alice), ticket)
+            await quota.consume(AuthTuple(alice, alice), _usage(tokens, tokens + 1), ticket)
+        ticket = _ticket()
+        await quota.check(AuthTuple(alice, alice), ticket)
+        await quota.release(ticket)  # a failed call leaves no history
+        [row] = await quota.usage_totals(alice)
+        assert (row["provider"], row["model"], row["input_tokens"], row["output_tokens"],
+                row["calls"]) == ("openai", "scripted-llm", 30, 32, 2)
+        assert await quota.usage_totals(bob) == []
+        off = await make_quota(self.section(_limiter(_key("daily"), 10_000)), clock)
+        await self.spend(off, bob, 10)
+        assert await off.usage_totals(bob) == []
+
+    async def test_reset_once_per_period_across_replicas(self, make_quota: Any,
+                                                         clock: QuotaClock) -> None:
+        daily, topup, alice = _key("daily"), _key("topup"), _key("alice")
+        section = self.section(_limiter(daily, 300),
+                               _limiter(topup, 500, increase=50, period="1 hour"))
+        first, second = await make_quota(section, clock), await make_quota(section, clock)
+        await self.spend(first, alice, 280)
+        assert await second.status(alice) == {daily: 20, topup: 220}
+        assert await first.apply_periods() == 0
+        clock.advance(hours=1)
+        assert await first.apply_periods() == 1
+        assert await second.apply_periods() == 0  # the other replica finds it done
+        assert await second.status(alice) == {daily: 20, topup: 270}
+        clock.advance(hours=11)  # midnight: both periods turn
+        assert sum(await asyncio.gather(first.apply_periods(), second.apply_periods())) == 2
+        assert await first.status(alice) == {daily: 300, topup: 320}
+
+    async def test_a_reservation_across_a_reset_is_not_refunded(self, make_quota: Any,
+                                                               clock: QuotaClock) -> None:
+        name, alice = _key("daily"), _key("alice")
+        quota = await make_quota(self.section(_limiter(name, 300)), clock)
+        ticket = _ticket()
+        await quota.check(AuthTuple(alice, alice), ticket)
+        clock.advance(hours=12)
+        assert await quota.apply_periods() == 1
+        await quota.consume(AuthTuple(alice, alice), _usage(40), ticket)
+        assert await quota.status(alice) == {name: 260}
+
+    async def test_concurrent_reservations_never_overspend(self, make_quota: Any,
+                                                           clock: QuotaClock) -> None:
+        name, cluster, alice = _key("user"), _key("cluster"), _key("alice")
+        section = self.section(_limiter(name, 2_000), _limiter(cluster, 10**9, cluster=True))
+        replicas = [await make_quota(section, clock), await make_quota(section, clock)]
+        admitted = 0
+
+        async def one(index: int) -> None:
+            nonlocal admitted
+            quota, ticket = replicas[index % 2], _ticket()
+            try:
+                await quota.check(AuthTuple(alice, alice), ticket)
+            except QuotaExceeded:
+                return
+            admitted += 1
+            await asyncio.sleep(0)
+            await quota.consume(AuthTuple(alice, alice), _usage(100), ticket)
+
+        await asyncio.gather(*(one(i) for i in range(60)))
+        assert admitted == 20  # 2000 / 100: every token once, none twice
+        assert await replicas[0].status(alice) == {name: 0, cluster: 10**9 - 2_000}

@@ -219,6 +219,24 @@ class Quota:
     async def ready(self) -> None:
         await self._run(self.store.ping)
 
+    # --- administration (what `lcore quota` does, for async callers) ---------------------------
+
+    async def set_available(self, limiter: str, subject_id: str, tokens: int, *,
+                            revoke: bool = False) -> None:
+        """Overwrite `limiter`'s available tokens for `subject_id` until its next reset
+        (`revoke`: 0, and the time recorded)."""
+        await self._run(self.store.set_available, self.limiter(limiter), subject_id, tokens,
+                        self.clock(), revoke=revoke)
+
+    async def increase(self, limiter: str, subject_id: str, tokens: int) -> None:
+        """Add `tokens` to `limiter`'s available tokens for `subject_id`."""
+        await self._run(self.store.increase, self.limiter(limiter), subject_id, tokens,
+                        self.clock())
+
+    async def usage_totals(self, user_id: str) -> list[dict[str, Any]]:
+        """`user_id`'s token history summed per (provider, model)."""
+        return await self._run(self.store.usage_totals, user_id)
+
     # --- lifecycle and the scheduler's work ------------------------------------------------------
 
     async def setup(self, attempts: int = 1, delay_s: float = 1.0) -> bool:
