@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from lcore_core import ConfigError
@@ -85,13 +88,28 @@ def _limiters(quota: Quota, args: argparse.Namespace) -> list[Limiter]:
     return chosen
 
 
-def _run(args: argparse.Namespace, action: Any) -> int:
+def _on_own_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on an event loop of its own: this thread's, or a worker thread's when this
+    one runs a loop already (`main()` called from async code, as the tests do)."""
     try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main).result()
+
+
+def _run(args: argparse.Namespace, action: Any) -> int:
+    """`action(quota, subject)` (a coroutine function) on an event loop of its own."""
+    async def run() -> int:
         quota = _quota(args)
         try:
-            return int(action(quota, CLUSTER_SUBJECT if args.cluster else args.user) or 0)
+            return int(await action(quota, CLUSTER_SUBJECT if args.cluster else args.user) or 0)
         finally:
-            quota.store.close()
+            await quota.close()
+
+    try:
+        return _on_own_loop(run())
     except ConfigError as exc:
         print(f"lcore quota: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -101,11 +119,11 @@ def _run(args: argparse.Namespace, action: Any) -> int:
 
 
 def _change(args: argparse.Namespace, change: Any) -> int:
-    def act(quota: Quota, subject: str) -> int:
+    async def act(quota: Quota, subject: str) -> int:
         now = quota.clock()
         for lim in _limiters(quota, args):
-            change(quota, lim, subject, now)
-        return _show(quota, args, subject)
+            await change(quota, lim, subject, now)
+        return await _show(quota, args, subject)
 
     return _run(args, act)
 
@@ -128,11 +146,11 @@ def show_command(args: argparse.Namespace) -> int:
     return _run(args, lambda quota, subject: _show(quota, args, subject))
 
 
-def _show(quota: Quota, args: argparse.Namespace, subject: str) -> int:
+async def _show(quota: Quota, args: argparse.Namespace, subject: str) -> int:
     # `states` needs a user id; for the cluster the user limiters are simply left out.
-    states = [s for s in quota.read_states(subject or CLUSTER_SUBJECT)
+    states = [s for s in await quota.read_states(subject or CLUSTER_SUBJECT)
               if s.limiter.is_cluster == bool(args.cluster)]
-    usage = [] if args.cluster or not quota.history else quota.store.usage_totals(subject)
+    usage = [] if args.cluster or not quota.history else await quota.store.usage_totals(subject)
     report: dict[str, Any] = {
         "subject": "cluster" if args.cluster else subject,
         "limiters": [{"name": s.limiter.name, "type": s.limiter.type,

@@ -15,14 +15,19 @@ second run adds nothing and a later one adds only what upstream counted meanwhil
 from __future__ import annotations
 
 import datetime as dt
-from functools import partial
 from typing import Any
-
-import peewee
 
 from lcore_core import Migration, MigrationError
 from lcore_quota.config import SUBJECT_TYPES
-from lcore_quota.store import CLUSTER_SUBJECT, Limiter, QuotaDatabaseError, QuotaStore
+from lcore_quota.store import (
+    CLUSTER_SUBJECT,
+    KEY,
+    LIMIT_TABLE,
+    USAGE_TABLE,
+    Limiter,
+    QuotaDatabaseError,
+    QuotaStore,
+)
 
 SECTION = "quota_handlers"
 ORIGIN = "upstream"
@@ -37,46 +42,52 @@ async def import_quota(migration: Migration) -> None:
     store = QuotaStore(settings)
     try:
         if not migration.dry_run:
-            store.setup()
+            await store.setup()
         limiters = [Limiter.from_settings(s) for s in settings["limiters"]]
         if upstream.has("quota_limits"):
-            _limits(migration, store, limiters)
+            await _limits(migration, store, limiters)
         if upstream.has("token_usage"):
-            _usage(migration, store)
+            await _usage(migration, store)
     except QuotaDatabaseError as exc:
         raise MigrationError(f"LCore's quota database {exc}") from exc
     finally:
-        if store.pg is not None:
-            await store.pg.close()
-        store.close()
+        await store.close()
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _exists(model: Any, where: Any) -> bool:
-    return bool(model.select().where(where).exists())
+async def _exists(store: QuotaStore, key: tuple[str, str, str]) -> bool:
+    """Whether LCore has the row (False without tables: the dry run creates nothing)."""
+    if not await store.has_tables():
+        return False
+    return bool(await store.fetch(f'SELECT 1 AS found FROM "{LIMIT_TABLE}" WHERE {KEY}', key))
 
 
-def _insert_new(model: Any, values: dict[str, Any]) -> int:
+async def _insert_new(store: QuotaStore, values: dict[str, Any]) -> int:
     """Insert unless the key is taken (then the row LCore has wins); rows inserted."""
-    return int(model.insert(values).on_conflict_ignore().as_rowcount().execute())
+    columns = ", ".join(values)
+    return await store.execute(
+        f'INSERT INTO "{LIMIT_TABLE}" ({columns}) VALUES ({", ".join(["%s"] * len(values))}) '
+        "ON CONFLICT (limiter, subject_type, subject_id) DO NOTHING", list(values.values()))
 
 
-def _imported(U: Any, where: Any) -> tuple[int, int]:
+async def _imported(store: QuotaStore, key: dict[str, str]) -> tuple[int, int]:
     """Input and output tokens imported from upstream before, for one total."""
-    row = U.select(peewee.fn.COALESCE(peewee.fn.SUM(U.input_tokens), 0),
-                   peewee.fn.COALESCE(peewee.fn.SUM(U.output_tokens), 0)).where(where) \
-        .tuples().first()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    if not await store.has_tables():
+        return (0, 0)
+    rows = await store.fetch(
+        "SELECT COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o "
+        f'FROM "{USAGE_TABLE}" WHERE user_id = %s AND provider = %s AND model = %s '
+        "AND origin = %s", (key["user_id"], key["provider"], key["model"], ORIGIN))
+    return (int(rows[0]["i"]), int(rows[0]["o"])) if rows else (0, 0)
 
 
-def _limits(migration: Migration, store: QuotaStore, limiters: list[Limiter]) -> None:
+async def _limits(migration: Migration, store: QuotaStore, limiters: list[Limiter]) -> None:
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "quota_limits", "lcore_quota_limit")
-    L = store.Limit
     for row in upstream.rows("quota_limits", ("subject", "id")):
         report.found += 1
         code = str(row.get("subject") or "").strip()
@@ -113,12 +124,10 @@ def _limits(migration: Migration, store: QuotaStore, limiters: list[Limiter]) ->
                 "epoch": 0, "updated_at": updated,
                 "reset_at": limiter.period.start((reset or _now()).replace(tzinfo=dt.UTC))
                 .replace(tzinfo=None), "revoked_at": None}
-            key = ((L.limiter == limiter.name) & (L.subject_type == code)
-                   & (L.subject_id == subject))
             if migration.dry_run:
-                added += not store.peek(partial(_exists, L, key), False)
+                added += not await _exists(store, (limiter.name, code, subject))
             else:
-                added += store.call(partial(_insert_new, L, values))
+                added += await _insert_new(store, values)
         if added:
             report.imported += 1
         else:
@@ -128,11 +137,10 @@ def _limits(migration: Migration, store: QuotaStore, limiters: list[Limiter]) ->
                     "sets the period applied (reset_at), and nothing is revoked in LCore")
 
 
-def _usage(migration: Migration, store: QuotaStore) -> None:
+async def _usage(migration: Migration, store: QuotaStore) -> None:
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "token_usage", "lcore_quota_token_usage")
-    U = store.Usage
     for row in upstream.rows("token_usage", ("user_id", "provider", "model")):
         report.found += 1
         try:
@@ -142,11 +150,9 @@ def _usage(migration: Migration, store: QuotaStore) -> None:
             continue
         key = {"user_id": str(row["user_id"]), "provider": str(row["provider"]),
                "model": str(row["model"])}
-        where = ((U.user_id == key["user_id"]) & (U.provider == key["provider"])
-                 & (U.model == key["model"]) & (U.origin == ORIGIN))
-        done = store.peek(partial(_imported, U, where), (0, 0))
-        grown = (int(row.get("input_tokens") or 0) - int(done[0]),
-                 int(row.get("output_tokens") or 0) - int(done[1]))
+        done = await _imported(store, key)
+        grown = (int(row.get("input_tokens") or 0) - done[0],
+                 int(row.get("output_tokens") or 0) - done[1])
         if grown == (0, 0):
             report.skip("already imported (upstream's total has not grown since)")
             continue
@@ -154,10 +160,8 @@ def _usage(migration: Migration, store: QuotaStore) -> None:
             report.skip("upstream's total is below what was imported before (left as it is)")
             continue
         if not migration.dry_run:
-            values: dict[str, Any] = {**key, "input_tokens": grown[0],
-                                      "output_tokens": grown[1], "created_at": created,
-                                      "origin": ORIGIN}
-            store.call(U.insert(values).execute)
+            await store.record({**key, "input_tokens": grown[0], "output_tokens": grown[1]},
+                               created, origin=ORIGIN)
         report.imported += 1
     if report.found:
         report.note("upstream keeps running totals per (user, provider, model): each became "

@@ -75,7 +75,7 @@ async def lcore_startup(runtime: Runtime) -> None:
     settings = _settings(runtime.config)
     if settings is None:
         return
-    quota = Quota(settings, metrics=QuotaMetrics.of(runtime.registry))
+    quota = Quota(settings, metrics=QuotaMetrics.of(runtime.registry), storage=runtime.storage)
     scheduler_settings = settings["scheduler"]
     # A database still down after the retries does not stop the service: quota calls answer
     # 503 (fail closed) and the scheduler keeps trying until it is back.

@@ -16,6 +16,7 @@ from lcore_quota.store import Hold, Limiter, QuotaDatabaseError, QuotaStore, Ref
 
 if TYPE_CHECKING:
     from lcore_core import AuthTuple, QuotaTicket, Usage
+    from lcore_core.storage import Storage
     from lcore_quota.metrics import QuotaMetrics
 
 log = logging.getLogger("lcore.quota")
@@ -55,24 +56,22 @@ class LimiterState:
 class Quota:
     """Token budgets of the configured limiters, shared through the quota database.
 
-    `clock` returns the current time (aware UTC); tests drive it. Database calls run in a worker
-    thread, but for the reservation and the settlement on PostgreSQL (on the event loop); a
-    database failure denies the request with 503 (quota fails closed).
+    `clock` returns the current time (aware UTC); tests drive it. A database failure denies the
+    request with 503 (quota fails closed).
     """
 
     def __init__(self, settings: Any, *, clock: Clock = utcnow,
-                 metrics: QuotaMetrics | None = None) -> None:
+                 metrics: QuotaMetrics | None = None, storage: Storage | None = None) -> None:
         self.settings = settings
         self.limiters = [Limiter.from_settings(s) for s in settings["limiters"]]
-        self.store = QuotaStore(settings)
+        # On the runtime's storage when given (a place shared with other stores shares its
+        # connections and `max_connections`); else a Database of its own.
+        self.store = QuotaStore(settings, storage=storage)
         self.clock = clock
         self.metrics = metrics
         self.history = bool(settings["enable_token_history"])
         self.reservation_tokens = int(settings["reservation_tokens"])
         self.chars_per_token = int(settings["reservation_chars_per_token"])
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._async(asyncio.to_thread(fn, *args, **kwargs))
 
     @staticmethod
     async def _async(call: Awaitable[T]) -> T:
@@ -152,8 +151,8 @@ class Quota:
                        "output_tokens": usage.output_tokens}
         try:
             if fresh:
-                await self._run(self.store.ensure_rows, self.limiters, auth.user_id,
-                                self.clock())
+                await self._async(self.store.ensure_rows(self.limiters, auth.user_id,
+                                                         self.clock()))
             rows = await self._async(self.store.settle(holds, usage.total, self.clock(),
                                                        history))
         except BackendUnavailable as exc:
@@ -174,12 +173,12 @@ class Quota:
         if holds:
             await self._async(self.store.settle(holds, 0, self.clock()))
 
-    def read_states(self, user_id: str) -> list[LimiterState]:
+    async def read_states(self, user_id: str) -> list[LimiterState]:
         """Every limiter's budget for `user_id` (a limiter not used yet has its full quota).
 
-        Synchronous (for the CLI); raises `QuotaDatabaseError`.
+        For the CLI: raises `QuotaDatabaseError`.
         """
-        return self._states(user_id, self.store.available(self.limiters, user_id))
+        return self._states(user_id, await self.store.available(self.limiters, user_id))
 
     def _states(self, user_id: str, rows: dict[str, Any]) -> list[LimiterState]:
         now = self.clock()
@@ -194,7 +193,7 @@ class Quota:
         return states
 
     async def states(self, user_id: str) -> list[LimiterState]:
-        return await self._run(self.read_states, user_id)
+        return await self._async(self.read_states(user_id))
 
     async def status(self, user_id: str) -> dict[str, int]:
         return {s.limiter.name: s.available for s in await self.states(user_id)}
@@ -217,7 +216,7 @@ class Quota:
         return settled if settled is not None else await self.states(user_id)
 
     async def ready(self) -> None:
-        await self._run(self.store.ping)
+        await self._async(self.store.ping())
 
     # --- administration (what `lcore quota` does, for async callers) ---------------------------
 
@@ -225,17 +224,17 @@ class Quota:
                             revoke: bool = False) -> None:
         """Overwrite `limiter`'s available tokens for `subject_id` until its next reset
         (`revoke`: 0, and the time recorded)."""
-        await self._run(self.store.set_available, self.limiter(limiter), subject_id, tokens,
-                        self.clock(), revoke=revoke)
+        await self._async(self.store.set_available(self.limiter(limiter), subject_id, tokens,
+                                                   self.clock(), revoke=revoke))
 
     async def increase(self, limiter: str, subject_id: str, tokens: int) -> None:
         """Add `tokens` to `limiter`'s available tokens for `subject_id`."""
-        await self._run(self.store.increase, self.limiter(limiter), subject_id, tokens,
-                        self.clock())
+        await self._async(self.store.increase(self.limiter(limiter), subject_id, tokens,
+                                              self.clock()))
 
     async def usage_totals(self, user_id: str) -> list[dict[str, Any]]:
         """`user_id`'s token history summed per (provider, model)."""
-        return await self._run(self.store.usage_totals, user_id)
+        return await self._async(self.store.usage_totals(user_id))
 
     # --- lifecycle and the scheduler's work ------------------------------------------------------
 
@@ -244,10 +243,10 @@ class Quota:
         (requests then answer 503 until it is back; the scheduler keeps trying)."""
         for attempt in range(attempts):
             try:
-                await self._run(self.store.setup)
+                await self._async(self.store.setup())
                 now = self.clock()
-                await self._run(self.store.ensure_rows,
-                                [lim for lim in self.limiters if lim.is_cluster], "", now)
+                await self._async(self.store.ensure_rows(
+                    [lim for lim in self.limiters if lim.is_cluster], "", now))
                 return True
             except BackendUnavailable as exc:
                 log.warning("quota database not available (attempt %d of %d): %s",
@@ -261,21 +260,20 @@ class Quota:
         now = self.clock()
         changed = 0
         for lim in self.limiters:
-            changed += await self._run(self.store.apply_period, lim, now)
+            changed += await self._async(self.store.apply_period(lim, now))
         return changed
 
     async def refresh_metrics(self) -> None:
         if self.metrics is None:
             return
-        for limiter, subject_type, subjects, available in await self._run(self.store.summary):
+        for limiter, subject_type, subjects, available in await self._async(
+                self.store.summary()):
             label = _subject_label(subject_type)
             self.metrics.available.labels(limiter, label).set(available or 0)
             self.metrics.subjects.labels(limiter, label).set(subjects)
 
     async def close(self) -> None:
-        if self.store.pg is not None:
-            await self.store.pg.close()
-        await asyncio.to_thread(self.store.close)
+        await self.store.close()
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

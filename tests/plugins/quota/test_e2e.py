@@ -79,7 +79,7 @@ async def test_query_consumes_its_tokens_and_reports_what_is_left(app: Any, llm:
     assert body["available_quotas"]["daily"] == 2000 - spent
     assert await quota_of(app).status("e2e-ann") == body["available_quotas"]
     assert response.headers["X-Quota-Remaining"].startswith(f"daily={2000 - spent}, ")
-    [usage] = quota_of(app).store.usage_totals("e2e-ann")
+    [usage] = await quota_of(app).store.usage_totals("e2e-ann")
     assert (usage["provider"], usage["model"]) == ("openai", "scripted-llm")
     assert (usage["input_tokens"], usage["output_tokens"], usage["calls"]) == (
         body["input_tokens"], body["output_tokens"], 1)
@@ -109,12 +109,13 @@ async def test_failed_llm_call_consumes_nothing(app: Any, llm: Any) -> None:
     assert after["daily"] == before["daily"] == 2000
     # Other users' calls may run on the cluster limiter meanwhile; here nobody else does.
     assert after["cluster"] == cluster_before
-    assert quota.store.usage_totals("e2e-fay") == []
+    assert await quota.store.usage_totals("e2e-fay") == []
 
 
 async def test_exhausted_quota_is_a_429_before_any_llm_call(app: Any, llm: Any) -> None:
     quota = quota_of(app)
-    quota.store.set_available(quota.limiter("daily"), "e2e-max", RESERVE - 1, quota.clock())
+    await quota.store.set_available(quota.limiter("daily"), "e2e-max", RESERVE - 1,
+                                    quota.clock())
     response = await query(app, "e2e-max", "too expensive")
     assert response.status_code == 429
     detail = (await response.get_json())["detail"]
@@ -147,7 +148,7 @@ async def test_cut_stream_consumes_nothing(app: Any, llm: Any) -> None:
         await asyncio.sleep(0.01)
     assert await quota.status("e2e-cut") == {"daily": 2000,
                                              "cluster": (await quota.status("x"))["cluster"]}
-    assert quota.store.usage_totals("e2e-cut") == []
+    assert await quota.store.usage_totals("e2e-cut") == []
 
 
 async def test_interrupted_stream_consumes_what_it_used(app: Any, llm: Any) -> None:
@@ -193,7 +194,7 @@ async def test_metrics_count_consumed_tokens_and_refusals(app: Any, llm: Any) ->
     body = await response.get_json()
     spent = body["input_tokens"] + body["output_tokens"]
     quota = quota_of(app)
-    quota.store.set_available(quota.limiter("daily"), "e2e-met", 0, quota.clock())
+    await quota.store.set_available(quota.limiter("daily"), "e2e-met", 0, quota.clock())
     assert (await query(app, "e2e-met", "refused")).status_code == 429
     after = await quota_samples(app)
 

@@ -148,14 +148,14 @@ async def test_reservation_across_a_reset_is_not_refunded_into_the_new_period(
 async def test_revoke_set_and_increase(storage: Any, make_quota: Any, clock: Clock) -> None:
     quota = await make_quota(quota_settings(storage, [limiter("daily", initial=300)]))
     daily = quota.limiter("daily")
-    quota.store.set_available(daily, "alice", 0, clock(), revoke=True)
+    await quota.store.set_available(daily, "alice", 0, clock(), revoke=True)
     [state] = await quota.states("alice")
     assert state.available == 0 and state.revoked_at == clock()
     with pytest.raises(QuotaExceeded):
         await quota.check(ALICE, ticket())
-    quota.store.increase(daily, "alice", 120, clock())
+    await quota.store.increase(daily, "alice", 120, clock())
     assert await quota.status("alice") == {"daily": 120}
-    quota.store.set_available(daily, "alice", 5000, clock())
+    await quota.store.set_available(daily, "alice", 5000, clock())
     [state] = await quota.states("alice")
     assert (state.available, state.revoked_at, state.quota_limit) == (5000, None, 300)
     clock.advance(days=1)
@@ -173,16 +173,16 @@ async def test_token_history_per_user_provider_model(storage: Any, make_quota: A
     t = ticket()
     await quota.check(ALICE, t)
     await quota.release(t)  # a failed call leaves no history
-    [row] = quota.store.usage_totals("alice")
+    [row] = await quota.store.usage_totals("alice")
     assert (row["provider"], row["model"], row["input_tokens"], row["output_tokens"],
             row["calls"]) == ("openai", "scripted-llm", 30, 32, 2)
-    assert quota.store.usage_totals("bob") == []
+    assert await quota.store.usage_totals("bob") == []
 
 
 async def test_history_off_by_default(storage: Any, make_quota: Any) -> None:
     quota = await make_quota(quota_settings(storage, [limiter("daily", initial=10_000)]))
     await spend(quota, ALICE, 10)
-    assert quota.store.usage_totals("alice") == []
+    assert await quota.store.usage_totals("alice") == []
 
 
 async def test_200_concurrent_requests_consume_exactly(storage: Any, make_quota: Any) -> None:
@@ -282,20 +282,8 @@ async def test_replicas_listing_limiters_in_other_orders_never_deadlock(
     spent = sum(await asyncio.gather(*(one(i) for i in range(200))))
     assert await replicas[0].status("alice") == {"user": 1_000_000 - spent,
                                                  "cluster": 5_000_000 - spent}
-    [row] = replicas[0].store.usage_totals("alice")
+    [row] = await replicas[0].store.usage_totals("alice")
     assert row["calls"] == 200 and row["input_tokens"] + row["output_tokens"] == spent
-
-
-class _CountingCursor:
-    def __init__(self, cursor: Any, sent: list[str]) -> None:
-        self._cursor, self._sent = cursor, sent
-
-    def execute(self, sql: str, params: Any = None) -> Any:
-        self._sent.append(sql.split()[0])
-        return self._cursor.execute(sql, params)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
 
 
 async def test_one_statement_each_to_reserve_and_settle_on_postgres(
@@ -311,10 +299,7 @@ async def test_one_statement_each_to_reserve_and_settle_on_postgres(
         enable_token_history=True))
     await spend(quota, ALICE, 10)  # the rows exist from now on
     sent: list[str] = []
-    cursor = quota.store.db.cursor
-    monkeypatch.setattr(quota.store.db, "cursor",
-                        lambda *args, **kwargs: _CountingCursor(cursor(*args, **kwargs), sent))
-    # The request path's statements run on the event loop (psycopg 3), the rest in threads.
+    # Every statement runs on the event loop (psycopg 3): all are counted here.
     execute = psycopg.AsyncConnection.execute
 
     async def counted(conn: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
@@ -331,7 +316,7 @@ async def test_one_statement_each_to_reserve_and_settle_on_postgres(
     # The answer's figures come from the settlement: nothing more is read.
     assert await lcore_quota_status(ALICE, runtime) == {"daily": 965, "cluster": 4965}
     assert sent == ["WITH", "WITH"]
-    assert quota.store.usage_totals("alice")[0]["calls"] == 2
+    assert (await quota.store.usage_totals("alice"))[0]["calls"] == 2
 
 
 async def test_settled_figures_serve_only_the_task_that_settled(storage: Any,
