@@ -31,10 +31,7 @@ from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.hookspecs import hookimpl
 from lcore_core.jsonsafe import TooDeep as JsonTooDeep
 from lcore_core.jsonsafe import loads as load_json
-from lcore_core.legacy_peewee import PreparedQuery, install_schema
 from lcore_core.migrate import Migration, MigrationError
-from lcore_core.pgasync import AsyncPostgres
-from lcore_core.pgpool import PostgresPool
 from lcore_core.plugins import Plugins, load_plugins
 from lcore_core.providers import (
     AuthProvider,
@@ -50,7 +47,6 @@ from lcore_core.web import doc, load_body, route
 
 __all__ = [
     "Action",
-    "AsyncPostgres",
     "AuthProvider",
     "AuthTuple",
     "Authenticator",
@@ -76,9 +72,7 @@ __all__ = [
     "NotFound",
     "PluginLoadError",
     "Plugins",
-    "PostgresPool",
     "PostgresSchema",
-    "PreparedQuery",
     "QueryCompleted",
     "QuotaExceeded",
     "QuotaTicket",
@@ -99,7 +93,6 @@ __all__ = [
     "authorize",
     "doc",
     "hookimpl",
-    "install_schema",
     "load_body",
     "load_config",
     "load_json",

@@ -1,4 +1,5 @@
-"""`lcore_core.AsyncPostgres` on the machine's real PostgreSQL: connections are reused without a
+"""The storage service's PostgreSQL pool (`lcore_core.storage.postgres.ConnectionPool`) on the
+machine's real PostgreSQL: connections are reused without a
 statement of their own, one the server ended is not handed out, one left inside a transaction
 is closed at once, a statement outlives its cancelled caller, the pool's bound holds, and an
 unreachable server fails the call at once."""
@@ -12,23 +13,30 @@ from typing import Any
 
 import psycopg
 import psycopg2
-import psycopg2.extras
 import pytest
 
-from lcore_core import AsyncPostgres, Settings
+from lcore_core import Settings
+from lcore_core.storage.postgres import POOL_WAIT_S, ConnectionPool
 
 PARAMS = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres",
-          "application_name": "lcore-pgasync-test"}
+          "application_name": "lcore-pool-test"}
+
+
+def make_pool(params: dict[str, Any], *, max_size: int, timeout: float = POOL_WAIT_S,
+                  prepare: bool = True) -> ConnectionPool:
+    """A pool from libpq keywords."""
+    return ConnectionPool(psycopg.conninfo.make_conninfo(**params), max_size=max_size,
+                          timeout=timeout, prepare=prepare)
 
 
 @pytest.fixture
-async def pool() -> AsyncIterator[AsyncPostgres]:
-    db = AsyncPostgres(PARAMS, max_size=2, timeout=5)
+async def pool() -> AsyncIterator[ConnectionPool]:
+    db = make_pool(PARAMS, max_size=2, timeout=5)
     yield db
     await db.close()
 
 
-async def backend_pid(db: AsyncPostgres) -> int:
+async def backend_pid(db: ConnectionPool) -> int:
     [row] = await db.fetch("SELECT pg_backend_pid() AS pid")
     return int(row["pid"])
 
@@ -49,7 +57,7 @@ def _terminate(pid: int) -> None:
 
 
 async def test_a_connection_is_reused_without_a_statement_of_its_own(
-        pool: AsyncPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+        pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[str] = []
     execute = psycopg.AsyncConnection.execute
 
@@ -64,7 +72,7 @@ async def test_a_connection_is_reused_without_a_statement_of_its_own(
     assert sent == ["SELECT"] * 4
 
 
-async def test_a_connection_the_server_ended_is_not_handed_out(pool: AsyncPostgres) -> None:
+async def test_a_connection_the_server_ended_is_not_handed_out(pool: ConnectionPool) -> None:
     first = await backend_pid(pool)
     await asyncio.to_thread(_terminate, first)
     second = await backend_pid(pool)  # no error: the dead connection was dropped at checkout
@@ -88,10 +96,10 @@ async def _waiting_for_a_lock() -> None:
 
 
 async def test_a_statement_runs_to_its_end_when_its_caller_is_cancelled(
-        pool: AsyncPostgres) -> None:
+        pool: ConnectionPool) -> None:
     """As a worker thread's statement does: a client that went away after its answer must not
     undo the bookkeeping of that answer."""
-    table = f"pgasync_{uuid.uuid4().hex}"
+    table = f"pool_{uuid.uuid4().hex}"
     await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
     await pool.execute(f"INSERT INTO {table} VALUES (1, 0)")
     holder = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
@@ -106,7 +114,7 @@ async def test_a_statement_runs_to_its_end_when_its_caller_is_cancelled(
             await caller
         holder.commit()
         await pool.close()  # waits for the statements under way
-        check = AsyncPostgres(PARAMS, max_size=1)
+        check = make_pool(PARAMS, max_size=1)
         assert await check.fetch(f"SELECT n FROM {table}") == [{"n": 1}]
         await check.execute(f"DROP TABLE {table}")
         await check.close()
@@ -115,7 +123,7 @@ async def test_a_statement_runs_to_its_end_when_its_caller_is_cancelled(
 
 
 async def test_close_closes_what_comes_back_later_and_a_new_call_reconnects(
-        pool: AsyncPostgres) -> None:
+        pool: ConnectionPool) -> None:
     async with pool.connection() as conn:
         before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
         await pool.close()
@@ -134,7 +142,7 @@ def _backend_open(pid: int) -> bool:
 
 
 async def test_a_connection_returned_inside_a_transaction_is_closed_at_once(
-        pool: AsyncPostgres) -> None:
+        pool: ConnectionPool) -> None:
     async with pool.connection() as conn:
         await conn.execute("BEGIN")
         cursor = await conn.execute("SELECT pg_backend_pid()")
@@ -151,7 +159,7 @@ async def test_a_connection_returned_inside_a_transaction_is_closed_at_once(
 
 
 async def test_at_most_max_size_connections_and_a_bounded_wait() -> None:
-    db = AsyncPostgres(PARAMS, max_size=2, timeout=0.5)
+    db = make_pool(PARAMS, max_size=2, timeout=0.5)
     try:
         held = [db.connection(), db.connection()]
         for context in held:
@@ -166,7 +174,7 @@ async def test_at_most_max_size_connections_and_a_bounded_wait() -> None:
 
 
 async def test_an_unreachable_server_fails_the_call_at_once() -> None:
-    db = AsyncPostgres({**PARAMS, "port": 1, "connect_timeout": 5}, max_size=2, timeout=30)
+    db = make_pool({**PARAMS, "port": 1, "connect_timeout": 5}, max_size=2, timeout=30)
     # Within the connect attempt, far from the 30 s a caller could wait for a free connection.
     with pytest.raises(psycopg.OperationalError, match="port 1 failed"):
         await asyncio.wait_for(db.execute("SELECT 1"), 10)
@@ -175,24 +183,9 @@ async def test_an_unreachable_server_fails_the_call_at_once() -> None:
         await asyncio.wait_for(db.execute("SELECT 1"), 10)
 
 
-async def test_a_json_value_peewee_wraps_for_psycopg2_is_sent_as_jsonb(
-        pool: AsyncPostgres) -> None:
-    value = psycopg2.extras.Json({"a": ["b", 1]})
-    [row] = await pool.fetch("SELECT %s::jsonb -> 'a' ->> 0 AS first, "
-                             "pg_typeof(%s::jsonb)::text AS type", [value, value])
-    assert row == {"first": "b", "type": "jsonb"}
-
-
-def test_a_components_pool_size_is_shared_between_its_two_pools() -> None:
-    for configured in range(2, 40):
-        loop, threads = AsyncPostgres.split(configured)
-        assert loop + threads == configured and loop >= threads >= 1
-    assert AsyncPostgres.split(1) == (1, 1)  # the one case over the configured size
-
-
 @pytest.mark.parametrize("prepare", [True, False])
 async def test_a_statement_run_often_is_prepared_unless_told_not_to(prepare: bool) -> None:
-    db = AsyncPostgres(PARAMS, max_size=1, prepare=prepare)
+    db = make_pool(PARAMS, max_size=1, prepare=prepare)
     try:
         for _ in range(8):
             assert await db.fetch("SELECT %s::int + 1 AS two", [1]) == [{"two": 2}]
