@@ -41,7 +41,14 @@ from lcore_core.providers import (
     UpstreamImporter,
 )
 from lcore_core.runtime import Runtime
-from lcore_core.storage import Database, Duplicate, Storage, StorageSettings, Transaction
+from lcore_core.storage import (
+    Database,
+    Duplicate,
+    Storage,
+    StorageSettings,
+    Transaction,
+    as_datetime,
+)
 from lcore_core.storage.cache import SqlCache
 from lcore_core.web import doc, load_body, route
 
@@ -90,6 +97,7 @@ __all__ = [
     "UpstreamImporter",
     "Usage",
     "__version__",
+    "as_datetime",
     "authorize",
     "doc",
     "hookimpl",

@@ -15,8 +15,7 @@ from lcore_core import BackendUnavailable, QuotaExceeded
 from lcore_quota.store import Hold, Limiter, QuotaDatabaseError, QuotaStore, Refused
 
 if TYPE_CHECKING:
-    from lcore_core import AuthTuple, QuotaTicket, Usage
-    from lcore_core.storage import Storage
+    from lcore_core import AuthTuple, QuotaTicket, Storage, Usage
     from lcore_quota.metrics import QuotaMetrics
 
 log = logging.getLogger("lcore.quota")

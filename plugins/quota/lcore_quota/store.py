@@ -30,8 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lcore_core.errors import StorageError
-from lcore_core.storage import Database, Storage, Transaction, as_datetime
+from lcore_core import Database, Storage, StorageError, Transaction, as_datetime
 from lcore_quota.config import CLUSTER_LIMITER, SUBJECT_TYPES
 from lcore_quota.periods import Period
 
