@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from lcore_quota.quota import TICKET_KEY
+from lcore_quota.quota import TICKET_KEY, Quota
 
 from lcore_core import AuthTuple, BackendUnavailable, QuotaExceeded, QuotaTicket, Usage
 
@@ -340,3 +340,51 @@ async def test_settled_figures_serve_only_the_task_that_settled(storage: Any,
 
 async def _settled(quota: Any, user_id: str) -> Any:
     return quota.settled_states(user_id)
+
+
+async def test_quota_shares_the_place_and_its_max_connections(pg_namespace: str) -> None:
+    """On the runtime's storage the quota uses the Database of its place (shared with any
+    store configured there), and never opens more sessions than `max_connections`."""
+    from lcore_core import Storage
+
+    from .conftest import PG, pg_connect
+
+    name = f"lcore-quota-{pg_namespace[-12:]}"
+    section = {"postgres": {**PG, "namespace": pg_namespace, "max_connections": 2,
+                            "application_name": name}}
+    storage = Storage()
+    quota = Quota(quota_settings(section, [limiter("daily", initial=10**9)]), storage=storage)
+    try:
+        assert quota.store.db is storage.database(section, where="database")
+        assert await quota.setup()
+        peak = 0
+
+        async def one(index: int) -> None:
+            await spend(quota, AuthTuple(f"u{index % 7}", "x"), 10)
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, await asyncio.to_thread(_sessions, name, pg_connect))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(one(i) for i in range(60)))
+        watcher.cancel()
+        assert 1 <= peak <= 2
+        left = [(await quota.status(f"u{i}"))["daily"] for i in range(7)]
+        assert sum(left) == 7 * 10**9 - 600
+    finally:
+        await quota.close()
+        await storage.close()
+
+
+def _sessions(name: str, connect: Any) -> int:
+    conn = connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                           (name,))
+            return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
