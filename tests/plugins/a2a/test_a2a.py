@@ -317,7 +317,7 @@ async def test_quota_and_metrics_apply_to_a2a_turns(write_config: ConfigWriter, 
         # The (noop) caller's budget went down by exactly the turn's tokens.
         assert (await store.status(DEFAULT_USER_ID))["daily"] == 100_000 - spent
 
-        store.store.set_available(store.limiter("daily"), DEFAULT_USER_ID, 0, store.clock())
+        await store.store.set_available(store.limiter("daily"), DEFAULT_USER_ID, 0, store.clock())
         refused = await send(client, "refuse this a2a turn")
         assert refused.status.state == TaskState.failed
         assert refused.metadata and refused.metadata["error"]["status_code"] == 429
