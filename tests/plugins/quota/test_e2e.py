@@ -170,7 +170,7 @@ async def test_interrupted_stream_consumes_what_it_used(app: Any, llm: Any) -> N
         while b'"interrupted"' not in received:
             received += await asyncio.wait_for(conn.receive(), 30)
     # Llama Stack reported no usage for the cut call: LCore's estimate of it is charged.
-    [usage] = quota.store.usage_totals("e2e-stop")
+    [usage] = await quota.store.usage_totals("e2e-stop")
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0 and usage["calls"] == 1
     spent = usage["input_tokens"] + usage["output_tokens"]
     assert (await quota.status("e2e-stop"))["daily"] == 2000 - spent
