@@ -2,13 +2,17 @@
 
 Each live stream is known by the `request_id` of its `start` event, in this process only (a
 replica does not see another's streams). A stream is entered when it starts and removed when it
-ends, however it ends, so the table holds at most the streams being served.
+ends, however it ends, so the table holds at most the streams being served. The ids of the
+last `FINISHED_KEPT` streams to end are kept a while longer (with their owner), so that an
+interrupt racing the stream's end hears "already completed" (200, `interrupted: false`), as from
+upstream, rather than "not found".
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -16,6 +20,8 @@ import structlog
 
 # Streams a process tracks at most; past it a new stream still runs but cannot be interrupted.
 MAX_LIVE_STREAMS = 10_000
+# Ended streams remembered (id -> owner), oldest forgotten first.
+FINISHED_KEPT = 1024
 INTERRUPTED_TEXT = "Response stopped by the user."
 log = structlog.get_logger("lcore.interrupts")
 
@@ -24,6 +30,7 @@ class Outcome(Enum):
     INTERRUPTED = "interrupted"
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
+    ALREADY_DONE = "already_done"
 
 
 @dataclass
@@ -58,9 +65,11 @@ class LiveStream:
 class LiveStreams:
     """The live streams of this process, by request id."""
 
-    def __init__(self, limit: int = MAX_LIVE_STREAMS) -> None:
+    def __init__(self, limit: int = MAX_LIVE_STREAMS, finished_kept: int = FINISHED_KEPT) -> None:
         self.limit = limit
         self._streams: dict[str, LiveStream] = {}
+        self.finished_kept = finished_kept
+        self._finished: OrderedDict[str, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -76,12 +85,19 @@ class LiveStreams:
         return stream
 
     def close(self, stream: LiveStream) -> None:
-        self._streams.pop(stream.request_id, None)
+        if self._streams.pop(stream.request_id, None) is None or self.finished_kept <= 0:
+            return
+        self._finished[stream.request_id] = stream.user_id
+        while len(self._finished) > self.finished_kept:
+            self._finished.popitem(last=False)
 
     def interrupt(self, request_id: str, user_id: str) -> Outcome:
         stream = self._streams.get(request_id)
         if stream is None:
-            return Outcome.NOT_FOUND
+            owner = self._finished.get(request_id)
+            if owner is None:
+                return Outcome.NOT_FOUND
+            return Outcome.ALREADY_DONE if owner == user_id else Outcome.FORBIDDEN
         if stream.user_id != user_id:
             log.warning("interrupt of another user's stream refused", request_id=request_id)
             return Outcome.FORBIDDEN

@@ -149,6 +149,9 @@ async def interrupt_stream() -> Any:
     if outcome is Outcome.FORBIDDEN:
         raise Forbidden("User does not have permission to interrupt this streaming request",
                         f"User {user_id} does not own streaming request with ID {request_id}")
+    if outcome is Outcome.ALREADY_DONE:
+        return jsonify({"request_id": request_id, "interrupted": False,
+                        "message": "Streaming request already completed; nothing to interrupt"})
     log.info("stream interrupted", stream_request_id=request_id)
     return jsonify({"request_id": request_id, "interrupted": True,
                     "message": "Streaming request interrupted"})

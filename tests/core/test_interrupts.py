@@ -20,7 +20,20 @@ def test_owner_only_and_forgotten_when_closed() -> None:
     assert live.interrupted
     streams.close(live)
     assert len(streams) == 0
-    assert streams.interrupt(live.request_id, "ann") is Outcome.NOT_FOUND
+    # An interrupt racing the stream's end: "already done" for its owner, still refused to others.
+    assert streams.interrupt(live.request_id, "ann") is Outcome.ALREADY_DONE
+    assert streams.interrupt(live.request_id, "bob") is Outcome.FORBIDDEN
+
+
+def test_finished_ids_are_bounded() -> None:
+    streams = LiveStreams(finished_kept=2)
+    ended = [streams.open("ann") for _ in range(3)]
+    for live in ended:
+        streams.close(live)
+    # Only the last two are remembered; the first is forgotten (not found).
+    assert streams.interrupt(ended[0].request_id, "ann") is Outcome.NOT_FOUND
+    assert [streams.interrupt(live.request_id, "ann") for live in ended[1:]] == [
+        Outcome.ALREADY_DONE, Outcome.ALREADY_DONE]
 
 
 def test_bounded() -> None:
@@ -34,6 +47,8 @@ def test_bounded() -> None:
         streams.close(live)
     streams.close(extra)
     assert len(streams) == 0
+    # Never tracked, so never remembered either.
+    assert streams.interrupt(extra.request_id, "ann") is Outcome.NOT_FOUND
 
 
 async def test_stop_wakes_a_stream_waiting_on_the_model() -> None:
