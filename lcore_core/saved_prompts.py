@@ -122,12 +122,7 @@ class SavedPrompts:
         new = [r for r in rows if r["id"] not in present and (r["user_id"], r["name"]) not in named]
         if dry_run or not new:
             return len(new), len(rows) - len(new)
-        sql = (f'INSERT INTO "{TABLE}" ({", ".join(COLUMNS)}) VALUES '
-               f'({", ".join(["%s"] * len(COLUMNS))}) ON CONFLICT DO NOTHING')
-        inserted = 0
-        async with self.db.transaction() as tx:
-            for row in new:
-                inserted += await tx.execute(sql, [row[c] for c in COLUMNS])
+        inserted = await self.db.insert_new(TABLE, COLUMNS, new)
         return inserted, len(rows) - inserted
 
 

@@ -162,12 +162,7 @@ class UserDB:
         new = [row for row in rows if row["id"] not in present]
         if dry_run or not new:
             return len(new), len(rows) - len(new)
-        sql = (f'INSERT INTO "{TABLE}" ({", ".join(COLUMNS)}) VALUES '
-               f'({", ".join(["%s"] * len(COLUMNS))}) ON CONFLICT DO NOTHING')
-        inserted = 0
-        async with self.db.transaction() as tx:
-            for row in new:
-                inserted += await tx.execute(sql, [row[c] for c in COLUMNS])
+        inserted = await self.db.insert_new(TABLE, COLUMNS, new)
         return inserted, len(rows) - inserted
 
 
