@@ -48,6 +48,7 @@ from lcore_core.warmup import FirstCallsAlone
 
 if TYPE_CHECKING:
     from lcore_core.azure import AzureProviderData
+    from lcore_core.ogx_library import OgxInProcess
 
 log = structlog.get_logger("lcore.llama")
 
@@ -81,6 +82,8 @@ class LlamaStack:
         # builds before `open()`.
         self.run_config_path: str | None = settings.get("library_client_config_path")
         self._client: Any = None
+        # Library mode on OGX: its application, in this process (lcore_core.ogx_library).
+        self._ogx: OgxInProcess | None = None
         # Server mode: the client's HTTP connection pool, and what `respond` sends on it.
         self._http: httpx.AsyncClient | None = None
         self._responses_url = ""
@@ -107,13 +110,16 @@ class LlamaStack:
 
     async def open(self) -> None:
         started = time.perf_counter()
-        if self.library:
+        if self.library and self._ogx_library():
+            await self._open_ogx_in_process()
+        elif self.library:
             try:
                 from llama_stack.core.library_client import AsyncLlamaStackAsLibraryClient
             except ImportError as exc:
                 raise BackendUnavailable(
                     "Llama Stack library mode is not installed",
-                    f"{exc}; install it with: pip install 'lcore-core[library]'") from exc
+                    f"{exc}; install it with: pip install 'lcore-core[library]' (Llama Stack "
+                    "0.7) or pip install ogx (OGX 1.x)") from exc
             library_environment()
             import llama_stack_api.common.errors  # noqa: F401  (for _library_error_type)
 
@@ -123,15 +129,54 @@ class LlamaStack:
             self._client = client
         else:
             http = _http_client(self.settings.url, self.settings.get("ca_cert_path"))
-            client = AsyncLlamaStackClient(
-                base_url=self.settings.url, api_key=self.settings.api_key,
-                timeout=self.settings.timeout, max_retries=0, http_client=http)
-            self._responses_url = str(client.base_url).rstrip("/") + "/v1/responses"
-            # The client's own (the key from the configuration or LLAMA_STACK_CLIENT_API_KEY).
-            self._headers = dict(client.auth_headers)
-            self._client, self._http = client, http
+            self._use_http(self.settings.url, http)
         log.info("llama stack client ready", mode="library" if self.library else "server",
-                 seconds=round(time.perf_counter() - started, 3))
+                 backend=self.backend, seconds=round(time.perf_counter() - started, 3))
+
+    def _use_http(self, url: str, http: httpx.AsyncClient) -> None:
+        """Talk to Llama Stack (or OGX) at `url` over `http`: the client, and `respond`'s path."""
+        client = AsyncLlamaStackClient(
+            base_url=url, api_key=self.settings.api_key,
+            timeout=self.settings.timeout, max_retries=0, http_client=http)
+        self._responses_url = str(client.base_url).rstrip("/") + "/v1/responses"
+        # The client's own (the key from the configuration or LLAMA_STACK_CLIENT_API_KEY).
+        self._headers = dict(client.auth_headers)
+        self._client, self._http = client, http
+
+    def _ogx_library(self) -> bool:
+        """Library mode runs OGX when `backend: ogx` says so, or when OGX is installed and
+        Llama Stack's library is not."""
+        if self.backend == "ogx":
+            return True
+        if self.backend == "llama_stack":
+            return False
+        import importlib.util
+
+        return (importlib.util.find_spec("llama_stack") is None
+                and importlib.util.find_spec("ogx") is not None)
+
+    async def _open_ogx_in_process(self) -> None:
+        """OGX's application in this process (`lcore_core.ogx_library`), spoken to as a server."""
+        try:
+            from lcore_core.ogx_library import BASE_URL, OgxInProcess
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise BackendUnavailable("OGX library mode is not installed", str(exc)) from exc
+        if not self.run_config_path:
+            raise BackendUnavailable("OGX library mode needs a run configuration",
+                                     "set llama_stack.library_client_config_path to OGX's "
+                                     "run configuration")
+        ogx = OgxInProcess(self.run_config_path)
+        try:
+            http = await ogx.start()
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "OGX library mode is not installed",
+                f"{exc}; install it with: pip install ogx (and its providers' packages)") from exc
+        finally:
+            reclaim_logging()
+        self._ogx = ogx
+        self.backend = "ogx"
+        self._use_http(BASE_URL, http)
 
     async def respond(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
         """One Responses call, not streamed; the answer as plain JSON.
@@ -203,12 +248,14 @@ class LlamaStack:
         await self.conversations.drain()
         self._http = None
         client, self._client = self._client, None
-        if client is None:
-            return
-        closer = getattr(client, "close", None) or getattr(client, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
+        if client is not None:
+            closer = getattr(client, "close", None) or getattr(client, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        ogx, self._ogx = self._ogx, None
+        if ogx is not None:
+            await ogx.stop()
 
     async def connect(self, attempts: int, delay: float) -> str | None:
         """Start-up: ask Llama Stack for its version until it answers (a sidecar may still be

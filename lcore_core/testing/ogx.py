@@ -29,7 +29,8 @@ from lcore_core.testing.llama_stack import (
     stack_environment,
 )
 
-__all__ = ["OgxServer", "ogx_available", "ogx_python", "self_signed_cert", "write_ogx_run_yaml"]
+__all__ = ["OgxServer", "ogx_available", "ogx_environment", "ogx_python", "self_signed_cert",
+           "write_ogx_run_yaml"]
 
 #: `make install-ogx` puts OGX here, in the project root.
 OGX_VENV = Path(__file__).resolve().parents[2] / ".venv-ogx"
@@ -126,6 +127,19 @@ def write_ogx_run_yaml(workdir: Path | str, llm_base_url: str, *,
     return path
 
 
+def ogx_environment(workdir: Path | str) -> dict[str, str]:
+    """The environment OGX (a server, or LCore in library mode) runs in from its own venv:
+    offline, its state under ``workdir``, nothing of this venv's leaking in."""
+    workdir = Path(workdir)
+    env = {**os.environ, **stack_environment(workdir),
+           "OGX_CONFIG_DIR": str(workdir / "ogx-home"),
+           "OGX_LOG_FORMAT": "json",
+           "OGX_DISABLE_VERSION_CHECK": "1"}
+    for name in ("OGX_PORT", "LLAMA_STACK_PORT", "VIRTUAL_ENV", "PYTHONPATH"):
+        env.pop(name, None)
+    return env
+
+
 class OgxServer(LlamaStackServer):
     """``ogx stack run`` from OGX's venv on 127.0.0.1 over https; ``start()`` waits for
     ``/v1/health``, ``stop()`` ends its process group."""
@@ -145,13 +159,7 @@ class OgxServer(LlamaStackServer):
                 "--port", str(self.port)]
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, **stack_environment(self.workdir),
-               "OGX_CONFIG_DIR": str(self.workdir / "ogx-home"),
-               "OGX_LOG_FORMAT": "json",
-               "OGX_DISABLE_VERSION_CHECK": "1"}
-        for name in ("OGX_PORT", "LLAMA_STACK_PORT", "VIRTUAL_ENV", "PYTHONPATH"):
-            env.pop(name, None)
-        return env
+        return ogx_environment(self.workdir)
 
     def http_client(self) -> httpx.Client:
         verify = ssl.create_default_context(cafile=str(self.ca_cert))

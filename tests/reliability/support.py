@@ -164,9 +164,13 @@ def parse_sse(body: str) -> list[dict[str, Any]]:
 class LcoreProcess:
     """`lcore serve -c <config>` as a subprocess on a free loopback port."""
 
-    def __init__(self, config: Path, *, name: str = "lcore") -> None:
+    def __init__(self, config: Path, *, name: str = "lcore", executable: Path = LCORE,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.name = name
+        # Another venv's `lcore` (OGX's), and the environment to run it in.
+        self.executable = executable
+        self.env = env
         self.port = free_port()
         self.log_path = config.parent / f"{name}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -176,11 +180,11 @@ class LcoreProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LcoreProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if self.env is None else self.env), "PYTHONUNBUFFERED": "1"}
         env.pop("LCORE_CONFIG", None)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(LCORE), "serve", "-c", str(self.config), "--host", "127.0.0.1",
+                [str(self.executable), "serve", "-c", str(self.config), "--host", "127.0.0.1",
                  "--port", str(self.port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
