@@ -298,7 +298,8 @@ async def list_server_tools(tool: dict[str, Any], timeout: float = 5.0) -> list[
                     ClientSession(streams[0], streams[1]) as session):
             await session.initialize()
             listed = await session.list_tools()
-        return [t.model_dump(exclude_none=True) for t in listed.tools]
+        # By alias: mcp 2.x names its fields in snake case (`input_schema`), 1.x did not.
+        return [t.model_dump(exclude_none=True, by_alias=True) for t in listed.tools]
 
     try:
         return await asyncio.wait_for(ask(), timeout)

@@ -50,7 +50,11 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            # ASGI 2.4: a disconnect shows as a failing `send`, so Starlette streams in this task
+            # rather than in a task group beside a disconnect listener, whose cancel scope OGX's
+            # MCP sessions (held open across the stream's events) would cross.
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
             "method": request.method, "scheme": request.url.scheme,
             "headers": [(k.lower(), v) for k, v in request.headers.raw],
             "path": request.url.path, "raw_path": request.url.raw_path.split(b"?")[0],

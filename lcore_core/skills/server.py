@@ -118,15 +118,9 @@ def _session_manager(catalog: Catalog) -> Any:
     from mcp.server.lowlevel import Server
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-    server: Any = Server("lcore-skills")
     tools = [types.Tool(name=t["name"], description=t["description"],
                         inputSchema=t["inputSchema"]) for t in TOOLS]
 
-    @server.list_tools()  # type: ignore[untyped-decorator]
-    async def list_tools() -> list[Any]:
-        return tools
-
-    @server.call_tool()  # type: ignore[untyped-decorator]
     async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
         try:
             # Reading a file: off the event loop (Llama Stack in library mode shares it).
@@ -138,8 +132,29 @@ def _session_manager(catalog: Catalog) -> Any:
         log.info("skill tool called", tool=name, skill=arguments.get("skill_name"))
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
 
+    server: Any
+    if hasattr(Server, "list_tools"):  # the mcp 1.x SDK: handlers by decorator
+        server = Server("lcore-skills")
+        server.list_tools()(_returning(tools))
+        server.call_tool()(call_tool)
+    else:  # mcp 2.x (OGX's venv): handlers given to the constructor, with the request context
+        async def on_list_tools(_ctx: Any, _params: Any) -> Any:
+            return types.ListToolsResult(tools=tools)
+
+        async def on_call_tool(_ctx: Any, params: Any) -> Any:
+            return await call_tool(params.name, dict(params.arguments or {}))
+
+        server = Server("lcore-skills", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+
     return StreamableHTTPSessionManager(server, json_response=True, stateless=True,
                                         max_request_body_size=MAX_REQUEST_BYTES)
+
+
+def _returning(tools: list[Any]) -> Any:
+    async def list_tools() -> list[Any]:
+        return tools
+
+    return list_tools
 
 
 def _guarded(manager: Any, token: str, paths: set[str]) -> Any:
