@@ -30,10 +30,13 @@ install-test: venv install-ogx
 $(OGX_VENV)/bin/python:
 	"$$(scripts/find-python.sh)" -m venv $(OGX_VENV)
 
+# LCore itself goes in too (its core dependencies only, no extras): `.venv-ogx/bin/lcore serve`
+# runs library mode on OGX (docs/ogx.md).
 install-ogx: $(OGX_VENV)/bin/python
 	@$(OGX_VENV)/bin/python -c 'import importlib.metadata as m, sys, faiss, pypdf; \
 	  sys.exit(m.version("ogx") != "$(OGX_VERSION)")' 2>/dev/null || \
 	  $(OGX_VENV)/bin/python -m pip install $(PIP_FLAGS) $(OGX_PACKAGES)
+	@test -x $(OGX_VENV)/bin/lcore || $(OGX_VENV)/bin/python -m pip install $(PIP_FLAGS) -e .
 
 # The first time, pip builds llama-cpp-python from source (no Linux wheel on PyPI): minutes.
 install-embedded: venv

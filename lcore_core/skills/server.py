@@ -144,7 +144,8 @@ def _session_manager(catalog: Catalog) -> Any:
         async def on_call_tool(_ctx: Any, params: Any) -> Any:
             return await call_tool(params.name, dict(params.arguments or {}))
 
-        server = Server("lcore-skills", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+        make: Any = Server  # typed against the 1.x SDK this venv has
+        server = make("lcore-skills", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
 
     return StreamableHTTPSessionManager(server, json_response=True, stateless=True,
                                         max_request_body_size=MAX_REQUEST_BYTES)
