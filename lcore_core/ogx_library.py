@@ -88,6 +88,10 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:
+                if finished.is_set():
+                    # Answered already: Starlette re-raises what its error handler turned into
+                    # the answer (OGX's 4xx/5xx), for a server to log. OGX printed it.
+                    return
                 if not started.done():
                     started.set_exception(exc)
                 raise

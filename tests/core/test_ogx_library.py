@@ -85,6 +85,8 @@ def refusing_app(status: int, message: str) -> Any:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
+        # Starlette's error middleware re-raises what its handler answered, for a server's log.
+        raise ValueError(message)
 
     return app
 

@@ -166,8 +166,9 @@ def test_file_search_over_a_vector_store(http: httpx.Client, llm: Any) -> None:
         body["referenced_documents"]
 
 
-def test_unknown_conversation_is_404_not_a_traceback(http: httpx.Client) -> None:
-    """An OGX refusal in process comes back as LCore's error body, as from a server."""
-    response = http.get(f"/v1/conversations/{uuid.uuid4().hex * 1}")
+def test_ogx_refusal_in_process_is_upstreams_404(http: httpx.Client) -> None:
+    """OGX (in process) refuses an unknown vector store: LCore's error body, not a traceback."""
+    store_id = f"vs_{uuid.uuid4()}"
+    response = http.get(f"/v1/vector-stores/{store_id}")
     assert response.status_code == 404, response.text
-    assert "detail" in response.json()
+    assert store_id in response.json()["detail"]["cause"]
