@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from lcore_core.ogx_library import OgxInProcess
 
 log = structlog.get_logger("lcore.llama")
+# Upstream's 503 text for an unreachable backend, word for word (it names OGX, Llama Stack's
+# successor, whichever of the two answers): clients compare it.
+BACKEND_DOWN = "Unable to connect to OGX"
 
 def _library_error_type() -> type[Exception] | None:
     """Library mode raises Llama Stack's own exceptions where server mode answers with a status.
@@ -227,7 +230,7 @@ class LlamaStack:
         try:
             response = await http.send(request, stream=stream)
         except httpx.TransportError as exc:  # the client calls all of them connection errors
-            raise BackendUnavailable("Unable to connect to Llama Stack",
+            raise BackendUnavailable(BACKEND_DOWN,
                                      str(exc) or type(exc).__name__) from exc
         if response.status_code < 400:
             return response
@@ -273,7 +276,7 @@ class LlamaStack:
                 if attempt == attempts:
                     where = "in process" if self.library else f"at {self.settings.url}"
                     raise BackendUnavailable(
-                        "Unable to connect to Llama Stack",
+                        BACKEND_DOWN,
                         f"no answer {where} after {attempts} attempt(s) {delay:g} s apart: "
                         f"{reason}") from exc
                 log.warning("llama stack not reachable yet", attempt=attempt, attempts=attempts,
@@ -434,14 +437,14 @@ def llama_errors(operation: str | None = None,
         except LCoreError:
             raise
         except APIConnectionError as exc:
-            raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+            raise BackendUnavailable(BACKEND_DOWN, str(exc)) from exc
         except APIStatusError as exc:
             raise from_status(exc.status_code, _message(exc), model=model) from exc
         except APIError as exc:
             # An `error` event inside a stream (e.g. a dead MCP server, reported after the 200).
             raise BackendUnavailable("Llama Stack failed", str(exc.message)) from exc
         except (ConnectionError, OSError) as exc:
-            raise BackendUnavailable("Unable to connect to Llama Stack", str(exc)) from exc
+            raise BackendUnavailable(BACKEND_DOWN, str(exc)) from exc
         except httpx.TransportError as exc:
             # The client wraps errors of a request, not those of a stream being read: Llama Stack
             # dying mid-answer surfaces as httpx's own error.

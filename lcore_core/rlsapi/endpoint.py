@@ -30,6 +30,7 @@ from lcore_core.errors import (
     QuotaExceeded,
 )
 from lcore_core.events import QuotaTicket
+from lcore_core.llama import BACKEND_DOWN
 from lcore_core.mcp import MCP_HEADERS, mcp_tools, parse_mcp_headers
 from lcore_core.rh_identity import AUTH_DISABLED, identity_context
 from lcore_core.rlsapi.schemas import (
@@ -224,8 +225,8 @@ def _as_upstream_error(exc: LCoreError, model_id: str) -> LCoreError:
         return QuotaExceeded("The quota has been exceeded",
                              "Rate limit exceeded, please try again later")
     if isinstance(exc, BackendUnavailable) and exc.response in (
-            "Unable to connect to Llama Stack", "Lost the connection to Llama Stack"):
-        return BackendUnavailable("Unable to connect to Llama Stack",
+            BACKEND_DOWN, "Lost the connection to Llama Stack"):
+        return BackendUnavailable(BACKEND_DOWN,
                                   "Unable to connect to the inference backend")
     return _generic_500()
 

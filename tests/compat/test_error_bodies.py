@@ -225,4 +225,4 @@ async def test_llama_stack_down(tmp_path: Path, own_stack: LlamaStackServer, llm
         for path in ("/v1/query", "/v1/streaming_query"):
             answer = await client.post(path, json={"query": "during the outage"})
             expect(await answer.get_json(), 503, answer.status_code,
-                   "Unable to connect to Llama Stack", "")
+                   "Unable to connect to OGX", "")

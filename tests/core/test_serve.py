@@ -208,7 +208,7 @@ def test_unreachable_llama_stack_fails_start_up_after_the_retries(write_config: 
     assert result.returncode == 3, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lcore: start-up failed: "), last
-    assert "Unable to connect to Llama Stack: no answer at http://127.0.0.1:" in last
+    assert "Unable to connect to OGX: no answer at http://127.0.0.1:" in last
     assert "after 2 attempt(s) 1 s apart" in last
     assert "llama_stack.allow_degraded_mode: true" in last
     retries = [r for r in json_lines(result.stderr)
@@ -230,7 +230,7 @@ def test_degraded_mode_serves_without_llama_stack(write_config: Any,
     assert "LLM inference unavailable" in body["impacts"]
     query = httpx.post(f"{server.url}/v1/query", json={"query": "anyone there?"}, timeout=30)
     assert query.status_code == 503, query.text
-    assert query.json()["detail"]["response"] == "Unable to connect to Llama Stack"
+    assert query.json()["detail"]["response"] == "Unable to connect to OGX"
     info = httpx.get(f"{server.url}/v1/info", timeout=10)
     assert info.status_code == 503, info.text
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text

@@ -27,7 +27,7 @@ async def test_llama_stack_down_then_back(tmp_path: Path, own_stack: LlamaStackS
         down = await client.post("/v2/query", json={"query": "during the outage",
                                                      "conversation_id": conversation_id})
         assert down.status_code == 503
-        assert (await down.get_json())["detail"]["response"] == "Unable to connect to Llama Stack"
+        assert (await down.get_json())["detail"]["response"] == "Unable to connect to OGX"
         stream = await client.post("/v2/streaming_query", json={"query": "during"})
         assert stream.status_code == 503
         ready = await client.get("/readiness")

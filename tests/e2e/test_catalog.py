@@ -198,7 +198,7 @@ async def test_llama_stack_unreachable_is_503_json(tmp_path: Path) -> None:
             response = await client.get(path)
             assert response.status_code == 503, path
             body = await response.get_json()
-            assert body["detail"]["response"] == "Unable to connect to Llama Stack", path
+            assert body["detail"]["response"] == "Unable to connect to OGX", path
 
 
 async def test_impossible_rag_id_is_400_not_a_backend_error(lcore: Started) -> None:

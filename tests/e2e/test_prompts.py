@@ -166,7 +166,7 @@ async def test_llama_stack_down_is_503(tmp_path: Path, own_stack: LlamaStackServ
                  client.delete(f"/v1/prompts/{prompt_id}")]
         for call in calls:
             detail = await error(await call, 503)
-            assert detail["response"] == "Unable to connect to Llama Stack"
+            assert detail["response"] == "Unable to connect to OGX"
         await asyncio.to_thread(own_stack.start)
         assert (await ok(await client.get(f"/v1/prompts/{prompt_id}")))["prompt"] == "Hi"
 

@@ -341,7 +341,7 @@ async def test_llama_stack_down_is_a_503(tmp_path: Path, own_stack: LlamaStackSe
                                               previous_response_id=first.id)
             assert caught.value.status_code == 503
             detail = caught.value.body["detail"]  # type: ignore[index]
-            assert detail["response"] == "Unable to connect to Llama Stack"
+            assert detail["response"] == "Unable to connect to OGX"
         conversation = first.conversation
         response = await app.test_client().get(f"/v2/conversations/{conversation}")
         assert len(json.loads(await response.get_data(as_text=True))["chat_history"]) == 1

@@ -427,7 +427,7 @@ async def test_llama_stack_unreachable_is_503(tmp_path: Path, llama_stack_server
             down = await client.post("/v1/infer", json={"question": "during the outage"})
             assert down.status_code == 503
             assert (await down.get_json())["detail"]["response"] == \
-                "Unable to connect to Llama Stack"
+                "Unable to connect to OGX"
     finally:
         await proxy.close()
 

@@ -98,7 +98,7 @@ async def test_degraded_start_then_llama_stack_arrives(
                 down = await client.post("/v2/query", json={"query": "nobody home"})
                 assert down.status_code == 503
                 assert (await down.get_json())["detail"]["response"] == \
-                    "Unable to connect to Llama Stack"
+                    "Unable to connect to OGX"
                 assert (await client.get("/v1/info")).status_code == 503
 
                 await asyncio.to_thread(stack.start)
