@@ -1,7 +1,7 @@
 """Added latency at concurrency 1, measured in pairs: one request to each target in turn.
 
     python -m bench.paired [--rounds 300] [--targets direct,floor,lcore-min,lcore-lib]
-                           [--endpoint query|stream]
+                           [--endpoint query|stream] [--baseline DIR]
 
 On a shared 2-core machine the speed drifts by tens of percent within minutes, so targets
 measured one after the other (as `python -m bench` does) can differ by more than what sets them
@@ -15,15 +15,24 @@ Also the CPU each process spent per request over the timed rounds (/proc, user +
 steadier figure than the latencies, and at c=1 the difference between two targets' CPU is
 what one adds to the other's latency. Llama Stack's server is shared: its CPU is divided by the
 calls it served (lcore-lib's Llama Stack runs inside lcore-lib, in that target's figure).
+
+`--baseline DIR` compares two versions of LCore in one run: DIR is a checkout of an older commit
+(`git worktree add /tmp/base <commit>`), and each LCore target also runs from DIR's sources as
+`<target>@base` (its `lcore_core` and plugin directories first on PYTHONPATH, in this venv), in
+the same rounds as the current one. Two runs one after the other differ by the machine's drift;
+two targets in one round do not. An lcore-full baseline gets its own PostgreSQL schema.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -31,7 +40,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.__main__ import Service, _children, drop_schema, say, start_target
+from bench.__main__ import (
+    Service,
+    _children,
+    drop_schema,
+    free_port,
+    say,
+    spawn,
+    start_target,
+    wait_ready,
+)
 from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
 from lcore_core.testing.llm import ScriptedLLM
 
@@ -44,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--targets", default="direct,floor,lcore-min,lcore-lib")
     parser.add_argument("--endpoint", choices=["query", "stream"], default="query")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of an older commit: its LCore targets run too, as "
+                             "<target>@base")
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     if "direct" not in targets:
         parser.error("the differences are taken from direct: include it")
+    if args.baseline is not None and not (args.baseline / "lcore_core").is_dir():
+        parser.error(f"--baseline {args.baseline}: no lcore_core directory there")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     namespace = f"lcore_bench_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="lcore-paired-") as tmp, ScriptedLLM() as llm:
@@ -59,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in targets:
                 say(f"{name}: starting")
                 services.append(start_target(name, workdir, stack, llm, namespace))
+                if args.baseline is not None and name.startswith("lcore"):
+                    services.append(start_baseline(name, args.baseline, workdir, stack,
+                                                   namespace))
             times, cpu = measure(services, args.rounds, args.endpoint, stack)
         finally:
             for service in services:
@@ -66,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
             if "lcore-full" in targets:
                 drop_schema(namespace)
+                if args.baseline is not None:
+                    drop_schema(namespace + "_base")
     path = "/v2/query" if args.endpoint == "query" else "/v2/streaming_query"
     print(f"\n{args.rounds} rounds, one {path} (or direct Responses call) per target each, "
           "in a shuffled order\n")
@@ -84,7 +112,56 @@ def main(argv: list[str] | None = None) -> int:
               f"{quartiles[0]:+.1f} .. {quartiles[2]:+.1f} |{over} "
               f"{cpu.get(service.name, float('nan')):.2f} |")
     print(f"\nLlama Stack server: {cpu['llama-stack']:.2f} ms CPU per call it served.")
+    for service in services:
+        if not service.name.endswith("@base"):
+            continue
+        current = service.name.removesuffix("@base")
+        change = paired(times[current], times[service.name])
+        quartiles = statistics.quantiles(change, n=4)
+        print(f"{current} against its baseline: {statistics.median(change):+.2f} ms p50 per "
+              f"round (middle half {quartiles[0]:+.2f} .. {quartiles[2]:+.2f}), CPU "
+              f"{cpu[current]:.2f} against {cpu[service.name]:.2f} ms per request.")
     return 0
+
+
+BASELINE_CONFIG = """
+import json, sys
+from pathlib import Path
+from bench.__main__ import full_setup, lcore_config
+workdir, url, namespace, full = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+stack = type("Stack", (), {"url": url})
+section, token = full_setup(workdir, namespace) if full else (None, "")
+print(json.dumps({"config": str(lcore_config(workdir, stack, None, section)), "token": token}))
+"""
+
+
+def start_baseline(name: str, tree: Path, workdir: Path, stack: LlamaStackServer,
+                   namespace: str) -> Service:
+    """Target `name` (lcore-min or lcore-full) run from the sources in `tree` as `<name>@base`,
+    with the configuration that tree's own bench writes (an older LCore may not know a newer
+    key or action)."""
+    if name not in ("lcore-min", "lcore-full"):
+        raise SystemExit(f"--baseline: {name} has no baseline run (lcore-min, lcore-full do)")
+    say(f"{name}@base: starting from {tree}")
+    tree = tree.resolve()
+    paths = [tree, *sorted(p for p in (tree / "plugins").iterdir() if p.is_dir())]
+    env = {"PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+    home = workdir / f"{name}@base"
+    home.mkdir()
+    written = subprocess.run(
+        [sys.executable, "-c", BASELINE_CONFIG, str(home), stack.url, namespace + "_base",
+         "1" if name == "lcore-full" else "0"],
+        cwd=tree, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    setup = json.loads(written.stdout.strip().splitlines()[-1])
+    port = free_port()
+    log = home / "lcore.log"
+    process = spawn([str(Path(sys.executable).parent / "lcore"), "serve", "-c", setup["config"],
+                     "--port", str(port)], log, env)
+    headers = [f"Authorization:Bearer {setup['token']}"] if setup["token"] else []
+    url = f"http://127.0.0.1:{port}"
+    service = Service(f"{name}@base", url, process, headers)
+    wait_ready(url, "/readiness", process, log, headers=dict(h.split(":", 1) for h in headers))
+    return service
 
 
 def paired(mine: list[float], base: list[float]) -> list[float]:
@@ -122,7 +199,7 @@ def measure(services: list[Service], rounds: int, endpoint: str,
                                        f"{content[:300]!r}")
                 if round_no >= WARMUP_ROUNDS:
                     times[service.name].append(elapsed)
-    served = sum(1 for s in services if s.name != "lcore-lib") * rounds
+    served = sum(1 for s in services if not s.name.startswith("lcore-lib")) * rounds
     cpu = {name: (cpu_seconds(pid) - before[name]) * 1000 / (
         served if name == "llama-stack" else rounds) for name, pid in pids.items()}
     return times, cpu
