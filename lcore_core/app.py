@@ -163,6 +163,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             await local_model.start()
         if runtime.llama.library and has_unified_input(config):
             # Unified mode: LCore writes the run configuration the library client reads.
+            runtime.llama.refuse_unified_on_ogx()
             path = await asyncio.to_thread(synthesize_to_file, config)
             runtime.llama.run_config_path = str(path)
             log.info("llama stack run configuration written", path=str(path))

@@ -113,7 +113,7 @@ class LlamaStack:
 
     async def open(self) -> None:
         started = time.perf_counter()
-        if self.library and self._ogx_library():
+        if self.library and self.ogx_library():
             await self._open_ogx_in_process()
         elif self.library:
             try:
@@ -146,7 +146,7 @@ class LlamaStack:
         self._headers = dict(client.auth_headers)
         self._client, self._http = client, http
 
-    def _ogx_library(self) -> bool:
+    def ogx_library(self) -> bool:
         """Library mode runs OGX when `backend: ogx` says so, or when OGX is installed and
         Llama Stack's library is not."""
         if self.backend == "ogx":
@@ -157,6 +157,16 @@ class LlamaStack:
 
         return (importlib.util.find_spec("llama_stack") is None
                 and importlib.util.find_spec("ogx") is not None)
+
+    def refuse_unified_on_ogx(self) -> None:
+        """Unified mode writes a Llama Stack 0.7 run configuration, which OGX does not read:
+        library mode on OGX needs OGX's own (raised before anything is written)."""
+        if self.library and self.ogx_library():
+            raise BackendUnavailable(
+                "OGX library mode needs an OGX run configuration",
+                "unified mode (llama_stack.config, inference.providers, vector_store.providers) "
+                "writes a Llama Stack 0.7 run configuration, which OGX does not read: set "
+                "llama_stack.library_client_config_path to an OGX run configuration instead")
 
     async def _open_ogx_in_process(self) -> None:
         """OGX's application in this process (`lcore_core.ogx_library`), spoken to as a server."""

@@ -219,6 +219,11 @@ def check_modes(loaded: dict[str, Any], base_dir: Path | None) -> list[tuple[Key
         problems.append((("llama_stack", "use_as_library_client"),
                          f"library mode needs a run configuration: library_client_config_path "
                          f"or {UNIFIED_INPUTS}"))
+    if unified and llama.get("use_as_library_client") and llama.get("backend") == "ogx":
+        problems.append((("llama_stack", "backend"),
+                         f"library mode on OGX reads an OGX run configuration, and LCore "
+                         f"writes Llama Stack 0.7 ones: give OGX's in "
+                         f"library_client_config_path instead of {UNIFIED_INPUTS}"))
     declared = loaded.get("config_format_version")
     shape = "unified" if unified else "legacy"
     if declared is not None and declared != shape:

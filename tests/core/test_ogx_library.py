@@ -113,7 +113,7 @@ async def test_ogx_refusals_in_process_map_as_from_a_server(status: int, message
 @pytest.mark.parametrize(("backend", "expected"), [("ogx", True), ("llama_stack", False)])
 def test_the_configured_backend_decides_library_mode(backend: str, expected: bool) -> None:
     llama = LlamaStack(Settings(use_as_library_client=True, backend=backend))
-    assert llama._ogx_library() is expected
+    assert llama.ogx_library() is expected
 
 
 def test_auto_picks_ogx_only_when_llama_stack_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,11 +121,11 @@ def test_auto_picks_ogx_only_when_llama_stack_is_missing(monkeypatch: pytest.Mon
     installed = {"llama_stack": True, "ogx": True}
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: object() if installed.get(name) else None)
-    assert llama._ogx_library() is False  # both installed: Llama Stack, as before
+    assert llama.ogx_library() is False  # both installed: Llama Stack, as before
     installed["llama_stack"] = False
-    assert llama._ogx_library() is True
+    assert llama.ogx_library() is True
     installed["ogx"] = False
-    assert llama._ogx_library() is False  # neither: the Llama Stack error names the extra
+    assert llama.ogx_library() is False  # neither: the Llama Stack error names the extra
 
 
 async def test_ogx_library_mode_without_a_run_configuration_is_a_clear_error() -> None:
@@ -133,3 +133,17 @@ async def test_ogx_library_mode_without_a_run_configuration_is_a_clear_error() -
     with pytest.raises(BackendUnavailable) as raised:
         await llama.open()
     assert "library_client_config_path" in str(raised.value.cause)
+
+
+@pytest.mark.parametrize("backend", ["ogx", "auto"])
+def test_unified_mode_on_ogx_library_is_refused_before_anything_is_written(
+        monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec",  # auto: OGX installed, Llama Stack not
+                        lambda name: object() if name == "ogx" else None)
+    llama = LlamaStack(Settings(use_as_library_client=True, backend=backend))
+    with pytest.raises(BackendUnavailable) as raised:
+        llama.refuse_unified_on_ogx()
+    assert "OGX run configuration" in raised.value.response  # type: ignore[attr-defined]
+    assert "library_client_config_path" in str(raised.value.cause)  # type: ignore[attr-defined]
+    LlamaStack(Settings(use_as_library_client=True, backend="llama_stack")).refuse_unified_on_ogx()
+    LlamaStack(Settings(url="http://x", backend="ogx")).refuse_unified_on_ogx()  # server mode

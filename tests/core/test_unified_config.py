@@ -248,6 +248,20 @@ def test_library_mode_needs_a_run_configuration(tmp_path, plugins):
     assert len(errors(tmp_path, LIBRARY + "inference: {providers: []}\n", plugins)) == 1
 
 
+def test_unified_mode_cannot_feed_ogx_library_mode(tmp_path, plugins):
+    assert errors(tmp_path, LIBRARY + "  backend: ogx\n  config: {baseline: empty}\n",
+                  plugins) == [
+        "F:4: llama_stack.backend: library mode on OGX reads an OGX run configuration, and "
+        "LCore writes Llama Stack 0.7 ones: give OGX's in library_client_config_path instead "
+        "of llama_stack.config, a non-empty inference.providers or a non-empty "
+        "vector_store.providers"]
+    # server mode on OGX, or library mode on Llama Stack, from a unified file: fine
+    for backend in ("llama_stack", "auto"):  # auto: decided at start-up (refuse_unified_on_ogx)
+        config = load(tmp_path, LIBRARY + f"  backend: {backend}\n  config: {{baseline: empty}}\n",
+                      plugins)
+        assert config.llama_stack.backend == backend
+
+
 @pytest.mark.parametrize(("declared", "body", "shape"), [
     ("unified", SERVER, "legacy"),
     ("legacy", LIBRARY + "  config: {baseline: empty}\n", "unified"),
