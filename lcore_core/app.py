@@ -209,7 +209,7 @@ def create_app(config: Config | str | Path | None = None, *, plugins: Plugins | 
             await skills.stop(runtime)
             await runtime.cache.close()
             await runtime.llama.close()
-            await runtime.storage.close()
+            await databases.close()
         finally:
             if tracer is not None:
                 # Last, so the spans of the work above are sent too.

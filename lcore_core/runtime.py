@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lcore_core.config import Config
     from lcore_core.metrics import CoreMetrics
     from lcore_core.plugins import Plugins
+    from lcore_core.storage import Storage
     from lcore_core.tracing import Tracing
 
 T = TypeVar("T")
@@ -33,9 +34,9 @@ class Runtime:
     app: Quart | None = None
     llama: Any = None
     userdb: Any = None
-    # The databases of every store (lcore_core.storage.Storage): one per configured place,
-    # shared, so a section's `max_connections` bounds the process's connections to it.
-    storage: Any = None
+    # The databases of every store: one per configured place, shared, so a section's
+    # `max_connections` bounds the process's connections to it.
+    storage: Storage | None = None
     # Saved prompts (lcore_core.saved_prompts.SavedPrompts), on the user DB's database.
     saved_prompts: Any = None
     state: dict[str, Any] = field(default_factory=dict)

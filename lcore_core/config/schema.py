@@ -324,6 +324,9 @@ class PostgresSchema(Base):
     # LCore's sessions (pg_stat_activity.application_name).
     connect_timeout = positive(load_default=10)
     application_name = fields.String(load_default="lcore", validate=validate.Length(max=63))
+    # LCore addition: seconds a statement may run, lock waits included, before the server
+    # cancels it (a hung statement would hold a pooled connection forever); 0: no limit.
+    statement_timeout = fields.Integer(load_default=30, validate=validate.Range(min=0))
 
 
 def one_of_backends(data: dict[str, Any]) -> None:

@@ -17,11 +17,14 @@ from typing import Any
 
 import psycopg
 import psycopg.conninfo
+import structlog
 
 from lcore_core.errors import StorageError
 from lcore_core.storage import postgres
 from lcore_core.storage import sqlite as sqlite_
-from lcore_core.storage.settings import DEFAULT_SQLITE_PATH, StorageSettings
+from lcore_core.storage.settings import DEFAULT_SQLITE_PATH, PER_PLACE, StorageSettings
+
+log = structlog.get_logger("lcore.storage")
 
 VERSION_TABLE = "lcore_schema_version"
 # A migration step: SQL to run, or a coroutine function given the transaction.
@@ -130,7 +133,8 @@ class Database:
         if self.kind == "postgres":
             self._pg = postgres.ConnectionPool(
                 psycopg.conninfo.make_conninfo(**settings.conninfo()),
-                max_size=settings.max_connections, prepare=settings.prepared_statements)
+                max_size=settings.max_connections, prepare=settings.prepared_statements,
+                statement_timeout=settings.statement_timeout)
         else:
             assert settings.path is not None
             self._file = sqlite_.SQLiteFile(settings.path)
@@ -283,6 +287,7 @@ class Storage:
 
     def __init__(self) -> None:
         self._open: dict[tuple[Any, ...], Database] = {}
+        self._first: dict[tuple[Any, ...], str] = {}  # the section that opened each place
 
     def database(self, section: Any, *, where: str = "database",
                  default_path: str | None = DEFAULT_SQLITE_PATH) -> Database:
@@ -292,7 +297,16 @@ class Storage:
         key = settings.key()
         if key not in self._open:
             self._open[key] = Database(settings)
-        return self._open[key]
+            self._first[key] = where
+            return self._open[key]
+        database = self._open[key]
+        ignored = [f"{name} {mine!r} (it has {kept!r})" for name in PER_PLACE
+                   if (mine := getattr(settings, name)) != (kept := getattr(database.settings,
+                                                                             name))]
+        if ignored:
+            log.warning("a database shared by two sections keeps its first section's settings",
+                        section=where, first=self._first[key], ignored=", ".join(ignored))
+        return database
 
     async def close(self) -> None:
         for database in self._open.values():

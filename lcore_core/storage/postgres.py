@@ -36,6 +36,8 @@ class ConnectionPool:
     so each needs a type from its context or from the value (`%s::int` where none is given).
     A statement run five times on a connection is prepared there; `prepare=False` for a
     pooler that does not keep prepared statements (PgBouncer before 1.21 in transaction mode).
+    `statement_timeout` (seconds, 0: none) is set on each session: the server cancels a
+    statement that runs or waits for a lock longer, and its caller gets the error.
 
     Not psycopg_pool: while the server is down its callers wait out their whole timeout, where
     this pool fails a call as soon as the connection attempt does, so a request gets its error
@@ -43,8 +45,9 @@ class ConnectionPool:
     """
 
     def __init__(self, conninfo: str, *, max_size: int, timeout: float = POOL_WAIT_S,
-                 prepare: bool = True) -> None:
+                 prepare: bool = True, statement_timeout: float = 0) -> None:
         self.conninfo = conninfo
+        self.statement_timeout_ms = round(statement_timeout * 1000)
         self.max_size = max(max_size, 1)
         self.timeout = timeout
         self.prepare_threshold = PREPARE_AFTER if prepare else None
@@ -85,6 +88,14 @@ class ConnectionPool:
             await self._discard(conn)
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
                                                      prepare_threshold=self.prepare_threshold)
+        if self.statement_timeout_ms:
+            # Set on the session rather than as a startup `options`, which PgBouncer refuses.
+            try:
+                await conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                                   (f"{self.statement_timeout_ms}ms",))
+            except BaseException:
+                await conn.close()
+                raise
         self.configure(conn)
         self._born[id(conn)] = self._generation
         return conn

@@ -11,7 +11,15 @@ from lcore_core.errors import ConfigError
 
 DEFAULT_SQLITE_PATH = "/tmp/lightspeed-stack.db"
 CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 30
 APPLICATION_NAME = "lcore"
+# TCP keepalives (libpq's, client side): a session whose peer vanished without closing (a
+# network cut, a crashed host) is found out in about a minute instead of the kernel's hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3}
+# What a section sets for its place that the place's first section decides when several share
+# it (`Storage.database`).
+PER_PLACE = ("max_connections", "prepared_statements", "statement_timeout")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class StorageSettings:
     application_name: str = APPLICATION_NAME
     max_connections: int = 10
     prepared_statements: bool = True
+    statement_timeout: int = STATEMENT_TIMEOUT_S
 
     @classmethod
     def from_section(cls, section: Any, *, where: str = "database",
@@ -60,7 +69,8 @@ class StorageSettings:
                        connect_timeout=int(pg.get("connect_timeout") or CONNECT_TIMEOUT_S),
                        application_name=pg.get("application_name") or APPLICATION_NAME,
                        max_connections=int(pg.get("max_connections", 10)),
-                       prepared_statements=bool(pg.get("prepared_statements", True)))
+                       prepared_statements=bool(pg.get("prepared_statements", True)),
+                       statement_timeout=int(pg.get("statement_timeout", STATEMENT_TIMEOUT_S)))
         sqlite = section.get("sqlite") if section else None
         raw = sqlite["db_path"] if sqlite else default_path
         if raw is None:
@@ -73,7 +83,8 @@ class StorageSettings:
             "host": self.host, "port": self.port, "dbname": self.db, "user": self.user,
             "password": self.password or None, "sslmode": self.ssl_mode,
             "gssencmode": self.gss_encmode, "sslrootcert": self.ca_cert_path,
-            "connect_timeout": self.connect_timeout, "application_name": self.application_name}
+            "connect_timeout": self.connect_timeout, "application_name": self.application_name,
+            **KEEPALIVES}
         if self.namespace != "public":
             params["options"] = f"-c search_path={self.namespace},public"
         return {key: value for key, value in params.items() if value is not None}
