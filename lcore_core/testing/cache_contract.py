@@ -28,6 +28,7 @@ import pytest
 
 from lcore_core.cache import CacheEntry, ConversationCache, ConversationInfo
 from lcore_core.config import Config
+from lcore_core.testing.storage_contract import assert_not_ready
 
 __all__ = ["CacheContract", "cache_from_plugins", "entry"]
 
@@ -77,8 +78,18 @@ class CacheContract:
     async def test_is_a_conversation_cache(self, cache: ConversationCache) -> None:
         assert isinstance(cache, ConversationCache)
 
+    @pytest.fixture
+    async def unreachable_cache(self) -> AsyncIterator[ConversationCache | None]:
+        """Override: this backend on a place it cannot reach (a closed port, a path under a
+        file); None leaves `ready()`'s failure unchecked (a memory cache cannot fail it)."""
+        yield None
+
     async def test_ready(self, cache: ConversationCache) -> None:
-        await cache.ready()  # raises when the backend cannot serve
+        await cache.ready()
+
+    async def test_ready_fails_where_it_cannot_serve(
+            self, unreachable_cache: ConversationCache | None) -> None:
+        await assert_not_ready(unreachable_cache, "unreachable_cache")
 
     async def test_insert_then_get_in_order(self, cache: ConversationCache) -> None:
         user, conv = _user(), _conv()

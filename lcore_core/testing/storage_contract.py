@@ -38,11 +38,21 @@ from lcore_core.events import QuotaTicket, Usage
 from lcore_core.storage import Database, Duplicate
 
 __all__ = ["A2AStateContract", "DatabaseContract", "QuotaClock", "QuotaContract",
-           "UserDBContract"]
+           "UserDBContract", "assert_not_ready"]
 
 
 def _key(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+async def assert_not_ready(store: Any, fixture: str) -> None:
+    """`store.ready()` fails with `StorageError` on a place it cannot reach; `store` is None
+    when the subclass did not override `fixture` (the test is then skipped, saying so)."""
+    if store is None:
+        pytest.skip(f"override the `{fixture}` fixture (this backend on a place it cannot "
+                    f"reach) to check that ready() fails")
+    with pytest.raises(StorageError):
+        await store.ready()
 
 
 class DatabaseContract:
@@ -172,9 +182,18 @@ class UserDBContract:
         assert await userdb.find_response("resp_3", _key("other")) is None
         assert all("response_ids" not in row for row in await userdb.list(user))
 
+    @pytest.fixture
+    async def unreachable_userdb(self) -> AsyncIterator[Any]:
+        """Override: a user DB on a place it cannot reach (a closed port, a path under a
+        file); None leaves `ready()`'s failure unchecked."""
+        yield None
+
     async def test_ready(self, userdb: Any) -> None:
         await userdb.ready()
         assert await userdb.installed()
+
+    async def test_ready_fails_where_it_cannot_serve(self, unreachable_userdb: Any) -> None:
+        await assert_not_ready(unreachable_userdb, "unreachable_userdb")
 
 
 @dataclass(frozen=True)
@@ -226,8 +245,17 @@ class A2AStateContract:
         await store.save_task(_Task(task_id, "c", owner, done))
         assert (await store.get_task(owner, task_id)).task == done
 
+    @pytest.fixture
+    async def unreachable_store(self) -> AsyncIterator[Any]:
+        """Override: a store on a place it cannot reach; None leaves `ready()`'s failure
+        unchecked (a store kept in memory cannot fail it)."""
+        yield None
+
     async def test_ready(self, store: Any) -> None:
         await store.ready()
+
+    async def test_ready_fails_where_it_cannot_serve(self, unreachable_store: Any) -> None:
+        await assert_not_ready(unreachable_store, "unreachable_store")
 
 
 # --- quota ------------------------------------------------------------------------------------

@@ -177,6 +177,20 @@ class TestUserDB(UserDBContract):
         await userdb.setup()
         yield userdb
 
+    @pytest.fixture
+    async def unreachable_userdb(self, database: Database, tmp_path: Path
+                                 ) -> AsyncIterator[UserDB]:
+        yield UserDB(Database(unreachable(database.kind, tmp_path)))
+
+
+def unreachable(kind: str, tmp_path: Path) -> StorageSettings:
+    """A place of this engine that cannot be reached: a closed port, a path under a file."""
+    if kind == "postgres":
+        return StorageSettings.from_section(pg_section(port=1))
+    (tmp_path / "a-file").write_text("")
+    return StorageSettings.from_section(
+        Settings.wrap({"sqlite": {"db_path": str(tmp_path / "a-file" / "u.db")}}))
+
 
 async def test_sqlite_writers_in_one_process_do_not_starve_each_other(tmp_path: Path) -> None:
     """More concurrent write transactions than worker threads: none times out on the lock."""

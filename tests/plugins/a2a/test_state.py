@@ -87,6 +87,19 @@ class TestA2AState(A2AStateContract):
     async def store(self, store: ContextStore) -> AsyncIterator[ContextStore]:
         yield store
 
+    @pytest.fixture
+    async def unreachable_store(self, store: ContextStore, tmp_path: Path,
+                                namespace: str) -> AsyncIterator[ContextStore | None]:
+        if isinstance(store, MemoryStore):
+            yield None
+            return
+        (tmp_path / "a-file").write_text("")
+        broken = open_store({"postgres": pg_settings(namespace, port=1)}
+                            if store.db.kind == "postgres"  # type: ignore[attr-defined]
+                            else {"sqlite": {"db_path": str(tmp_path / "a-file" / "a2a.db")}})
+        yield broken
+        await broken.close()
+
 
 async def test_store_contract(store: ContextStore) -> None:
     context_id, task_id = uuid.uuid4().hex, str(uuid.uuid4())

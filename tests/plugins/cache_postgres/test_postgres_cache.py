@@ -58,6 +58,12 @@ class TestPostgresCache(CacheContract):
         yield cache
         await cache.close()
 
+    @pytest.fixture
+    async def unreachable_cache(self, namespace: str) -> AsyncIterator[ConversationCache]:
+        cache = pg_cache(namespace, port=1)  # nothing listens there
+        yield cache
+        await cache.close()
+
 
 def test_registered_by_the_installed_plugin() -> None:
     plugins = load_plugins()

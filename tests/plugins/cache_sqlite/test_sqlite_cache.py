@@ -27,6 +27,13 @@ class TestSqliteCache(CacheContract):
         yield cache
         await cache.close()
 
+    @pytest.fixture
+    async def unreachable_cache(self, tmp_path: Path) -> AsyncIterator[ConversationCache]:
+        (tmp_path / "a-file").write_text("")
+        cache = sqlite_cache(tmp_path / "a-file" / "conversations.db")  # a path under a file
+        yield cache
+        await cache.close()
+
 
 def test_registered_by_the_installed_plugin() -> None:
     plugins = load_plugins()
