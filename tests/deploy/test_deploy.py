@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import os
+import re
 import shlex
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -243,69 +248,132 @@ def test_compose_file_refers_to_files_that_exist(tmp_path: Path) -> None:
 # --- the image's entry command -----------------------------------------------------------
 
 
-def _as_container_user(uid: int, gid: int) -> list[str]:
-    """setpriv's prefix to run as the image's user, or [] where this checkout's Python is not
-    reachable by that user (a Python under /root, as on CI): then the current user runs it."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.geteuid() != 0:
-        return []
-    prefix = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import lcore_core"],
-                           capture_output=True)
-    return prefix if probe.returncode == 0 else []
+def _image_user() -> tuple[int, int]:
+    """The final stage's USER and the primary group its useradd gives it."""
+    final = final_stage()
+    uid = int([arg for word, arg in final if word == "USER"][-1])
+    build = " ".join(arg for word, arg in final if word == "RUN")
+    found = re.search(rf"useradd --uid {uid} --gid (\d+)", build)
+    assert found, f"the final stage creates no user {uid} with useradd --uid {uid} --gid N"
+    return uid, int(found.group(1))
 
 
-def _read_only(workdir: Path, command: list[str]) -> list[str]:
-    """`command` run with `workdir` mounted read-only (even for root) as its working directory,
-    in a mount namespace of its own; as is where unshare or root is missing."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
+def _needed_paths() -> set[Path]:
+    """What the served process reads: the interpreter, the virtualenv, every import root, and
+    the source of each installed LCore plugin (editable installs point outside sys.path)."""
+    paths = {Path(sys.base_prefix), Path(sys.prefix), REPO}
+    paths |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
+    for ep in metadata.entry_points(group="lcore"):
+        spec = importlib.util.find_spec(ep.module.partition(".")[0])
+        if spec is not None and spec.origin:
+            paths.add(Path(spec.origin).parent)
+    return {p.resolve() for p in paths}
+
+
+def _reopen_closed_directories(needed: set[Path], staging: Path) -> str:
+    """Shell commands, for a private mount namespace, that let another user reach `needed`
+    where an ancestor does not let others search it (a Python under /root on CI): a tmpfs hides
+    that directory's own content, and each needed child is bind-mounted back in place."""
+    closed = sorted({a for p in needed for a in p.parents if a != Path("/")
+                     and not a.stat().st_mode & stat.S_IXOTH}, key=lambda a: len(a.parts))
+    lines, back = [], []
+    for i, directory in enumerate(closed):
+        children = sorted({directory / p.relative_to(directory).parts[0] for p in needed
+                           if directory in p.parents})
+        for j, child in enumerate(children):
+            stage = shlex.quote(str(staging / f"{i}-{j}"))
+            lines.append(f"mkdir {stage} && mount --bind {shlex.quote(str(child))} {stage}")
+            back.append(f"mkdir -m 755 -p {shlex.quote(str(child))} && "
+                        f"mount --bind {stage} {shlex.quote(str(child))}")
+        back.insert(len(back) - len(children),
+                    f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(directory))}")
+    return " && ".join(["true", *lines, *back])
+
+
+def _as_image_user(uid: int, gid: int, workdir: Path, staging: Path,
+                   command: list[str]) -> list[str]:
+    """`command` as uid:gid with no capabilities, from `workdir` mounted read-only, in a mount
+    namespace of its own. As root only; a test already running as uid:gid runs it as is (the
+    directory is read-only by its mode); any other user cannot switch, and the test skips."""
+    if (os.geteuid(), os.getegid()) == (uid, gid):
         return command
+    if os.geteuid() != 0:
+        pytest.skip(f"runs as uid {os.geteuid()}: only root can switch to the image's user "
+                    f"{uid}:{gid}, and running as another user proves nothing")
+    tools = {name: shutil.which(name) for name in ("unshare", "setpriv")}
+    if not all(tools.values()):
+        pytest.skip(f"{', '.join(n for n, p in tools.items() if not p)} (util-linux) is not "
+                    f"installed: cannot run the entry command as the image's user {uid}:{gid}")
     quoted = shlex.quote(str(workdir))
-    script = (f"mount --bind {quoted} {quoted} && mount -o remount,ro,bind {quoted} && "
-              f"cd {quoted} && touch probe 2>/dev/null && exit 97; exec \"$@\"")
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-            *command]
+    # 96: a mount failed; 97: the working directory is writable after all (root's touch).
+    script = (f"{_reopen_closed_directories(_needed_paths(), staging)} && "
+              f"mount --bind {quoted} {quoted} && mount -o remount,ro,bind {quoted} && "
+              f"cd {quoted} || exit 96; if touch probe 2>/dev/null; then exit 97; fi; "
+              f"exec \"$@\"")
+    drop = [str(tools["setpriv"]), f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            "--inh-caps=-all"]
+    return [str(tools["unshare"]), "--mount", "--propagation", "private", "--", "sh", "-c",
+            script, "sh", *drop, *command]
+
+
+def _process_status(pid: int) -> dict[str, list[str]]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory the image's user can reach (pytest's own is private to us)."""
+    path = Path(tempfile.mkdtemp(prefix="lcore-deploy-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_entry_command_serves_as_the_image_user_from_a_read_only_directory(
-        tmp_path: Path) -> None:
-    """ENTRYPOINT + CMD with the image's ENV, as its non-root USER, from a read-only WORKDIR:
-    live, ready, and a clean exit on SIGTERM."""
+        shared_tmp: Path) -> None:
+    """ENTRYPOINT + CMD with the image's ENV, as its USER (uid and group, no capabilities),
+    from a read-only WORKDIR: live, ready, and a clean exit on SIGTERM."""
     final = final_stage()
     env_line = " ".join(arg for word, arg in final if word == "ENV")
     image_env = dict(item.split("=", 1) for item in shlex.split(env_line))
-    user = int([arg for word, arg in final if word == "USER"][-1])
+    uid, gid = _image_user()
     entry = yaml.safe_load([arg for word, arg in final if word == "ENTRYPOINT"][-1])
     cmd = yaml.safe_load([arg for word, arg in final if word == "CMD"][-1])
-    prefix = _as_container_user(user, 0)
 
-    workdir = tmp_path / "app"
+    workdir = shared_tmp / "app"
     workdir.mkdir()
-    state = tmp_path / "state"
+    state = shared_tmp / "state"
     state.mkdir()
-    os.chown(state, user, 0)
-    tmp_path.chmod(0o755)
+    staging = shared_tmp / "staging"
+    staging.mkdir(mode=0o700)
     with ScriptedLLM() as llm:
         config = yaml.safe_load(render(KUBE / "base")[-1]["data"]["lightspeed-stack.yaml"])
         config["llama_stack"] = {"url": llm.base_url.removesuffix("/v1")}
         config["database"] = {"sqlite": {"db_path": str(state / "user.db")}}
-        config_path = tmp_path / "lightspeed-stack.yaml"
+        config_path = shared_tmp / "lightspeed-stack.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        workdir.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP
-                      | stat.S_IROTH | stat.S_IXOTH)
+        config_path.chmod(0o644)
+        workdir.chmod(0o555)
         port = free_port()
-        env = {"PATH": f"{BIN}:/usr/bin:/bin", **image_env, "HOME": str(state),
-               "LCORE_CONFIG": str(config_path)}
-        command = [*prefix, str(BIN / entry[0]), *entry[1:], *cmd, "--port", str(port)]
-        process = subprocess.Popen(_read_only(workdir, command), cwd=workdir, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # The image's ENV as it is (HOME too); only the configuration's path differs, as a
+        # mounted file sits where LCORE_CONFIG points.
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", **image_env, "LCORE_CONFIG": str(config_path)}
+        command = _as_image_user(uid, gid, workdir, staging,
+                                 [*entry, *cmd, "--port", str(port)])
+        if os.geteuid() == 0:
+            os.chown(state, uid, gid)
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             statuses: dict[str, int] = {}
             # Until both answered 200: the server may come up between the two requests of a
             # round, so /readiness can answer while /liveness has not yet.
             while time.monotonic() < deadline and set(statuses.values()) != {200}:
-                # 97: the working directory was writable after all.
+                # 96, 97: see _as_image_user.
                 assert process.poll() is None, (process.returncode,
                                                 process.stdout.read().decode()[-2000:])
                 for path in ("/liveness", "/readiness"):
@@ -315,8 +383,18 @@ def test_entry_command_serves_as_the_image_user_from_a_read_only_directory(
                                                    timeout=2, trust_env=False).status_code
                 time.sleep(0.3)
             assert statuses == {"/liveness": 200, "/readiness": 200}
+            # The process that answered (setpriv and sh exec'd into it) is the image's user.
+            status = _process_status(process.pid)
+            assert status["Uid"] == [str(uid)] * 4 and status["Gid"] == [str(gid)] * 4, status
+            assert status["Groups"] == [] and int(status["CapEff"][0], 16) == 0, status
+            assert Path(f"/proc/{process.pid}/cwd").resolve() == workdir
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+            assert f"HOME={image_env['HOME']}".encode() in environ
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
+            # What it wrote, it wrote as that user.
+            written = list(state.iterdir())
+            assert written and {p.stat().st_uid for p in written} == {uid}, written
         finally:
             if process.poll() is None:
                 process.kill()
