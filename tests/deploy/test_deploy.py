@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -243,6 +244,22 @@ def test_compose_file_refers_to_files_that_exist(tmp_path: Path) -> None:
                             str(DEPLOY / "compose-lightspeed-stack.yaml")],
                            capture_output=True, text=True, env=env)
     assert check.returncode == 0, check.stderr
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    """deploy/compose.yaml against the compose-spec JSON schema that check-jsonschema vendors
+    (read from the package's files: importing it would load its CLI)."""
+    import jsonschema
+
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec and spec.submodule_search_locations, \
+        "check-jsonschema (a test dependency: the compose-spec schema) is not installed"
+    schema = json.loads((Path(spec.submodule_search_locations[0]) / "builtin_schemas" / "vendor"
+                         / "compose-spec.json").read_text())
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft202012Validator(schema).iter_errors(compose)]
+    assert not errors, errors
 
 
 # --- the image's entry command -----------------------------------------------------------
