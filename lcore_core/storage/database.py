@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -137,7 +137,7 @@ class Database:
                 statement_timeout=settings.statement_timeout)
         else:
             assert settings.path is not None
-            self._file = sqlite_.SQLiteFile(settings.path)
+            self._file = sqlite_.SQLiteFile(settings.path, read_only=settings.read_only)
 
     @property
     def timestamp(self) -> str:
@@ -157,6 +157,36 @@ class Database:
             assert self._file is not None
             return await self._file.run(lambda c: sqlite_.rows(
                 c.execute(_sqlite_sql(sql), _sqlite_params(params))))
+
+    async def stream(self, sql: str, params: Sequence[Any] = (), *, size: int = 500
+                     ) -> AsyncGenerator[list[dict[str, Any]]]:
+        """The rows of one query, `size` at a time, for a table too large to hold at once: one
+        statement, so one snapshot (PostgreSQL: a server-side cursor in a transaction)."""
+        batches = self._pg_stream(sql, params, size) if self._pg is not None \
+            else self._sqlite_stream(sql, params, size)
+        with _mapped():
+            async with contextlib.aclosing(batches):  # a reader stopping early frees the
+                async for batch in batches:          # connection now, not when collected
+                    yield batch
+
+    async def _pg_stream(self, sql: str, params: Sequence[Any], size: int
+                         ) -> AsyncGenerator[list[dict[str, Any]]]:
+        async with self.pool.connection() as conn, conn.transaction(), \
+                conn.cursor(name="lcore_stream") as cursor:
+            await cursor.execute(sql, params)
+            while batch := await cursor.fetchmany(size):
+                names = [column.name for column in cursor.description or ()]
+                yield [dict(zip(names, row, strict=True)) for row in batch]
+
+    async def _sqlite_stream(self, sql: str, params: Sequence[Any], size: int
+                             ) -> AsyncGenerator[list[dict[str, Any]]]:
+        assert self._file is not None
+        async with self._file.reading() as conn:
+            cursor = await self._file.on(conn, lambda c: c.execute(
+                _sqlite_sql(sql), _sqlite_params(params)))
+            while batch := await self._file.on(conn, lambda c: cursor.fetchmany(size)):
+                names = [column[0] for column in cursor.description]
+                yield [dict(zip(names, row, strict=True)) for row in batch]
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; the rows it changed."""

@@ -42,6 +42,9 @@ class StorageSettings:
     max_connections: int = 10
     prepared_statements: bool = True
     statement_timeout: int = STATEMENT_TIMEOUT_S
+    # Open for reading only: SQLite `mode=ro` (the file is neither created nor changed),
+    # PostgreSQL sessions with `default_transaction_read_only` (`lcore migrate` reads upstream).
+    read_only: bool = False
 
     @classmethod
     def from_section(cls, section: Any, *, where: str = "database",
@@ -85,12 +88,17 @@ class StorageSettings:
             "gssencmode": self.gss_encmode, "sslrootcert": self.ca_cert_path,
             "connect_timeout": self.connect_timeout, "application_name": self.application_name,
             **KEEPALIVES}
+        options = []
         if self.namespace != "public":
-            params["options"] = f"-c search_path={self.namespace},public"
+            options.append(f"-c search_path={self.namespace},public")
+        if self.read_only:
+            options.append("-c default_transaction_read_only=on")
+        if options:
+            params["options"] = " ".join(options)
         return {key: value for key, value in params.items() if value is not None}
 
     def key(self) -> tuple[Any, ...]:
         """Two sections with the same key share one Database (and one connection budget)."""
         if self.kind == "sqlite":
-            return ("sqlite", str(self.path))
+            return ("sqlite", str(self.path), self.read_only)
         return ("postgres", tuple(sorted(self.conninfo().items())))

@@ -26,9 +26,11 @@ T = TypeVar("T")
 class SQLiteFile:
     """Connections to one file, each lent to one call (or one transaction) at a time."""
 
-    def __init__(self, path: Path, *, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(self, path: Path, *, lock_timeout: float = LOCK_TIMEOUT_S,
+                 read_only: bool = False) -> None:
         self.path = path
         self.lock_timeout = lock_timeout
+        self.read_only = read_only
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer: asyncio.Lock | None = None
@@ -41,6 +43,12 @@ class SQLiteFile:
         return self._writer
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            # `mode=ro`: a missing file is an error, not a new empty database, and no write
+            # (not even the journal mode) reaches the file.
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=self.lock_timeout, isolation_level=None,
+                                   check_same_thread=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit (isolation_level None): a transaction is an explicit BEGIN.
         conn = sqlite3.connect(str(self.path), timeout=self.lock_timeout,
@@ -83,6 +91,13 @@ class SQLiteFile:
         """One connection kept for several calls (a transaction, which may write: it waits
         for the process's other writers); use it with `on`."""
         async with self.writer, self._held() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[sqlite3.Connection]:
+        """One connection kept for several reads (a writer of this process is not waited for,
+        nor kept waiting: in WAL mode SQLite lets a reader and a writer go side by side)."""
+        async with self._held() as conn:
             yield conn
 
     @contextlib.asynccontextmanager

@@ -5,7 +5,9 @@ opening databases that earlier LCore (peewee) wrote."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from lcore_core.config import Settings, load_config
 from lcore_core.config.schema import PostgresSchema
-from lcore_core.errors import ConfigError
+from lcore_core.errors import ConfigError, StorageError
 from lcore_core.plugins import load_plugins
 from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.storage import Database, Storage, StorageSettings
@@ -208,6 +210,62 @@ async def test_sqlite_writers_in_one_process_do_not_starve_each_other(tmp_path: 
                            for i in range(40)))
     assert (await db.fetch('SELECT COUNT(*) AS n FROM "t_w"'))[0]["n"] == 80
     await db.close()
+
+
+# --- read-only databases and streamed reads (`lcore migrate` reading upstream) -----------------
+
+async def test_a_read_only_database_reads_and_refuses_every_write(database: Database) -> None:
+    await database.migrate("ro", [(1, ['CREATE TABLE IF NOT EXISTS "t_ro" (k INTEGER)'])])
+    await database.execute('INSERT INTO "t_ro" (k) VALUES (%s)', (1,))
+    reader = Database(dataclasses.replace(database.settings, read_only=True))
+    try:
+        assert await reader.fetch('SELECT k FROM "t_ro"') == [{"k": 1}]
+        with pytest.raises(StorageError) as caught:
+            await reader.execute('INSERT INTO "t_ro" (k) VALUES (%s)', (2,))
+        assert re.search(r"read-only transaction|readonly database", caught.value.cause)
+        with pytest.raises(StorageError):
+            await reader.execute('DROP TABLE "t_ro"')
+        if reader.kind == "postgres":  # an explicit transaction is read-only too
+            with pytest.raises(StorageError, match="read-only transaction"):
+                async with reader.transaction() as tx:
+                    await tx.execute('DELETE FROM "t_ro"')
+    finally:
+        await reader.close()
+    assert await database.fetch('SELECT k FROM "t_ro"') == [{"k": 1}]
+
+
+async def test_a_missing_sqlite_file_opened_read_only_is_not_created(tmp_path: Path) -> None:
+    settings = StorageSettings.from_section(
+        Settings.wrap({"sqlite": {"db_path": str(tmp_path / "new" / "x.db")}}))
+    reader = Database(dataclasses.replace(settings, read_only=True))
+    with pytest.raises(StorageError, match="unable to open database file"):
+        await reader.ready()
+    await reader.close()
+    assert not (tmp_path / "new").exists()
+
+
+async def test_stream_reads_a_query_in_batches_and_frees_its_connection(
+        database: Database) -> None:
+    await database.migrate("st", [(1, ['CREATE TABLE IF NOT EXISTS "t_st" (k INTEGER)'])])
+    for k in range(7):
+        await database.execute('INSERT INTO "t_st" (k) VALUES (%s)', (k,))
+    batches = [b async for b in database.stream('SELECT k FROM "t_st" ORDER BY k', size=3)]
+    assert [[row["k"] for row in batch] for batch in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [b async for b in database.stream('SELECT k FROM "t_st" WHERE k > 9')] == []
+    # A reader that stops early gives its connection back at once: with one connection in the
+    # pool, the next statement gets it.
+    single = Database(dataclasses.replace(database.settings, max_connections=1))
+    try:
+        async for _ in single.stream('SELECT k FROM "t_st"', size=2):
+            break
+        if single.kind == "postgres":
+            single.pool.timeout = 2
+        assert (await single.fetch('SELECT COUNT(*) AS n FROM "t_st"'))[0]["n"] == 7
+    finally:
+        await single.close()
+    with pytest.raises(StorageError):
+        async for _ in database.stream('SELECT k FROM "no_such_table"'):
+            pass
 
 
 # --- databases earlier LCore wrote (peewee) ---------------------------------------------------
