@@ -127,7 +127,8 @@ def lcore_upstream_importers(config: Config) -> Iterable[UpstreamImporter]:
     configuration: return an importer only for a store it selects (e.g. the cache backend
     `conversation_cache.type` names). `UpstreamImporter(name, section, run)`: `section` is the
     section of upstream's configuration that says where the data is; the core awaits
-    `run(migration)` (a `lcore_core.Migration`), which reads `migration.upstream(section)`,
+    `run(migration)` (a `lcore_core.Migration`), which reads `migration.upstream(section)`
+    (`await upstream.has(table)`, `async for row in upstream.rows(table, order_by)`),
     writes unless `migration.dry_run`, leaves a row LCore already has as it is, and counts every
     upstream row as imported or skipped (with the reason) in `migration.table(...)`. Raise
     `MigrationError` for what stops it (a missing table). Upstream data no importer claims is

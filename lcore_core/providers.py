@@ -90,9 +90,10 @@ class UpstreamImporter:
     """Imports one kind of upstream Lightspeed Core Stack data for `lcore migrate`.
 
     `section` is the section of upstream's configuration whose database it reads
-    (`conversation_cache`, `quota_handlers`, `a2a_state`); `run(migration)` (may be async) reads
-    it through `migration.upstream(section)`, writes into the plugin's own store unless
-    `migration.dry_run`, and counts every row in `migration.table(...)`.
+    (`conversation_cache`, `quota_handlers`, `a2a_state`); `run(migration)` (async: upstream's
+    reads are awaited) reads it through `migration.upstream(section)`, writes into the
+    plugin's own store unless `migration.dry_run`, and counts every row in
+    `migration.table(...)`.
     """
 
     name: str

@@ -8,8 +8,7 @@ Upstream keeps one `cache` row per turn (its key: user, conversation, `created_a
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,8 @@ class UpstreamConversation:
     entries: list[tuple[dt.datetime | None, CacheEntry]] = field(default_factory=list)
 
 
-def upstream_conversations(migration: Migration, target: str) -> Iterator[UpstreamConversation]:
+async def upstream_conversations(migration: Migration, target: str
+                                 ) -> AsyncIterator[UpstreamConversation]:
     """Every conversation of upstream's cache (none when it keeps no database).
 
     Counts each `cache` row found (in `migration.table(SECTION, "cache")`) and notes what does
@@ -44,31 +44,38 @@ def upstream_conversations(migration: Migration, target: str) -> Iterator[Upstre
     upstream = migration.upstream(SECTION)
     if upstream is None:
         return
-    upstream.require("cache", "is this upstream's conversation_cache section?")
+    await upstream.require("cache", "is this upstream's conversation_cache section?")
     entries = migration.table(SECTION, "cache", target)
     topics = migration.table(SECTION, "conversations", target)
     summaries = migration.table(SECTION, "conversation_summaries")
-    summaries.found = upstream.count("conversation_summaries")
+    summaries.found = await upstream.count("conversation_summaries")
     summaries.skip("LCore keeps no compaction summaries", summaries.found)
 
     # The conversations table is small (one row per conversation): held by key.
     known: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in upstream.rows("conversations"):
+    async for row in upstream.rows("conversations"):
         topics.found += 1
         known[(str(row["user_id"]), str(row["conversation_id"]))] = row
-    rows = upstream.rows("cache", ("user_id", "conversation_id", "created_at"))
-    for (user_id, conversation_id), turns in itertools.groupby(
-            rows, key=lambda r: (str(r["user_id"]), str(r["conversation_id"]))):
-        meta = known.pop((user_id, conversation_id), None)
-        conversation = _conversation(user_id, conversation_id, meta)
-        for row in turns:
-            entries.found += 1
-            conversation.entries.append((_moment(row, entries), _entry(row, entries)))
-        if conversation.entries:
-            conversation.last_message_timestamp = conversation.entries[-1][1].completed_at
-        yield conversation
+    conversation: UpstreamConversation | None = None
+    key: tuple[str, str] | None = None
+    async for row in upstream.rows("cache", ("user_id", "conversation_id", "created_at")):
+        if (str(row["user_id"]), str(row["conversation_id"])) != key:
+            if conversation is not None:
+                yield _finished(conversation)
+            key = (str(row["user_id"]), str(row["conversation_id"]))
+            conversation = _conversation(*key, known.pop(key, None))
+        assert conversation is not None
+        entries.found += 1
+        conversation.entries.append((_moment(row, entries), _entry(row, entries)))
+    if conversation is not None:
+        yield _finished(conversation)
     for (user_id, conversation_id), meta in known.items():  # a topic summary, no turns
         yield _conversation(user_id, conversation_id, meta)
+
+
+def _finished(conversation: UpstreamConversation) -> UpstreamConversation:
+    conversation.last_message_timestamp = conversation.entries[-1][1].completed_at
+    return conversation
 
 
 def _conversation(user_id: str, conversation_id: str,

@@ -7,8 +7,6 @@ import inspect
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-import peewee
-
 from lcore_core.errors import LCoreError
 from lcore_core.migrate.context import UPSTREAM_TABLES, Migration
 from lcore_core.migrate.source import MigrationError
@@ -40,10 +38,17 @@ async def migrate(migration: Migration, plugins: Plugins) -> None:
         if upstream is None:
             continue
         for table in tables:
-            if upstream.has(table):
+            if await upstream.has(table):
                 report = migration.table(section, table)
-                report.found = upstream.count(table)
+                report.found = await upstream.count(table)
                 report.skip(_unclaimed(section, migration.target), report.found)
+
+
+async def _run(migration: Migration, plugins: Plugins) -> None:
+    try:
+        await migrate(migration, plugins)
+    finally:
+        await migration.close()
 
 
 def _unclaimed(section: str, target: Config) -> str:
@@ -69,15 +74,13 @@ def run(source: Config, target: Config, plugins: Plugins, *, dry_run: bool = Fal
           + (" (dry run: nothing is written)" if dry_run else ""), file=out)
     failure = None
     try:
-        asyncio.run(migrate(migration, plugins))
+        asyncio.run(_run(migration, plugins))
     except MigrationError as exc:
         failure = str(exc)
     except LCoreError as exc:  # LCore's own store (StorageError): named by its cause
         failure = f"{exc.response}: {exc.cause}" if exc.cause else exc.response
-    except (peewee.PeeweeException, OSError) as exc:
+    except OSError as exc:
         failure = f"{type(exc).__name__}: {str(exc).strip()}"
-    finally:
-        migration.close()
     _print(migration, out)
     if failure is not None:
         print(f"lcore migrate: failed: {failure}\n(what is listed above was done; running the "

@@ -10,7 +10,7 @@ from lcore_core.migrate import source
 from lcore_core.migrate.source import UpstreamDatabase
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator
 
     from lcore_core.config import Config
     from lcore_core.migrate.cache import UpstreamConversation
@@ -94,27 +94,28 @@ class Migration:
             settings = dict(self.source.get("database") or {})
             if not settings.get("postgres") and not settings.get("sqlite"):
                 settings["sqlite"] = {"db_path": "/tmp/lightspeed-stack.db"}
-            return UpstreamDatabase.open(settings, what=what)
+            return UpstreamDatabase.open(settings, what=what, section=section)
         if section == "conversation_cache":
             cache = self.source.get("conversation_cache") or {}
             if cache.get("type") not in ("sqlite", "postgres"):
                 return None
-            return UpstreamDatabase.open({cache["type"]: cache.get("settings")}, what=what)
+            return UpstreamDatabase.open({cache["type"]: cache.get("settings")}, what=what,
+                                         section=section)
         section_settings = self.source.get(section)
         if not section_settings or not (section_settings.get("sqlite")
                                         or section_settings.get("postgres")):
             return None
         # Upstream's A2A store connects without a search_path: its tables may be in `public`.
-        return UpstreamDatabase.open(section_settings, what=what,
+        return UpstreamDatabase.open(section_settings, what=what, section=section,
                                      fallback_public=section == "a2a_state")
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for database in self._open.values():
             if database is not None:
-                database.close()
+                await database.close()
         self._open.clear()
 
-    def cache_conversations(self, target: str) -> Iterator[UpstreamConversation]:
+    def cache_conversations(self, target: str) -> AsyncIterator[UpstreamConversation]:
         """Upstream's cached conversations, one at a time (see `lcore_core.migrate.cache`);
         `target` names LCore's tables in the report."""
         from lcore_core.migrate.cache import upstream_conversations
@@ -132,7 +133,7 @@ class Migration:
         try:
             if not self.dry_run:
                 await cache.setup()
-            for c in self.cache_conversations(target):
+            async for c in self.cache_conversations(target):
                 if self.dry_run:
                     added = not await cache.holds(c.user_id, c.conversation_id)
                 else:

@@ -8,15 +8,15 @@ PostgreSQL session is read-only, so a mistaken configuration cannot change upstr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-import peewee
+from lcore_core.errors import ConfigError, StorageError
+from lcore_core.storage import Database, StorageSettings
 
-CONNECT_TIMEOUT_S = 5
 BATCH = 500
 
 
@@ -25,135 +25,135 @@ class MigrationError(Exception):
 
 
 class UpstreamDatabase:
-    """One upstream database; `where` names it in messages."""
+    """One upstream database, read through LCore's storage service; `where` names it in
+    messages. The first read connects (a failure is "cannot connect")."""
 
-    def __init__(self, database: peewee.Database, where: str,
-                 schemas: tuple[str, ...] = ()) -> None:
+    def __init__(self, database: Database, where: str, schemas: tuple[str, ...] = ()) -> None:
         self.db = database
         self.where = where
         # PostgreSQL: the schemas looked in for a table, in order (SQLite: none).
         self.schemas = schemas
         self._found: dict[str, str | None] = {}
+        self._connected = False
 
     @classmethod
-    def open(cls, settings: Any, *, what: str, fallback_public: bool = False) -> UpstreamDatabase:
-        """The database of a validated `{sqlite: ...}` or `{postgres: ...}` mapping.
+    def open(cls, settings: Any, *, what: str, section: str = "database",
+             fallback_public: bool = False) -> UpstreamDatabase:
+        """The database of a validated `{sqlite: ...}` or `{postgres: ...}` mapping, read-only.
 
-        `what` names it in errors ("upstream's user DB"). `fallback_public`: look in `public`
-        too when a table is not in `namespace` (upstream's A2A store ignores `namespace`).
+        `what` names it in errors ("upstream's user DB"), `section` the key of upstream's
+        configuration it comes from. `fallback_public`: look in `public` too when a table is
+        not in `namespace` (upstream's A2A store ignores `namespace`).
         """
         pg = settings.get("postgres") if settings else None
-        if pg:
-            return cls._postgres(pg, what, fallback_public)
         sqlite = settings.get("sqlite") if settings else None
-        if not sqlite:
+        if not pg and not sqlite:
             raise MigrationError(f"{what}: the section names no database (sqlite or postgres)")
-        path = Path(sqlite["db_path"]).expanduser()
-        if not path.is_file():
-            raise MigrationError(f"{what}: SQLite file {path} does not exist")
-        database = peewee.SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                         pragmas={"busy_timeout": 10_000})
-        upstream = cls(database, f"{what} (SQLite {path})")
-        upstream._connect()
-        return upstream
-
-    @classmethod
-    def _postgres(cls, pg: Any, what: str, fallback_public: bool) -> UpstreamDatabase:
-        password = pg.get("password") or ""
-        if pg.get("password_path"):
-            password = Path(pg["password_path"]).expanduser().read_text(
-                encoding="utf-8").strip()
-        params: dict[str, Any] = {
-            "host": pg["host"], "port": pg["port"], "user": pg["user"], "password": password,
-            "sslmode": pg["ssl_mode"], "gssencmode": pg["gss_encmode"],
-            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "lcore-migrate",
-            "options": "-c default_transaction_read_only=on"}
-        if pg.get("ca_cert_path"):
-            params["sslrootcert"] = pg["ca_cert_path"]
-        namespace = pg.get("namespace") or "public"
+        try:
+            found = StorageSettings.from_section(settings, where=section, default_path=None)
+        except ConfigError as exc:  # an unreadable password_path
+            raise MigrationError(f"{what}: {exc.message}") from exc
+        if found.kind == "sqlite":
+            assert found.path is not None
+            if not found.path.is_file():
+                raise MigrationError(f"{what}: SQLite file {found.path} does not exist")
+            return cls(Database(dataclasses.replace(found, read_only=True)),
+                       f"{what} (SQLite {found.path})")
+        found = dataclasses.replace(found, read_only=True, max_connections=2)
+        namespace = found.namespace
         schemas = (namespace, "public") if fallback_public and namespace != "public" \
             else (namespace,)
-        where = f"{what} (PostgreSQL {pg['host']}:{pg['port']}/{pg['db']} schema {namespace})"
-        upstream = cls(peewee.PostgresqlDatabase(pg["db"], **params), where, schemas)
-        upstream._connect()
-        return upstream
+        where = (f"{what} (PostgreSQL {found.host}:{found.port}/{found.db} "
+                 f"schema {namespace})")
+        return cls(Database(found), where, schemas)
 
-    def _connect(self) -> None:
+    async def _connect(self) -> None:
+        if self._connected:
+            return
         try:
-            self.db.connect(reuse_if_open=True)
-            self.db.execute_sql("SELECT 1").fetchone()
-        except peewee.PeeweeException as exc:
-            self.db.close()
+            await self.db.ready()
+        except StorageError as exc:
+            await self.db.close()
             raise MigrationError(f"{self.where}: cannot connect: {_reason(exc)}") from exc
+        self._connected = True
 
-    def close(self) -> None:
-        self.db.close()
+    async def close(self) -> None:
+        await self.db.close()
 
-    def _locate(self, table: str) -> str | None:
+    async def _locate(self, table: str) -> str | None:
         """The quoted, qualified name of `table`, or None when the database has no such table."""
         if table not in self._found:
+            await self._connect()
             found = None
             try:
-                for schema in self.schemas or (None,):
-                    if self.db.table_exists(table, schema):
-                        found = _quote(table) if schema is None \
-                            else f"{_quote(schema)}.{_quote(table)}"
+                if not self.schemas and await self.db.fetch(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = %s",
+                        (table,)):
+                    found = _quote(table)
+                for schema in self.schemas:
+                    if await self.db.fetch(
+                            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                            "AND table_name = %s", (schema, table)):
+                        found = f"{_quote(schema)}.{_quote(table)}"
                         break
-            except peewee.PeeweeException as exc:
+            except StorageError as exc:
                 raise MigrationError(f"{self.where}: {_reason(exc)}") from exc
             self._found[table] = found
         return self._found[table]
 
-    def has(self, table: str) -> bool:
-        return self._locate(table) is not None
+    async def has(self, table: str) -> bool:
+        return await self._locate(table) is not None
 
-    def require(self, table: str, hint: str = "") -> None:
+    async def require(self, table: str, hint: str = "") -> None:
         """Fail with a clear message when `table` is missing."""
-        if not self.has(table):
+        if not await self.has(table):
             where = f" in schema(s) {', '.join(self.schemas)}" if self.schemas else ""
             raise MigrationError(f"{self.where}: no table {table}{where}"
                                  + (f" ({hint})" if hint else ""))
 
-    def count(self, table: str) -> int:
+    async def count(self, table: str) -> int:
         """Rows of `table` (0 when it does not exist)."""
-        name = self._locate(table)
+        name = await self._locate(table)
         if name is None:
             return 0
-        return int(self._execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0])
+        try:
+            found = await self.db.fetch(f"SELECT COUNT(*) AS n FROM {name}")
+        except StorageError as exc:
+            raise MigrationError(f"{self.where}: {_reason(exc)}") from exc
+        return int(found[0]["n"])
 
-    def rows(self, table: str, order_by: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
-        """Every row of `table` as a dict by column name, in `order_by` order."""
-        name = self._locate(table)
+    async def rows(self, table: str, order_by: tuple[str, ...] = ()
+                   ) -> AsyncIterator[dict[str, Any]]:
+        """Every row of `table` as a dict by column name, in `order_by` order, read `BATCH` at
+        a time (upstream's tables may not fit in memory)."""
+        name = await self._locate(table)
         if name is None:
             return
         sql = f"SELECT * FROM {name}"
         if order_by:
             sql += " ORDER BY " + ", ".join(_quote(c) for c in order_by)
-        cursor = self._execute(sql)
-        columns = [d[0] for d in cursor.description]
-        while True:
-            try:
-                batch = cursor.fetchmany(BATCH)
-            except Exception as exc:  # the driver's own error type (sqlite3, psycopg2)
-                raise MigrationError(f"{self.where}: reading {table}: {_reason(exc)}") from exc
-            if not batch:
-                return
-            for row in batch:
-                yield dict(zip(columns, row, strict=True))
-
-    def _execute(self, sql: str) -> Any:
+        batches = self.db.stream(sql, size=BATCH)
         try:
-            return self.db.execute_sql(sql)
-        except peewee.PeeweeException as exc:
-            raise MigrationError(f"{self.where}: {_reason(exc)}") from exc
+            while True:
+                try:
+                    batch = await anext(batches)
+                except StopAsyncIteration:
+                    return
+                except StorageError as exc:
+                    raise MigrationError(f"{self.where}: reading {table}: {_reason(exc)}"
+                                         ) from exc
+                for row in batch:
+                    yield row
+        finally:
+            await batches.aclose()
 
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip()}"
+def _reason(exc: StorageError) -> str:
+    return exc.cause.strip() or exc.response
 
 
 def utc(value: Any) -> dt.datetime | None:

@@ -26,7 +26,7 @@ NAME_COLUMN = 255
 async def import_userdb(migration: Migration) -> None:
     upstream = migration.upstream(SECTION)
     assert upstream is not None  # the user DB always has a database (SQLite by default)
-    upstream.require("user_conversation", "is this upstream's database section?")
+    await upstream.require("user_conversation", "is this upstream's database section?")
     report = migration.table(SECTION, "user_conversation", TARGET)
     target = UserDB.open(migration.target.get("database"))
     try:
@@ -36,7 +36,7 @@ async def import_userdb(migration: Migration) -> None:
             await target.setup()
             installed = True
         batch: list[dict[str, Any]] = []
-        for row in upstream.rows("user_conversation", ("created_at", "id")):
+        async for row in upstream.rows("user_conversation", ("created_at", "id")):
             report.found += 1
             mapped = _conversation(row, report)
             if mapped is None:
@@ -55,11 +55,11 @@ async def import_userdb(migration: Migration) -> None:
                     "Llama Stack's conv_ prefix, which upstream strips")
 
     turns = migration.table(SECTION, "user_turn")
-    turns.found = upstream.count("user_turn")
+    turns.found = await upstream.count("user_turn")
     turns.skip("LCore keeps no per-turn metadata (each turn's times, model and response id); "
                "the turns themselves are in Llama Stack and the conversation cache",
                turns.found)
-    if upstream.has("saved_prompt"):
+    if await upstream.has("saved_prompt"):
         await import_saved_prompts(migration, upstream)
 
 
@@ -78,7 +78,7 @@ async def import_saved_prompts(migration: Migration, upstream: UpstreamDatabase)
             await store.setup()
             installed = True
         batch: list[dict[str, Any]] = []
-        for row in upstream.rows("saved_prompt", ("created_at", "id")):
+        async for row in upstream.rows("saved_prompt", ("created_at", "id")):
             report.found += 1
             mapped = _saved_prompt(row, report)
             if mapped is None:

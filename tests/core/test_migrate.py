@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+import psycopg
 import pytest
 from lcore_a2a.store import open_store
 from lcore_cache_postgres import PostgresCache
@@ -25,6 +25,8 @@ from lcore_cache_sqlite import SqliteCache
 from ruamel.yaml import YAML
 
 from lcore_core.cli import main
+from lcore_core.errors import StorageError
+from lcore_core.migrate import MigrationError, UpstreamDatabase
 from lcore_core.saved_prompts import SavedPrompts
 from lcore_core.userdb import UserDB
 
@@ -245,8 +247,8 @@ def write_yaml(path: Path, extra: dict[str, Any]) -> Path:
 
 
 def pg_connect() -> Any:
-    return psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
-                            connect_timeout=5)
+    return psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
+                           connect_timeout=5)
 
 
 @pytest.fixture
@@ -255,7 +257,7 @@ def schemas() -> Iterator[tuple[str, str]]:
     names = tuple(f"lcore_migrate_{side}_{uuid.uuid4().hex[:10]}" for side in ("up", "lc"))
     try:
         conn = pg_connect()
-    except psycopg2.OperationalError as exc:
+    except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL on {PG['host']}:{PG['port']} is required: {exc}")
     conn.autocommit = True
     with conn.cursor() as cursor:
@@ -621,3 +623,81 @@ def test_unreachable_lcore_database(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert status == 1
     assert "lcore migrate: failed: Database error: OperationalError: " in err, err
     assert "Traceback" not in err + out
+
+
+# --- the reader: upstream's databases, opened read-only through LCore's storage service -------
+
+async def _write_through(reader: UpstreamDatabase, table: str) -> list[str]:
+    """Try to change `table` through the reader; the errors, one per attempt."""
+    errors = []
+    try:
+        assert await reader.count(table) == 3
+        for sql in (f"DELETE FROM {table}", f"DROP TABLE {table}",
+                    "CREATE TABLE lcore_migrate_was_here (k INTEGER)"):
+            try:
+                await reader.db.execute(sql)
+            except StorageError as exc:
+                errors.append(exc.cause)
+        if reader.db.kind == "postgres":
+            try:
+                async with reader.db.transaction() as tx:
+                    await tx.execute(f"DELETE FROM {table}")
+            except StorageError as exc:
+                errors.append(exc.cause)
+    finally:
+        await reader.close()
+    return errors
+
+
+def test_the_upstream_postgres_session_is_read_only(
+        schemas: tuple[str, str], tmp_path: Path) -> None:
+    up, _ = schemas
+    upstream = Upstream("postgres", tmp_path, up)
+    upstream.fill()
+    reader = UpstreamDatabase.open(upstream.section("user"), what="upstream's user DB")
+    errors = asyncio.run(_write_through(reader, "user_conversation"))
+    assert len(errors) == 4 and all("read-only transaction" in e for e in errors), errors
+    conn = pg_connect()
+    with conn.cursor() as cursor:
+        cursor.execute(f'SELECT count(*) FROM "{up}".user_conversation')
+        assert cursor.fetchone()[0] == 3  # type: ignore[index]
+    conn.close()
+
+
+def test_the_upstream_sqlite_file_is_read_only(tmp_path: Path) -> None:
+    upstream = Upstream("sqlite", tmp_path / "upstream", "")
+    upstream.fill()
+    reader = UpstreamDatabase.open(upstream.section("user"), what="upstream's user DB")
+    errors = asyncio.run(_write_through(reader, "user_conversation"))
+    assert len(errors) == 3 and all("readonly database" in e for e in errors), errors
+    with sqlite3.connect(tmp_path / "upstream" / "user.db") as conn:
+        assert conn.execute("SELECT count(*) FROM user_conversation").fetchone()[0] == 3
+    conn.close()
+
+
+def test_an_upstream_password_file_under_home(schemas: tuple[str, str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """upstream's `password_path: ~/...` is read (from the home directory) and the command
+    runs with it; a password file that cannot be read names the upstream database."""
+    (tmp_path / "pg-password").write_text("s3cret\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    up, lc = schemas
+    upstream = Upstream("postgres", tmp_path / "upstream", up)
+    upstream.fill()
+    section = upstream.section("user")
+    section["postgres"]["password_path"] = "~/pg-password"
+    reader = UpstreamDatabase.open(section, what="upstream's user DB")
+    assert reader.db.settings.password == "s3cret"
+    assert reader.db.settings.read_only
+    source = write_yaml(tmp_path / "upstream.yaml", {"database": section})
+    config = Target("postgres", tmp_path / "lcore", lc).config(tmp_path / "lcore.yaml")
+    status, out, err = migrate(capsys, "--from-upstream", str(source), "-c", str(config))
+    assert status == 0, err
+    assert line(out, "database.user_conversation ->").endswith("3 found, 3 imported, 0 skipped")
+
+    section["postgres"]["password_path"] = str(tmp_path)  # a directory: not readable as a file
+    with pytest.raises(MigrationError) as caught:
+        UpstreamDatabase.open(section, what="upstream's user DB")
+    assert str(caught.value).startswith(
+        f"upstream's user DB: database.postgres.password_path: cannot read {tmp_path}: ")

@@ -28,7 +28,7 @@ async def import_a2a(migration: Migration) -> None:
         if not migration.dry_run:
             await store.setup()
         owners = await _contexts(migration, store)
-        if upstream.has("a2a_tasks"):
+        if await upstream.has("a2a_tasks"):
             await _tasks(migration, store, owners)
     except StorageError as exc:
         raise MigrationError(f"LCore's A2A store: {exc.cause}") from exc
@@ -41,10 +41,10 @@ async def _contexts(migration: Migration, store: SqlStore) -> dict[str, str]:
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     owners: dict[str, str] = {}
-    if not upstream.has("a2a_contexts"):
+    if not await upstream.has("a2a_contexts"):
         return owners
     report = migration.table(SECTION, "a2a_contexts", "lcore_a2a_user_context")
-    for row in upstream.rows("a2a_contexts", ("context_id",)):
+    async for row in upstream.rows("a2a_contexts", ("context_id",)):
         report.found += 1
         conversation_id = migration.conversation_id(str(row.get("conversation_id") or ""))
         user_id = migration.owner(conversation_id)
@@ -68,7 +68,7 @@ async def _tasks(migration: Migration, store: SqlStore, owners: dict[str, str]) 
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "a2a_tasks", "lcore_a2a_task")
-    for row in upstream.rows("a2a_tasks", ("id",)):
+    async for row in upstream.rows("a2a_tasks", ("id",)):
         report.found += 1
         user_id = owners.get(str(row.get("context_id")))
         if user_id is None:

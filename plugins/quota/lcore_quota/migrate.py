@@ -44,9 +44,9 @@ async def import_quota(migration: Migration) -> None:
         if not migration.dry_run:
             await store.setup()
         limiters = [Limiter.from_settings(s) for s in settings["limiters"]]
-        if upstream.has("quota_limits"):
+        if await upstream.has("quota_limits"):
             await _limits(migration, store, limiters)
-        if upstream.has("token_usage"):
+        if await upstream.has("token_usage"):
             await _usage(migration, store)
     except QuotaDatabaseError as exc:
         raise MigrationError(f"LCore's quota database {exc}") from exc
@@ -88,7 +88,7 @@ async def _limits(migration: Migration, store: QuotaStore, limiters: list[Limite
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "quota_limits", "lcore_quota_limit")
-    for row in upstream.rows("quota_limits", ("subject", "id")):
+    async for row in upstream.rows("quota_limits", ("subject", "id")):
         report.found += 1
         code = str(row.get("subject") or "").strip()
         if code not in TYPES:
@@ -141,7 +141,7 @@ async def _usage(migration: Migration, store: QuotaStore) -> None:
     upstream = migration.upstream(SECTION)
     assert upstream is not None
     report = migration.table(SECTION, "token_usage", "lcore_quota_token_usage")
-    for row in upstream.rows("token_usage", ("user_id", "provider", "model")):
+    async for row in upstream.rows("token_usage", ("user_id", "provider", "model")):
         report.found += 1
         try:
             created = migration.utc(row.get("updated_at")) or _now()
