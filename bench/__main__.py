@@ -216,9 +216,9 @@ def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
 
 
 def drop_schema(namespace: str) -> None:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"])
+    conn = psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"])
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')

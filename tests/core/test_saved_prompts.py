@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+import psycopg
 import pytest
 
 from lcore_core.config import ConfigError, load_config
@@ -30,7 +30,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
         return
     namespace = f"lcore_saved_{uuid.uuid4().hex[:10]}"
     yield {"postgres": {**PG, "namespace": namespace}}
-    conn = psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"])
+    conn = psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"])
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')

@@ -1,21 +1,23 @@
 """`lcore_core.storage` on SQLite (temp dir) and the machine's real PostgreSQL (schemas of the
 tests' own): settings from any section, the shared connection budget, migrations, errors, and
-opening databases that earlier LCore (peewee) wrote."""
+opening databases that earlier LCore (peewee) wrote (their DDL written out here)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import peewee
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from lcore_core.config import Settings, load_config
 from lcore_core.config.schema import PostgresSchema
@@ -270,63 +272,91 @@ async def test_stream_reads_a_query_in_batches_and_frees_its_connection(
 
 # --- databases earlier LCore wrote (peewee) ---------------------------------------------------
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+# The DDL peewee emitted for LCore 0.1's models (SQLite `DATETIME`, PostgreSQL `TIMESTAMP`).
+OLD_USERDB_DDL = [
+    'CREATE TABLE "lcore_user_conversation" ("id" VARCHAR(128) NOT NULL PRIMARY KEY, '
+    '"user_id" VARCHAR(256) NOT NULL, "topic_summary" TEXT, '
+    '"last_used_model" VARCHAR(256) NOT NULL, "last_used_provider" VARCHAR(256) NOT NULL, '
+    '"created_at" {ts} NOT NULL, "last_message_at" {ts} NOT NULL, '
+    '"message_count" INTEGER NOT NULL, "response_ids" TEXT)',
+    'CREATE INDEX "_oldconversation_user_id" ON "lcore_user_conversation" ("user_id")',
+    'CREATE INDEX "_oldconversation_last_message_at" ON "lcore_user_conversation" '
+    '("last_message_at")',
+    'CREATE TABLE "lcore_saved_prompt" ("id" VARCHAR(64) NOT NULL PRIMARY KEY, '
+    '"user_id" VARCHAR(256) NOT NULL, "name" VARCHAR(255) NOT NULL, "content" TEXT NOT NULL, '
+    '"created_at" {ts} NOT NULL, "updated_at" {ts} NOT NULL)',
+    'CREATE INDEX "_oldprompt_user_id" ON "lcore_saved_prompt" ("user_id")',
+    'CREATE UNIQUE INDEX "_oldprompt_user_id_name" ON "lcore_saved_prompt" ("user_id", "name")',
+    'CREATE TABLE "lcore_schema_version" ("component" VARCHAR(64) NOT NULL PRIMARY KEY, '
+    '"version" INTEGER NOT NULL)',
+]
+OLD_CACHE_DDL = [
+    'CREATE TABLE "lcore_cache_entry" ("id" {id} NOT NULL PRIMARY KEY, '
+    '"user_id" TEXT NOT NULL, "conversation_id" TEXT NOT NULL, "created_at" {ts} NOT NULL, '
+    '"started_at" TEXT NOT NULL, "completed_at" TEXT NOT NULL, "query" TEXT NOT NULL, '
+    '"response" TEXT NOT NULL, "provider" TEXT NOT NULL, "model" TEXT NOT NULL, '
+    '"referenced_documents" {json} NOT NULL, "tool_calls" {json} NOT NULL, '
+    '"tool_results" {json} NOT NULL, "attachments" {json} NOT NULL)',
+    'CREATE INDEX "entry_user_id_conversation_id_id" ON "lcore_cache_entry" '
+    '("user_id", "conversation_id", "id")',
+    'CREATE TABLE "lcore_cache_conversation" ("user_id" TEXT NOT NULL, '
+    '"conversation_id" TEXT NOT NULL, "topic_summary" TEXT, '
+    '"last_message_timestamp" TEXT NOT NULL, "last_entry_id" {bigint} NOT NULL, '
+    '"message_count" INTEGER NOT NULL, PRIMARY KEY ("user_id", "conversation_id"))',
+    'CREATE INDEX "conversation_user_id_last_entry_id" ON "lcore_cache_conversation" '
+    '("user_id", "last_entry_id")',
+    'CREATE TABLE "lcore_schema_version" ("component" VARCHAR(64) NOT NULL PRIMARY KEY, '
+    '"version" INTEGER NOT NULL)',
+]
+OLD_CACHE_PG_INDEXES = [f'CREATE INDEX "entry_{c}" ON "lcore_cache_entry" USING GIN ("{c}")'
+                        for c in ("referenced_documents", "tool_calls", "tool_results",
+                                  "attachments")]
 
 
-class _OldConversation(peewee.Model):
-    """The user DB's model as LCore 0.1 (peewee) declared it."""
-
-    id = peewee.CharField(primary_key=True, max_length=128)
-    user_id = peewee.CharField(index=True, max_length=256)
-    topic_summary = peewee.TextField(null=True)
-    last_used_model = peewee.CharField(default="", max_length=256)
-    last_used_provider = peewee.CharField(default="", max_length=256)
-    created_at = peewee.DateTimeField(default=_utcnow)
-    last_message_at = peewee.DateTimeField(default=_utcnow, index=True)
-    message_count = peewee.IntegerField(default=0)
-    response_ids = peewee.TextField(null=True)
-
-    class Meta:
-        table_name = "lcore_user_conversation"
+def _old_time(value: dt.datetime, postgres: bool) -> Any:
+    """A time as peewee stored it: a naive datetime, or on SQLite its text (`str`)."""
+    return value if postgres else str(value)
 
 
-class _OldPrompt(peewee.Model):
-    id = peewee.CharField(primary_key=True, max_length=64)
-    user_id = peewee.CharField(index=True, max_length=256)
-    name = peewee.CharField(max_length=255)
-    content = peewee.TextField()
-    created_at = peewee.DateTimeField(default=_utcnow)
-    updated_at = peewee.DateTimeField(default=_utcnow)
+async def _write_as_peewee(kind: str, path: Path, namespace: str,
+                           statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Run `statements` (`%s` markers) on the old database (PostgreSQL: in a new schema
+    `namespace`) with a connection of its own, not through the storage service."""
+    if kind == "postgres":
+        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA "{namespace}"')
+            await conn.execute(f'SET search_path TO "{namespace}"')
+            for sql, params in statements:
+                await conn.execute(sql, params)
+        return
 
-    class Meta:
-        table_name = "lcore_saved_prompt"
-        indexes = ((("user_id", "name"), True),)
+    def write() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            for sql, params in statements:
+                conn.execute(sql.replace("%s", "?"), params)
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(write)
 
 
-class _OldVersion(peewee.Model):
-    component = peewee.CharField(primary_key=True, max_length=64)
-    version = peewee.IntegerField()
-
-    class Meta:
-        table_name = "lcore_schema_version"
-
-
-def _write_as_before(old: peewee.Database) -> None:
-    models = [_OldConversation, _OldPrompt, _OldVersion]
-    with old.bind_ctx(models), old.connection_context():
-        old.create_tables(models)
-        _OldVersion.insert_many([{"component": "userdb", "version": 2},
-                                 {"component": "saved_prompts", "version": 1}]).execute()
-        at = dt.datetime(2026, 5, 1, 12, 30, 15, 123456)
-        _OldConversation.create(id="conv_1", user_id="ann", topic_summary="T",
-                                last_used_model="m", last_used_provider="p", created_at=at,
-                                last_message_at=at, message_count=3, response_ids="r1 r2")
-        _OldConversation.create(id="conv_2", user_id="ann", message_count=1,
-                                created_at=dt.datetime(2026, 5, 1), last_message_at=dt.datetime(
-                                    2026, 5, 1))
-        _OldPrompt.create(id="p1", user_id="ann", name="Mine", content="text", created_at=at,
-                          updated_at=at)
+def _userdb_as_before(postgres: bool) -> list[tuple[str, tuple[Any, ...]]]:
+    ts = "TIMESTAMP" if postgres else "DATETIME"
+    at = _old_time(dt.datetime(2026, 5, 1, 12, 30, 15, 123456), postgres)
+    day = _old_time(dt.datetime(2026, 5, 1), postgres)
+    conversation = ('INSERT INTO "lcore_user_conversation" (id, user_id, topic_summary, '
+                    "last_used_model, last_used_provider, created_at, last_message_at, "
+                    "message_count, response_ids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+    return [
+        *[(sql.format(ts=ts), ()) for sql in OLD_USERDB_DDL],
+        ('INSERT INTO "lcore_schema_version" (component, version) VALUES (%s, %s), (%s, %s)',
+         ("userdb", 2, "saved_prompts", 1)),
+        (conversation, ("conv_1", "ann", "T", "m", "p", at, at, 3, "r1 r2")),
+        (conversation, ("conv_2", "ann", None, "", "", day, day, 1, None)),
+        ('INSERT INTO "lcore_saved_prompt" (id, user_id, name, content, created_at, '
+         "updated_at) VALUES (%s, %s, %s, %s, %s, %s)", ("p1", "ann", "Mine", "text", at, at)),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -335,14 +365,10 @@ async def test_a_database_earlier_lcore_wrote_opens_and_keeps_working(
     namespace = f"lcore_old_{uuid.uuid4().hex[:8]}"
     if kind == "sqlite":
         section = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "old.db")}})
-        old: peewee.Database = peewee.SqliteDatabase(str(tmp_path / "old.db"))
     else:
         section = pg_section(namespace=namespace)
-        old = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres",
-                                        options=f"-c search_path={namespace}")
-        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
-            await conn.execute(f'CREATE SCHEMA "{namespace}"')
-    await asyncio.to_thread(_write_as_before, old)
+    await _write_as_peewee(kind, tmp_path / "old.db", namespace,
+                           _userdb_as_before(kind == "postgres"))
     storage = Storage()
     userdb = UserDB.open(section, storage)
     prompts = SavedPrompts(userdb)
@@ -370,87 +396,36 @@ async def test_a_database_earlier_lcore_wrote_opens_and_keeps_working(
             await drop_schema(namespace)
 
 
-def _old_cache_models(database: peewee.Database, postgres: bool) -> tuple[Any, Any, Any]:
-    """The cache's models as LCore 0.1 (peewee) declared them."""
-    from playhouse.postgres_ext import BinaryJSONField
-
-    def listed() -> Any:
-        return BinaryJSONField(default=list) if postgres else peewee.TextField(default="[]")
-
-    class Base(peewee.Model):
-        class Meta:
-            pass
-
-    Base._meta.set_database(database)
-
-    class Entry(Base):
-        id = peewee.BigAutoField() if postgres else peewee.AutoField()
-        user_id = peewee.TextField()
-        conversation_id = peewee.TextField()
-        created_at = peewee.DateTimeField(default=_utcnow)
-        started_at = peewee.TextField(default="")
-        completed_at = peewee.TextField(default="")
-        query = peewee.TextField()
-        response = peewee.TextField()
-        provider = peewee.TextField(default="")
-        model = peewee.TextField(default="")
-        referenced_documents = listed()
-        tool_calls = listed()
-        tool_results = listed()
-        attachments = listed()
-
-        class Meta:
-            table_name = "lcore_cache_entry"
-            indexes = ((("user_id", "conversation_id", "id"), False),)
-
-    class Conversation(Base):
-        user_id = peewee.TextField()
-        conversation_id = peewee.TextField()
-        topic_summary = peewee.TextField(null=True)
-        last_message_timestamp = peewee.TextField(default="")
-        last_entry_id = (peewee.BigIntegerField if postgres else peewee.IntegerField)(default=0)
-        message_count = peewee.IntegerField(default=0)
-
-        class Meta:
-            table_name = "lcore_cache_conversation"
-            primary_key = peewee.CompositeKey("user_id", "conversation_id")
-            indexes = ((("user_id", "last_entry_id"), False),)
-
-    return Entry, Conversation, _OldVersion
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_cache_earlier_lcore_wrote_opens_and_keeps_working(
         kind: str, tmp_path: Path) -> None:
     from lcore_core.testing.cache_contract import cache_from_plugins, entry
 
     namespace = f"lcore_oldc_{uuid.uuid4().hex[:8]}"
-    if kind == "sqlite":
-        old: peewee.Database = peewee.SqliteDatabase(str(tmp_path / "c.db"))
-    else:
-        old = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres",
-                                        options=f"-c search_path={namespace}")
-        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as conn:
-            await conn.execute(f'CREATE SCHEMA "{namespace}"')
     postgres = kind == "postgres"
     docs = [{"doc_title": "T", "doc_url": "https://x"}]
-
-    def write() -> None:
-        E, C, V = _old_cache_models(old, postgres)
-        with old.bind_ctx([V]), old.connection_context():
-            old.create_tables([E, C, V])
-            V.insert(component=f"cache_{kind}", version=1).execute()
-            first = entry(1).to_dict()
-            first["referenced_documents"] = docs if postgres else '[{"doc_title": "T", ' \
-                '"doc_url": "https://x"}]'
-            for key in ("tool_calls", "tool_results", "attachments"):
-                first[key] = [] if postgres else "[]"
-            entry_id = E.insert(user_id="u", conversation_id="c1", **first).execute()
-            C.insert(user_id="u", conversation_id="c1", topic_summary="old topic",
-                     last_message_timestamp=first["completed_at"], last_entry_id=entry_id,
-                     message_count=1).execute()
-
-    await asyncio.to_thread(write)
+    ddl = [sql.format(id="BIGSERIAL" if postgres else "INTEGER",
+                      ts="TIMESTAMP" if postgres else "DATETIME",
+                      json="JSONB" if postgres else "TEXT",
+                      bigint="BIGINT" if postgres else "INTEGER") for sql in OLD_CACHE_DDL]
+    first = entry(1).to_dict()
+    first["referenced_documents"] = docs
+    # peewee's BinaryJSONField (PostgreSQL) or the JSON text LCore 0.1 wrote (SQLite).
+    values = [(Jsonb(v) if postgres else json.dumps(v)) if isinstance(v, list) else v
+              for v in first.values()]
+    columns = ", ".join(["user_id", "conversation_id", "created_at", *first])
+    await _write_as_peewee(kind, tmp_path / "c.db", namespace, [
+        *[(sql, ()) for sql in ddl + (OLD_CACHE_PG_INDEXES if postgres else [])],
+        ('INSERT INTO "lcore_schema_version" (component, version) VALUES (%s, %s)',
+         (f"cache_{kind}", 1)),
+        (f'INSERT INTO "lcore_cache_entry" ({columns}) VALUES '
+         f'({", ".join(["%s"] * (len(first) + 3))})',
+         ("u", "c1", _old_time(dt.datetime.now(dt.UTC).replace(tzinfo=None), postgres),
+          *values)),
+        ('INSERT INTO "lcore_cache_conversation" (user_id, conversation_id, topic_summary, '
+         "last_message_timestamp, last_entry_id, message_count) VALUES (%s, %s, %s, %s, "
+         '(SELECT MAX(id) FROM "lcore_cache_entry"), %s)',
+         ("u", "c1", "old topic", first["completed_at"], 1))])
     settings = ({"db_path": str(tmp_path / "c.db")} if kind == "sqlite"
                 else {**PG, "namespace": namespace})
     cache: Any = cache_from_plugins(kind, settings)

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import psycopg2
 import pytest
 
 from lcore_core import Settings
@@ -42,7 +41,7 @@ async def backend_pid(db: ConnectionPool) -> int:
 
 
 def _terminate(pid: int) -> None:
-    killer = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    killer = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
     killer.autocommit = True
     try:
         with killer.cursor() as cursor:
@@ -80,7 +79,7 @@ async def test_a_connection_the_server_ended_is_not_handed_out(pool: ConnectionP
 
 
 async def _waiting_for_a_lock() -> None:
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
     conn.autocommit = True
     try:
         for _ in range(200):
@@ -102,7 +101,7 @@ async def test_a_statement_runs_to_its_end_when_its_caller_is_cancelled(
     table = f"pool_{uuid.uuid4().hex}"
     await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
     await pool.execute(f"INSERT INTO {table} VALUES (1, 0)")
-    holder = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    holder = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
     try:
         with holder.cursor() as cursor:  # keeps the row locked until it commits
             cursor.execute(f"SELECT n FROM {table} WHERE id = 1 FOR UPDATE")
@@ -132,7 +131,7 @@ async def test_close_closes_what_comes_back_later_and_a_new_call_reconnects(
 
 
 def _backend_open(pid: int) -> bool:
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
+    conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))

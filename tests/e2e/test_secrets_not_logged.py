@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg2
+import psycopg
 import pytest
 
 from lcore_core.testing.llama_stack import free_port
@@ -38,8 +38,8 @@ def pg_namespace() -> Iterator[str]:
     name = f"lcore_secrets_{uuid.uuid4().hex[:10]}"
     yield name
     # The machine's PostgreSQL trusts local connections: the configured password is not needed.
-    conn = psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
-                            connect_timeout=5)
+    conn = psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
+                           connect_timeout=5)
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

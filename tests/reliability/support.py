@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg2
+import psycopg
 import pytest
 import yaml
 
@@ -30,9 +30,9 @@ def pg_connect(port: int = PG["port"]) -> Any:
     """A connection to the machine's PostgreSQL (or the one on `port`); a missing server fails
     the test (never skips)."""
     try:
-        conn = psycopg2.connect(host=PG["host"], port=port, dbname=PG["db"],
-                                user=PG["user"], connect_timeout=5)
-    except psycopg2.OperationalError as exc:
+        conn = psycopg.connect(host=PG["host"], port=port, dbname=PG["db"],
+                               user=PG["user"], connect_timeout=5)
+    except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL on {PG['host']}:{port} is required: {exc}")
     conn.autocommit = True
     return conn
@@ -82,8 +82,8 @@ class OwnPostgres:
         self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", PG["user"],
                   "--auth=trust", "--no-sync", "-E", "UTF8")
         self.start()
-        conn = psycopg2.connect(host=PG["host"], port=self.port, dbname="postgres",
-                                user=PG["user"], connect_timeout=5)
+        conn = psycopg.connect(host=PG["host"], port=self.port, dbname="postgres",
+                               user=PG["user"], connect_timeout=5)
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{PG["db"]}"')

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+import psycopg
 import pytest
 
 from lcore_core import ConfigError, ConversationCache, StorageError
@@ -27,8 +27,8 @@ PG = {"host": "127.0.0.1", "port": 5432, "db": "test", "user": "postgres",
 
 
 def _connect() -> Any:
-    return psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
-                            connect_timeout=5)
+    return psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
+                           connect_timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def namespace() -> Iterator[str]:
     name = f"lcore_cache_test_{uuid.uuid4().hex[:10]}"
     try:
         _connect().close()
-    except psycopg2.OperationalError as exc:
+    except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL on {PG['host']}:{PG['port']} is required: {exc}")
     yield name
     conn = _connect()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+import psycopg
 import pytest
 from lcore_quota.config import QuotaHandlersSchema
 from lcore_quota.quota import Quota
@@ -31,8 +31,8 @@ START = dt.datetime(2025, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def pg_connect() -> Any:
-    return psycopg2.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
-                            connect_timeout=5)
+    return psycopg.connect(host=PG["host"], port=PG["port"], dbname=PG["db"], user=PG["user"],
+                           connect_timeout=5)
 
 
 @contextlib.contextmanager
@@ -41,7 +41,7 @@ def own_schema() -> Iterator[str]:
     name = f"lcore_quota_test_{uuid.uuid4().hex[:12]}"
     try:
         conn = pg_connect()
-    except psycopg2.OperationalError as exc:
+    except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL on {PG['host']}:{PG['port']} is required: {exc}")
     conn.autocommit = True
     with conn.cursor() as cursor:

@@ -5,91 +5,79 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-import peewee
 import pytest
 
 from lcore_core import AuthTuple, QuotaTicket, Usage
 
-from .conftest import PG, START, limiter, quota_settings
+from .conftest import START, limiter, pg_connect, quota_settings
 
 NOW = START.replace(tzinfo=None)
 
 
-def _old_database(storage: dict[str, Any]) -> tuple[peewee.Database, str | None]:
+def _old_ddl(postgres: bool, *, origin: bool) -> list[str]:
+    """The DDL peewee emitted for the quota models LCore declared (`origin`: schema version
+    2)."""
+    big, ts = ("BIGINT", "TIMESTAMP") if postgres else ("INTEGER", "DATETIME")
+    origin_column = ', "origin" TEXT' if origin else ""
+    return [
+        'CREATE TABLE "lcore_quota_limit" ("limiter" TEXT NOT NULL, '
+        '"subject_type" VARCHAR(1) NOT NULL, "subject_id" TEXT NOT NULL, '
+        f'"quota_limit" {big} NOT NULL, "available" {big} NOT NULL, '
+        f'"epoch" INTEGER NOT NULL, "reset_at" {ts} NOT NULL, "updated_at" {ts} NOT NULL, '
+        f'"revoked_at" {ts}, PRIMARY KEY ("limiter", "subject_type", "subject_id"))',
+        'CREATE TABLE "lcore_quota_token_usage" '
+        f'("id" {"BIGSERIAL" if postgres else "INTEGER"} NOT NULL PRIMARY KEY, '
+        '"user_id" TEXT NOT NULL, "provider" TEXT NOT NULL, "model" TEXT NOT NULL, '
+        f'"input_tokens" {big} NOT NULL, "output_tokens" {big} NOT NULL, '
+        f'"created_at" {ts} NOT NULL{origin_column})',
+        'CREATE INDEX "tokenusage_user_id_created_at" ON "lcore_quota_token_usage" '
+        '("user_id", "created_at")',
+        'CREATE TABLE "lcore_schema_version" ("component" VARCHAR(64) NOT NULL PRIMARY KEY, '
+        '"version" INTEGER NOT NULL)',
+    ]
+
+
+def _write_as_peewee(storage: dict[str, Any], statements: list[tuple[str, tuple[Any, ...]]]
+                     ) -> None:
+    """Run `statements` (`%s` markers) on the quota database with a connection of its own;
+    times go in as peewee stored them (SQLite: `str(datetime)`)."""
     if "sqlite" in storage:
         path = Path(storage["sqlite"]["db_path"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return peewee.SqliteDatabase(str(path)), None
-    pg = storage["postgres"]
-    return peewee.PostgresqlDatabase(PG["db"], host=PG["host"], port=PG["port"],
-                                     user=PG["user"]), pg["namespace"]
-
-
-def _old_models(database: peewee.Database, namespace: str | None, *,
-                origin: bool) -> list[Any]:
-    """The quota models as LCore declared them with peewee (`origin`: schema version 2)."""
-
-    class Base(peewee.Model):
-        class Meta:
-            schema = namespace
-
-    Base._meta.set_database(database)
-
-    class QuotaLimit(Base):
-        limiter = peewee.TextField()
-        subject_type = peewee.CharField(max_length=1)
-        subject_id = peewee.TextField()
-        quota_limit = peewee.BigIntegerField()
-        available = peewee.BigIntegerField()
-        epoch = peewee.IntegerField(default=0)
-        reset_at = peewee.DateTimeField()
-        updated_at = peewee.DateTimeField()
-        revoked_at = peewee.DateTimeField(null=True)
-
-        class Meta:
-            table_name = "lcore_quota_limit"
-            primary_key = peewee.CompositeKey("limiter", "subject_type", "subject_id")
-
-    fields: dict[str, Any] = {
-        "id": peewee.BigAutoField(), "user_id": peewee.TextField(),
-        "provider": peewee.TextField(), "model": peewee.TextField(),
-        "input_tokens": peewee.BigIntegerField(), "output_tokens": peewee.BigIntegerField(),
-        "created_at": peewee.DateTimeField()}
-    if origin:
-        fields["origin"] = peewee.TextField(null=True)
-    fields["Meta"] = type("Meta", (), {"table_name": "lcore_quota_token_usage",
-                                       "indexes": ((("user_id", "created_at"), False),)})
-    TokenUsage = type("TokenUsage", (Base,), fields)
-
-    class Version(Base):
-        component = peewee.CharField(primary_key=True, max_length=64)
-        version = peewee.IntegerField()
-
-        class Meta:
-            table_name = "lcore_schema_version"
-
-    return [QuotaLimit, TokenUsage, Version]
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            for sql, params in statements:
+                conn.execute(sql.replace("%s", "?"), [
+                    str(p) if isinstance(p, dt.datetime) else p for p in params])
+        finally:
+            conn.close()
+        return
+    with pg_connect() as pg:
+        pg.autocommit = True
+        pg.execute(f'SET search_path TO "{storage["postgres"]["namespace"]}"')
+        for sql, params in statements:
+            pg.execute(sql, params)
 
 
 @pytest.mark.parametrize("version", [1, 2])
 async def test_a_database_of_the_peewee_store_opens_in_place(storage: Any, make_quota: Any,
                                                              version: int) -> None:
-    database, namespace = _old_database(storage)
-    database.connect()
-    try:
-        limit, usage, version_model = _old_models(database, namespace, origin=version == 2)
-        database.create_tables([limit, usage, version_model])
-        version_model.create(component="quota", version=version)
-        limit.create(limiter="daily", subject_type="u", subject_id="alice", quota_limit=1000,
-                     available=400, epoch=3, reset_at=NOW.replace(hour=0),
-                     updated_at=NOW - dt.timedelta(hours=1))
-        usage.create(user_id="alice", provider="openai", model="scripted-llm",
-                     input_tokens=500, output_tokens=100, created_at=NOW - dt.timedelta(hours=1))
-    finally:
-        database.close()
+    _write_as_peewee(storage, [
+        *[(sql, ()) for sql in _old_ddl("postgres" in storage, origin=version == 2)],
+        ('INSERT INTO "lcore_schema_version" (component, version) VALUES (%s, %s)',
+         ("quota", version)),
+        ('INSERT INTO "lcore_quota_limit" (limiter, subject_type, subject_id, quota_limit, '
+         "available, epoch, reset_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+         ("daily", "u", "alice", 1000, 400, 3, NOW.replace(hour=0),
+          NOW - dt.timedelta(hours=1))),
+        ('INSERT INTO "lcore_quota_token_usage" (user_id, provider, model, input_tokens, '
+         "output_tokens, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+         ("alice", "openai", "scripted-llm", 500, 100, NOW - dt.timedelta(hours=1))),
+    ])
 
     quota = await make_quota(quota_settings(storage, [limiter("daily", initial=1000)],
                                             enable_token_history=True))
