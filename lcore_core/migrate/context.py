@@ -81,7 +81,8 @@ class Migration:
 
     def upstream(self, section: str) -> UpstreamDatabase | None:
         """Upstream's database for `section`, opened read-only; None when upstream keeps that
-        data in memory (nothing to import). Raises `MigrationError` when it cannot be opened."""
+        data in memory (nothing to import). Raises `MigrationError` for a missing SQLite file or
+        an unreadable password file; one that cannot be reached fails at its first read."""
         if section not in self._open:
             self._open[section] = self._connect(section)
         return self._open[section]
