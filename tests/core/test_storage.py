@@ -318,7 +318,7 @@ def _old_time(value: dt.datetime, postgres: bool) -> Any:
     return value if postgres else str(value)
 
 
-async def _write_as_peewee(kind: str, path: Path, namespace: str,
+async def _write_as_before(kind: str, path: Path, namespace: str,
                            statements: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Run `statements` (`%s` markers) on the old database (PostgreSQL: in a new schema
     `namespace`) with a connection of its own, not through the storage service."""
@@ -367,7 +367,7 @@ async def test_a_database_earlier_lcore_wrote_opens_and_keeps_working(
         section = Settings.wrap({"sqlite": {"db_path": str(tmp_path / "old.db")}})
     else:
         section = pg_section(namespace=namespace)
-    await _write_as_peewee(kind, tmp_path / "old.db", namespace,
+    await _write_as_before(kind, tmp_path / "old.db", namespace,
                            _userdb_as_before(kind == "postgres"))
     storage = Storage()
     userdb = UserDB.open(section, storage)
@@ -414,7 +414,7 @@ async def test_a_cache_earlier_lcore_wrote_opens_and_keeps_working(
     values = [(Jsonb(v) if postgres else json.dumps(v)) if isinstance(v, list) else v
               for v in first.values()]
     columns = ", ".join(["user_id", "conversation_id", "created_at", *first])
-    await _write_as_peewee(kind, tmp_path / "c.db", namespace, [
+    await _write_as_before(kind, tmp_path / "c.db", namespace, [
         *[(sql, ()) for sql in ddl + (OLD_CACHE_PG_INDEXES if postgres else [])],
         ('INSERT INTO "lcore_schema_version" (component, version) VALUES (%s, %s)',
          (f"cache_{kind}", 1)),

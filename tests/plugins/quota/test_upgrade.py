@@ -41,7 +41,7 @@ def _old_ddl(postgres: bool, *, origin: bool) -> list[str]:
     ]
 
 
-def _write_as_peewee(storage: dict[str, Any], statements: list[tuple[str, tuple[Any, ...]]]
+def _write_as_before(storage: dict[str, Any], statements: list[tuple[str, tuple[Any, ...]]]
                      ) -> None:
     """Run `statements` (`%s` markers) on the quota database with a connection of its own;
     times go in as peewee stored them (SQLite: `str(datetime)`)."""
@@ -66,7 +66,7 @@ def _write_as_peewee(storage: dict[str, Any], statements: list[tuple[str, tuple[
 @pytest.mark.parametrize("version", [1, 2])
 async def test_a_database_of_the_peewee_store_opens_in_place(storage: Any, make_quota: Any,
                                                              version: int) -> None:
-    _write_as_peewee(storage, [
+    _write_as_before(storage, [
         *[(sql, ()) for sql in _old_ddl("postgres" in storage, origin=version == 2)],
         ('INSERT INTO "lcore_schema_version" (component, version) VALUES (%s, %s)',
          ("quota", version)),
