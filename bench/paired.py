@@ -145,13 +145,19 @@ def start_baseline(name: str, tree: Path, workdir: Path, stack: LlamaStackServer
     say(f"{name}@base: starting from {tree}")
     tree = tree.resolve()
     paths = [tree, *sorted(p for p in (tree / "plugins").iterdir() if p.is_dir())]
-    env = {"PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env = {"PYTHONPATH": os.pathsep.join([*(str(p) for p in paths), *inherited])}
     home = workdir / f"{name}@base"
     home.mkdir()
     written = subprocess.run(
         [sys.executable, "-c", BASELINE_CONFIG, str(home), stack.url, namespace + "_base",
          "1" if name == "lcore-full" else "0"],
-        cwd=tree, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+        cwd=tree, env={**os.environ, **env}, capture_output=True, text=True)
+    if written.returncode != 0:
+        raise SystemExit(f"{name}@base: its bench could not write its configuration (an older "
+                         f"tree may need a package this venv no longer has: pip install "
+                         f"--target DIR it, and run with PYTHONPATH=DIR):\n"
+                         f"{written.stderr[-2000:]}")
     setup = json.loads(written.stdout.strip().splitlines()[-1])
     port = free_port()
     log = home / "lcore.log"
