@@ -1,73 +1,156 @@
-"""Schemathesis against `/openapi.json` of a running `lcore serve`, plus hand-written bad input."""
+"""Schemathesis against `/openapi.json` of a running `lcore serve`, plus hand-written bad input.
+
+CI runs 6 derandomized examples per operation on the simple configuration (api-key auth, SQLite
+user DB, memory cache). A deeper run by hand, e.g. 150 examples per operation with a random
+seed, then the full configuration (jwk-token auth, RBAC, quota, user DB and conversation cache
+on PostgreSQL 127.0.0.1:5432 in a schema of their own, A2A state on PostgreSQL):
+
+    LCORE_FUZZ_EXAMPLES=150 LCORE_FUZZ_SEED=random \
+        .venv/bin/python -m pytest tests/reliability/test_fuzz.py -k conforms -x
+    LCORE_FUZZ_EXAMPLES=150 LCORE_FUZZ_SEED=7 LCORE_FUZZ_CONFIG=full \
+        .venv/bin/python -m pytest tests/reliability/test_fuzz.py -x
+
+`LCORE_FUZZ_SEED` is an integer (reproducible) or `random` (a new seed each run, printed by
+Hypothesis when an example fails); unset, the run is derandomized.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from lcore_core.testing.errors import error_text
 
-from .support import LcoreProcess, write_config
+from .support import LcoreProcess, pg_schema, postgres, write_config
 
 API_KEY = "reliability-fuzz-key-1"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY = 64 * 1024
+EXAMPLES = int(os.environ.get("LCORE_FUZZ_EXAMPLES", "6"))
+SEED = os.environ.get("LCORE_FUZZ_SEED", "")
+CONFIG = os.environ.get("LCORE_FUZZ_CONFIG", "simple")
+# The full configuration's caller: everything but the administrators' actions, so those
+# operations answer 403 (documented) and the rest run deep.
+FULL_ACTIONS = [
+    "query", "streaming_query", "get_conversation", "list_conversations",
+    "delete_conversation", "update_conversation", "feedback", "get_models", "get_tools",
+    "get_skills", "get_shields", "list_providers", "get_provider", "list_rags", "get_rag",
+    "get_metrics", "get_config", "info", "model_override", "override_shields",
+    "rlsapi_v1_infer", "responses", "manage_vector_stores", "read_vector_stores",
+    "manage_files", "manage_prompts", "read_prompts", "manage_saved_prompts",
+    "list_mcp_servers", "a2a_agent_card", "a2a_jsonrpc"]
+
+
+@dataclass
+class Target:
+    lcore: LcoreProcess
+    headers: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.lcore.url
+
+
+def _full_sections(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
+    """jwk-token (a local JWKS file) with RBAC, quota, user DB, cache and A2A on PostgreSQL."""
+    from authlib.jose import JsonWebKey, JsonWebToken
+
+    key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
+    public = key.as_dict(is_private=False)
+    public.update(kid="fuzz", alg="RS256", use="sig")
+    jwks = workdir / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public]}))
+    now = int(time.time())
+    token = JsonWebToken(["RS256"]).encode(
+        {"alg": "RS256", "kid": "fuzz"},
+        {"iss": "fuzz-issuer", "aud": "lcore", "iat": now, "exp": now + 6 * 3600,
+         "user_id": "fuzz-user", "username": "fuzz", "groups": ["users"]}, key).decode()
+    pg = postgres(namespace)
+    return {
+        "authentication": {"module": "jwk-token", "jwk_config": {
+            "url": str(jwks), "issuer": "fuzz-issuer", "audience": "lcore",
+            "jwt_configuration": {"role_rules": [
+                {"jsonpath": "$.groups[*]", "operator": "contains", "value": "users",
+                 "roles": ["user"]}]}}},
+        "authorization": {"access_rules": [{"role": "user", "actions": FULL_ACTIONS}]},
+        "database": {"postgres": pg},
+        "conversation_cache": {"type": "postgres", "postgres": pg},
+        "quota_handlers": {"postgres": pg, "limiters": [
+            {"name": "user_daily", "type": "user_limiter", "initial_quota": 10**12,
+             "quota_increase": 0, "period": "1 day"},
+            {"name": "cluster_daily", "type": "cluster_limiter", "initial_quota": 10**13,
+             "quota_increase": 0, "period": "1 day"}], "scheduler": {"period": 60}},
+        "a2a_state": {"postgres": pg},
+    }, token
 
 
 @pytest.fixture(scope="module")
 def fuzz_lcore(llama_stack_server: Any, tmp_path_factory: pytest.TempPathFactory,
-               ) -> Iterator[LcoreProcess]:
+               ) -> Iterator[Target]:
     workdir = tmp_path_factory.mktemp("fuzz")
-    config = write_config(
-        workdir / "lcore.yaml", llama_stack_server.url,
-        service={"host": "127.0.0.1", "port": 8080, "max_request_size": MAX_BODY},
-        authentication={"module": "api-key-token", "api_key_config": {"api_key": API_KEY}},
-        user_data_collection={"feedback_enabled": True,
-                              "feedback_storage": str(workdir / "feedback")})
-    lcore = LcoreProcess(config, name="fuzz").start()
-    try:
-        lcore.wait_ready()
-        yield lcore
-    finally:
-        lcore.stop()
+    with pg_schema("lcore_fuzz") as namespace:
+        if CONFIG == "full":
+            sections, token = _full_sections(workdir, namespace)
+        elif CONFIG == "simple":
+            sections = {"authentication": {"module": "api-key-token",
+                                           "api_key_config": {"api_key": API_KEY}}}
+            token = API_KEY
+        else:
+            raise pytest.UsageError(f"LCORE_FUZZ_CONFIG={CONFIG!r}: simple or full")
+        config = write_config(
+            workdir / "lcore.yaml", llama_stack_server.url,
+            service={"host": "127.0.0.1", "port": 8080, "max_request_size": MAX_BODY},
+            user_data_collection={"feedback_enabled": True,
+                                  "feedback_storage": str(workdir / "feedback")},
+            **sections)
+        lcore = LcoreProcess(config, name="fuzz").start()
+        try:
+            lcore.wait_ready()
+            yield Target(lcore, {"Authorization": f"Bearer {token}"})
+        finally:
+            lcore.stop()
 
 
 @pytest.fixture(scope="module")
-def fuzz_schema(fuzz_lcore: LcoreProcess) -> Any:
+def fuzz_schema(fuzz_lcore: Target) -> Any:
     return schemathesis.openapi.from_url(f"{fuzz_lcore.url}/openapi.json")
 
 
-def test_every_operation_conforms(fuzz_schema: Any, fuzz_lcore: LcoreProcess) -> None:
+def test_every_operation_conforms(fuzz_schema: Any, fuzz_lcore: Target) -> None:
     """Every documented operation, fuzzed with a valid token: no 5xx (503 only when Llama Stack
     refuses a fuzzed value), every response as documented (status, content type, schema)."""
     try:
-        _fuzz_every_operation(fuzz_schema)
+        _fuzz_every_operation(fuzz_schema, fuzz_lcore.headers)
     finally:
         # A fuzzed PUT /v1/feedback/status may have switched feedback off (`{}` means off, as
-        # upstream): the tests below need it on.
+        # upstream): the tests below need it on. (The full configuration's caller may not.)
         restored = httpx.put(f"{fuzz_lcore.url}/v1/feedback/status", json={"status": True},
-                             headers=AUTH, timeout=30, trust_env=False)
-        assert restored.status_code == 200, restored.text
+                             headers=fuzz_lcore.headers, timeout=30, trust_env=False)
+        assert restored.status_code in (200, 403), restored.text
 
 
-def _fuzz_every_operation(fuzz_schema: Any) -> None:
-    checked = []
+def _fuzz_every_operation(fuzz_schema: Any, auth: dict[str, str]) -> None:
+    checked: dict[str, int] = {}
+    failures: list[str] = []  # every operation runs, so one run reports every finding
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=6, deadline=None, derandomize=True, database=None,
+        @settings(max_examples=EXAMPLES, deadline=None, derandomize=not SEED, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
-            response = case.call(headers=AUTH, timeout=60)
+            checked[case.operation.label] = checked.get(case.operation.label, 0) + 1
+            response = case.call(headers=auth, timeout=60)
             assert response.status_code < 500 or response.status_code == 503, (
                 case.method, case.formatted_path, response.status_code, response.text[:500])
             if response.status_code >= 400:
@@ -79,16 +162,23 @@ def _fuzz_every_operation(fuzz_schema: Any) -> None:
             case.validate_response(response, excluded_checks=[positive_data_acceptance,
                                                               not_a_server_error])
 
-        check()
-        checked.append(operation.label)
+        if SEED.isdigit():
+            check = seed(int(SEED))(check)
+        try:
+            check()
+        except Exception as exc:  # reported below, with the operation
+            failures.append(f"{operation.label}: {type(exc).__name__}: {exc}"[:3000])
+    print(f"fuzzed {len(checked)} operations, {sum(checked.values())} calls ({CONFIG}, "
+          f"{EXAMPLES} examples, seed {SEED or 'derandomized'})")
+    assert not failures, "\n\n".join(failures)
     assert len(checked) >= 20, checked
 
 
 # --- hand-written abuse -----------------------------------------------------------------------
 
 
-def post(lcore: LcoreProcess, path: str, **kwargs: Any) -> httpx.Response:
-    headers = {**AUTH, **kwargs.pop("headers", {})}
+def post(lcore: Target, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {**lcore.headers, **kwargs.pop("headers", {})}
     return httpx.post(f"{lcore.url}{path}", headers=headers, timeout=30, trust_env=False,
                       **kwargs)
 
@@ -100,7 +190,7 @@ def error(response: httpx.Response, status: int) -> str:
 
 
 @pytest.mark.parametrize("path", ["/v2/query", "/v1/feedback"])
-def test_malformed_bodies_are_clear_4xx(fuzz_lcore: LcoreProcess, path: str) -> None:
+def test_malformed_bodies_are_clear_4xx(fuzz_lcore: Target, path: str) -> None:
     # FastAPI's answer, as upstream gives it: 422 json_invalid at the offset of the problem
     broken = post(fuzz_lcore, path, content=b'{"query": "x",',
                   headers={"Content-Type": "application/json"})
@@ -122,7 +212,7 @@ def test_malformed_bodies_are_clear_4xx(fuzz_lcore: LcoreProcess, path: str) -> 
 
 @pytest.mark.parametrize("text", ["\u0000", "\ud800", "\U0001f600" * 100, "\u202e\u200b",
                                   "a\u0301" * 50])
-def test_unicode_edge_cases(fuzz_lcore: LcoreProcess, text: str) -> None:
+def test_unicode_edge_cases(fuzz_lcore: Target, text: str) -> None:
     raw = json.dumps({"query": text, "conversation_id": text})  # escaped: even lone surrogates
     response = post(fuzz_lcore, "/v2/query", content=raw.encode(),
                     headers={"Content-Type": "application/json"})
@@ -132,15 +222,15 @@ def test_unicode_edge_cases(fuzz_lcore: LcoreProcess, text: str) -> None:
 @pytest.mark.parametrize("conversation_id", [
     "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc", "..\\..\\boot.ini",
     "/etc/passwd", "a/../../b", "x" * 300])
-def test_path_traversal_in_ids(fuzz_lcore: LcoreProcess, conversation_id: str) -> None:
+def test_path_traversal_in_ids(fuzz_lcore: Target, conversation_id: str) -> None:
     for method in ("GET", "DELETE"):
         response = httpx.request(method, f"{fuzz_lcore.url}/v2/conversations/"
-                                         f"{conversation_id}", headers=AUTH, timeout=30,
-                                 trust_env=False)
+                                         f"{conversation_id}", headers=fuzz_lcore.headers,
+                                 timeout=30, trust_env=False)
         assert 400 <= response.status_code < 500, (method, response.status_code)
         assert "Traceback" not in response.text
-    feedback_dir = Path(fuzz_lcore.config.parent / "feedback")
-    before = {p.resolve() for p in fuzz_lcore.config.parent.rglob("*")}
+    feedback_dir = Path(fuzz_lcore.lcore.config.parent / "feedback")
+    before = {p.resolve() for p in fuzz_lcore.lcore.config.parent.rglob("*")}
     body = {"conversation_id": conversation_id, "user_question": "q", "llm_response": "a",
             "sentiment": 1, "user_feedback": conversation_id}
     assert "conversation_id" in error(post(fuzz_lcore, "/v1/feedback", json=body), 422)
@@ -151,10 +241,10 @@ def test_path_traversal_in_ids(fuzz_lcore: LcoreProcess, conversation_id: str) -
                                                "generate_topic_summary": False})
     assert asked.status_code == 200, asked.text
     own = asked.json()["conversation_id"]
-    before = {p.resolve() for p in fuzz_lcore.config.parent.rglob("*")}
+    before = {p.resolve() for p in fuzz_lcore.lcore.config.parent.rglob("*")}
     stored = post(fuzz_lcore, "/v1/feedback", json={**body, "conversation_id": own})
     assert stored.status_code == 200, stored.text
-    created = {p.resolve() for p in fuzz_lcore.config.parent.rglob("*")} - before
+    created = {p.resolve() for p in fuzz_lcore.lcore.config.parent.rglob("*")} - before
     created = {p for p in created if not p.name.endswith(".log")}
     assert created and all(p.parent == feedback_dir.resolve() for p in created
                            if p != feedback_dir.resolve()), created
