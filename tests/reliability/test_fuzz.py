@@ -28,7 +28,10 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import Config, GenerationMode
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
+from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 
 from lcore_core.testing.errors import error_text
 
@@ -39,6 +42,9 @@ MAX_BODY = 64 * 1024
 EXAMPLES = int(os.environ.get("LCORE_FUZZ_EXAMPLES", "6"))
 SEED = os.environ.get("LCORE_FUZZ_SEED", "")
 CONFIG = os.environ.get("LCORE_FUZZ_CONFIG", "simple")
+# Valid requests, and requests that break the document (each must get a 4xx)
+MODES = [GenerationMode(mode) for mode in
+         os.environ.get("LCORE_FUZZ_MODES", "positive,negative").split(",")]
 # The full configuration's caller: everything but the administrators' actions, so those
 # operations answer 403 (documented) and the rest run deep.
 FULL_ACTIONS = [
@@ -123,7 +129,12 @@ def fuzz_lcore(llama_stack_server: Any, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def fuzz_schema(fuzz_lcore: Target) -> Any:
-    return schemathesis.openapi.from_url(f"{fuzz_lcore.url}/openapi.json")
+    # A body over a documented limit (size, form parts) is refused with 413: as good a
+    # refusal of invalid data as a 400 or 422.
+    rejected = [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]
+    config = Config.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": rejected}}})
+    return schemathesis.openapi.from_url(f"{fuzz_lcore.url}/openapi.json", config=config)
 
 
 def test_every_operation_conforms(fuzz_schema: Any, fuzz_lcore: Target) -> None:
@@ -144,34 +155,41 @@ def _fuzz_every_operation(fuzz_schema: Any, auth: dict[str, str]) -> None:
     failures: list[str] = []  # every operation runs, so one run reports every finding
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=not SEED, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def check(case: Any) -> None:
-            checked[case.operation.label] = checked.get(case.operation.label, 0) + 1
-            response = case.call(headers=auth, timeout=60)
-            assert response.status_code < 500 or response.status_code == 503, (
-                case.method, case.formatted_path, response.status_code, response.text[:500])
-            if response.status_code >= 400:
-                assert error_text(response.json())
-                assert "Traceback" not in response.text
-            # Cross-field rules (model with provider, feedback needs one of three fields) are
-            # not expressible in the document: a schema-valid body may still get a 422.
-            # 5xx are judged above (a 503 from Llama Stack is documented).
-            case.validate_response(response, excluded_checks=[positive_data_acceptance,
-                                                              not_a_server_error])
-
-        if SEED.isdigit():
-            check = seed(int(SEED))(check)
-        try:
-            check()
-        except Exception as exc:  # reported below, with the operation
-            failures.append(f"{operation.label}: {type(exc).__name__}: {exc}"[:3000])
+        for mode in MODES:
+            try:
+                _fuzz(operation.as_strategy(generation_mode=mode), auth, checked)
+            except Unsatisfiable:  # nothing to break: no parameters, or plain string ones
+                assert mode is GenerationMode.NEGATIVE, operation.label
+            except (Exception, BaseExceptionGroup) as exc:  # reported below, with its operation
+                failures.append(f"{operation.label} ({mode.value}): {type(exc).__name__}: "
+                                f"{exc}"[:3000])
     print(f"fuzzed {len(checked)} operations, {sum(checked.values())} calls ({CONFIG}, "
           f"{EXAMPLES} examples, seed {SEED or 'derandomized'})")
     assert not failures, "\n\n".join(failures)
     assert len(checked) >= 20, checked
+
+
+def _fuzz(strategy: Any, auth: dict[str, str], checked: dict[str, int]) -> None:
+    @given(case=strategy)
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=not SEED, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case: Any) -> None:
+        checked[case.operation.label] = checked.get(case.operation.label, 0) + 1
+        response = case.call(headers=auth, timeout=60)
+        assert response.status_code < 500 or response.status_code == 503, (
+            case.method, case.formatted_path, response.status_code, response.text[:500])
+        if response.status_code >= 400:
+            assert error_text(response.json())
+            assert "Traceback" not in response.text
+        # Cross-field rules (model with provider, feedback needs one of three fields) are
+        # not expressible in the document: a schema-valid body may still get a 422.
+        # 5xx are judged above (a 503 from Llama Stack is documented).
+        case.validate_response(response, excluded_checks=[positive_data_acceptance,
+                                                          not_a_server_error])
+
+    if SEED.isdigit():
+        check = seed(int(SEED))(check)
+    check()
 
 
 # --- hand-written abuse -----------------------------------------------------------------------
