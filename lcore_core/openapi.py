@@ -77,7 +77,11 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
         body_type = meta.get("body_content_type", "application/json")
         op["requestBody"] = {"required": True, "content": {body_type: {"schema": meta["body"]}}}
     for status, schema in meta["responses"].items():
-        if isinstance(schema, str):
+        if isinstance(schema, str) and status >= 400:
+            # An error described in words still has the error body's shape.
+            body = _VALIDATION_OR_ERROR if status == 422 else _ERROR
+            op["responses"][str(status)] = {"description": schema, "content": body}
+        elif isinstance(schema, str):
             op["responses"][str(status)] = {"description": schema}
         else:
             op["responses"][str(status)] = {
@@ -95,18 +99,21 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
         op["responses"].setdefault("422", {
             "description": "Invalid request: a list of the fields that fail validation, or an "
                            "error about a value the service refuses",
-            "content": {"application/json": {"schema": {"oneOf": [
-                {"$ref": "#/components/schemas/HTTPValidationError"},
-                {"$ref": "#/components/schemas/Error"}]}}}})
+            "content": _VALIDATION_OR_ERROR})
     if meta["body"] is not None:
         for status in (400, 413):
             op["responses"].setdefault(str(status), _error_ref(status))
     return op
 
 
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_VALIDATION_OR_ERROR = {"application/json": {"schema": {"oneOf": [
+    {"$ref": "#/components/schemas/HTTPValidationError"},
+    {"$ref": "#/components/schemas/Error"}]}}}
+
+
 def _error_ref(status: int) -> dict[str, Any]:
-    return {"description": _STATUS_TEXT[status],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": _STATUS_TEXT[status], "content": _ERROR}
 
 
 DOCS_PAGE = """<!doctype html>

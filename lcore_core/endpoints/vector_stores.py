@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from marshmallow import (
+    EXCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -151,6 +152,11 @@ class VectorStoreFileCreateRequestSchema(Schema):
 
 class FileUploadSchema(Schema):
     """The multipart body of `POST /v1/files` (documentation only: the view reads the form)."""
+
+    class Meta:
+        # Other form fields (an OpenAI client's `purpose`) are ignored, as upstream does; other
+        # file parts get a 422.
+        unknown = EXCLUDE
 
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})
 

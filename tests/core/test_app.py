@@ -314,3 +314,20 @@ async def test_index_page_links_to_the_docs(make_app: Any, serving: Any) -> None
         page = await response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert "<h1>LCore test</h1>" in page and 'href="docs"' in page
+
+
+async def test_openapi_error_answers_have_their_shape(make_app: Any) -> None:
+    """Found by the deep fuzz: errors described in words documented no body, and `POST
+    /v1/files` forbade the form fields it ignores (an OpenAI client's `purpose`)."""
+    document = await (await make_app({}, Inline()).test_client().get("/openapi.json")).get_json()
+    bare = [(method, path, status) for path, item in document["paths"].items()
+            for method, operation in item.items()
+            for status, answer in operation["responses"].items()
+            if int(status) >= 400 and "application/json" not in answer.get("content", {})]
+    assert bare == []
+    files = document["paths"]["/v1/files"]["post"]
+    assert files["responses"]["413"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"}
+    upload = files["requestBody"]["content"]["multipart/form-data"]["schema"]
+    name = upload["$ref"].rsplit("/", 1)[-1]
+    assert document["components"]["schemas"][name].get("additionalProperties", True) is not False
