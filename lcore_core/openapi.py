@@ -76,18 +76,28 @@ def _operation(view: Any, meta: dict[str, Any], rule: Any, method: str) -> dict[
     if meta["body"] is not None:
         body_type = meta.get("body_content_type", "application/json")
         op["requestBody"] = {"required": True, "content": {body_type: {"schema": meta["body"]}}}
+    types = meta["content_type"]
+    types = [types] if isinstance(types, str) else list(types)
     for status, schema in meta["responses"].items():
         if isinstance(schema, str) and status >= 400:
             # An error described in words still has the error body's shape.
             body = _VALIDATION_OR_ERROR if status == 422 else _ERROR
             op["responses"][str(status)] = {"description": schema, "content": body}
         elif isinstance(schema, str):
-            op["responses"][str(status)] = {"description": schema}
+            # A stream or a text page: its media types, each a string (as upstream)
+            answer: dict[str, Any] = {"description": schema}
+            if types != ["application/json"]:
+                answer["content"] = {t: {"schema": {"type": "string"}} for t in types}
+            op["responses"][str(status)] = answer
+        elif status >= 400:
+            op["responses"][str(status)] = {
+                "description": _STATUS_TEXT.get(status, "OK"),
+                "content": {"application/json": {"schema": schema}}}
         else:
             op["responses"][str(status)] = {
                 "description": _STATUS_TEXT.get(status, "OK"),
-                "content": {meta["content_type"]: {"schema": schema}},
-            }
+                "content": {t: {"schema": schema if t == types[0] else {"type": "string"}}
+                            for t in types}}
     if getattr(view, "lcore_action", None):
         op["security"] = [{"bearer": []}, {}]
         op["x-lcore-action"] = view.lcore_action

@@ -18,10 +18,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def doc(*, summary: str, tags: Iterable[str] = (), body: type[Schema] | None = None,
         responses: dict[int, type[Schema] | str] | None = None, deprecated: bool = False,
-        content_type: str = "application/json", body_content_type: str = "application/json",
+        content_type: str | tuple[str, ...] = "application/json",
+        body_content_type: str = "application/json",
         query: type[Schema] | None = None) -> Callable[[F], F]:
     """Describe a view for `/openapi.json`. `responses` maps a status to a schema or a text;
-    `query` is a schema of the query-string parameters."""
+    `content_type` may list several media types of a success (the first one has the schema,
+    the others are strings: a stream); `query` is a schema of the query-string parameters."""
 
     def decorate(view: F) -> F:
         view.lcore_doc = {  # type: ignore[attr-defined]

@@ -54,6 +54,7 @@ def _runtime() -> Any:
 @route(bp, ENDPOINT, methods=["POST"])
 @doc(summary="OpenAI-compatible Responses API; `stream: true` answers with OpenAI's "
              "server-sent events", tags=["responses"], body=ResponsesRequestSchema,
+     content_type=("application/json", "text/event-stream"),
      responses={200: ResponsesResponseSchema, 404: "Unknown model, conversation or response",
                 413: "Request body too large", 429: "Quota exceeded",
                 503: "Llama Stack unavailable"})

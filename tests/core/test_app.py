@@ -331,3 +331,18 @@ async def test_openapi_error_answers_have_their_shape(make_app: Any) -> None:
     upload = files["requestBody"]["content"]["multipart/form-data"]["schema"]
     name = upload["$ref"].rsplit("/", 1)[-1]
     assert document["components"]["schemas"][name].get("additionalProperties", True) is not False
+
+
+async def test_openapi_documents_the_streams(make_app: Any) -> None:
+    """Found by the deep fuzz: `POST /v1/responses` with `stream: true` answered
+    text/event-stream, which the document did not list (upstream's does)."""
+    document = await (await make_app({}, Inline()).test_client().get("/openapi.json")).get_json()
+    validate(document)
+    answer = document["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]
+    assert answer == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ResponsesResponse"}},
+        "text/event-stream": {"schema": {"type": "string"}}}
+    answer = document["paths"]["/v2/streaming_query"]["post"]["responses"]["200"]["content"]
+    assert answer == {"text/event-stream": {"schema": {"type": "string"}}}
+    errors = document["paths"]["/v2/streaming_query"]["post"]["responses"]["404"]["content"]
+    assert list(errors) == ["application/json"]
