@@ -91,8 +91,8 @@ async def list_saved_prompts() -> Any:
 @doc(summary="Save a prompt for the caller", tags=["saved-prompts"],
      body=SavedPromptCreateRequestSchema,
      responses={201: SavedPromptSchema, 409: "The caller has a saved prompt of that name",
-                422: "Empty or too long name or content, or the caller keeps as many saved "
-                     "prompts as allowed",
+                422: "Empty or too long name or content, a NUL character in them, or the "
+                     "caller keeps as many saved prompts as allowed",
                 500: "Database error"})
 @authorize(Action.MANAGE_SAVED_PROMPTS)
 async def create_saved_prompt() -> Any:
@@ -103,6 +103,10 @@ async def create_saved_prompt() -> Any:
     name, content = body["name"].strip(), body["content"]
     if not name:
         raise UnprocessableEntity(_INVALID, "Saved prompt name must not be empty")
+    for field, text in (("name", name), ("content", content)):
+        if "\x00" in text:  # PostgreSQL's text cannot hold it: refused on every backend
+            raise UnprocessableEntity(_INVALID, f"Saved prompt {field} must not contain NUL "
+                                                "(U+0000) characters")
     if len(name) > limits.max_display_name_length:
         raise UnprocessableEntity(_INVALID, f"Saved prompt name length {len(name)} exceeds "
                                             f"maximum {limits.max_display_name_length}")

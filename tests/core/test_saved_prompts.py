@@ -138,6 +138,11 @@ async def test_concurrent_creates_do_not_pass_the_limit(client: Any) -> None:
     ({"name": "n" * 21, "content": "x"}, "Saved prompt name length 21 exceeds maximum 20"),
     ({"name": "n", "content": " \n\t"}, "Saved prompt content must not be empty"),
     ({"name": "n", "content": "c" * 101}, "Saved prompt content length 101 exceeds maximum 100"),
+    # Found by the deep fuzz: a 500 "Database error" on PostgreSQL, stored on SQLite
+    ({"name": "a\x00b", "content": "x"},
+     "Saved prompt name must not contain NUL (U+0000) characters"),
+    ({"name": "n", "content": "x\x00"},
+     "Saved prompt content must not contain NUL (U+0000) characters"),
 ])
 async def test_invalid_values_are_422(client: Any, body: dict[str, Any], cause: str) -> None:
     found = await detail(await client.post("/v1/saved-prompts", json=body,
