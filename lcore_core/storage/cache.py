@@ -19,6 +19,7 @@ from typing import Any
 from lcore_core.cache import CacheEntry, ConversationInfo
 from lcore_core.errors import StorageError
 from lcore_core.storage.database import Database, Transaction
+from lcore_core.storage.postgres import json_without_nul
 
 ENTRY = "lcore_cache_entry"
 CONVERSATION = "lcore_cache_conversation"
@@ -113,13 +114,14 @@ class SqlCache:
         if not self._set_up:
             await self.setup()
 
-    @staticmethod
-    def _values(user_id: str, conversation_id: str, entry: CacheEntry,
+    def _values(self, user_id: str, conversation_id: str, entry: CacheEntry,
                 created_at: dt.datetime | None = None) -> list[Any]:
         data = entry.to_dict()
+        texts = [json.dumps(data[c] or [], ensure_ascii=False) for c in JSON_FIELDS]
+        if self.db.kind == "postgres":
+            texts = [json_without_nul(text) for text in texts]
         return [user_id, conversation_id, created_at or _utcnow(),
-                *(data[c] for c in TEXT_FIELDS),
-                *(json.dumps(data[c] or [], ensure_ascii=False) for c in JSON_FIELDS)]
+                *(data[c] for c in TEXT_FIELDS), *texts]
 
     async def insert(self, user_id: str, conversation_id: str, entry: CacheEntry) -> None:
         await self._ready_tables()

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import select
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import Buffer
 from psycopg.pq import TransactionStatus
+from psycopg.types.string import StrDumperUnknown
 
 POOL_WAIT_S = 30
 PREPARE_AFTER = 5
@@ -102,6 +105,7 @@ class ConnectionPool:
 
     def configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Adapt a new connection (a subclass registers its dumpers here)."""
+        conn.adapters.register_dumper(str, _TextWithoutNul)
 
     async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._born.pop(id(conn), None)
@@ -145,6 +149,24 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._discard(conn)
+
+
+class _TextWithoutNul(StrDumperUnknown):
+    """A string parameter, its U+0000 characters as U+FFFD: PostgreSQL's text cannot hold NUL,
+    and a query, an answer or an id that has one is stored rather than refused by the server
+    (a lookup by such an id is changed the same way, so it still finds the row)."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd"))
+
+
+def json_without_nul(text: str) -> str:
+    """JSON text for a `jsonb` parameter: its `\\u0000` escapes (which jsonb refuses) as
+    `\\ufffd`, an escaped backslash before `u0000` left alone."""
+    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text)
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 async def rows(cursor: psycopg.AsyncCursor[Any]) -> list[dict[str, Any]]:

@@ -173,6 +173,29 @@ class CacheContract:
         [info] = await cache.list(user)
         assert info.topic_summary == text
 
+    async def test_nul_characters_do_not_lose_the_turn(self, cache: ConversationCache) -> None:
+        """A NUL (U+0000) anywhere in a turn: the turn is kept, the NUL as is or as U+FFFD
+        (PostgreSQL's text and jsonb cannot hold it)."""
+        user, conv = f"{_user()}\x00", f"{_conv()}\x00"
+        item = entry(1, query="q\x00", response="a\x00", tool_calls=[
+            {"id": "c\x00", "name": "n", "args": {"k\x00": "v\x00 \\u0000"}}])
+        await cache.insert(user, conv, item)
+        await cache.set_topic_summary(user, conv, "topic\x00")
+        [back] = await cache.get(user, conv)
+        nul = back.query[-1]
+        assert nul in ("\x00", "\ufffd")
+
+        def stored(text: str) -> str:
+            return text.replace("\x00", nul)
+
+        assert back == entry(1, query=stored("q\x00"), response=stored("a\x00"), tool_calls=[
+            {"id": stored("c\x00"), "name": "n",
+             "args": {stored("k\x00"): stored("v\x00") + " \\u0000"}}])
+        [info] = await cache.list(user)
+        assert info.topic_summary == stored("topic\x00")
+        assert info.conversation_id == stored(conv)
+        assert await cache.delete(user, conv)  # found by the id as given
+
     async def test_one_megabyte_response(self, cache: ConversationCache) -> None:
         user, conv = _user(), _conv()
         line = "0123456789abcdeé€😀\n"  # multi-byte characters: 1 MiB of text, more bytes

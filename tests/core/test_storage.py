@@ -236,6 +236,15 @@ async def test_a_read_only_database_reads_and_refuses_every_write(database: Data
     assert await database.fetch('SELECT k FROM "t_ro"') == [{"k": 1}]
 
 
+async def test_text_with_nul_is_stored_and_found(database: Database) -> None:
+    """Found by the deep fuzz: a NUL in a saved text (a topic summary, an A2A context id) was
+    PostgreSQL's DataError; now it is kept as U+FFFD there, and a lookup finds the row."""
+    await database.migrate("nul", [(1, ['CREATE TABLE IF NOT EXISTS "t_nul" (k TEXT)'])])
+    await database.execute('INSERT INTO "t_nul" (k) VALUES (%s)', ("a\x00b",))
+    found = await database.fetch('SELECT k FROM "t_nul" WHERE k = %s', ("a\x00b",))
+    assert found == [{"k": "a\x00b" if database.kind == "sqlite" else "a\ufffdb"}]
+
+
 async def test_a_missing_sqlite_file_opened_read_only_is_not_created(tmp_path: Path) -> None:
     settings = StorageSettings.from_section(
         Settings.wrap({"sqlite": {"db_path": str(tmp_path / "new" / "x.db")}}))
