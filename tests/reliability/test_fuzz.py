@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,7 +238,9 @@ def _lax_booleans_only(case: Any) -> bool:
             if not isinstance(value, dict) or key not in value:
                 return False
             value = value[key]
-        schema = _body_schema(case, mutation.schema_pointer)
+        # The property's schema, not the one branch of its `anyOf` (`null`) the change broke
+        schema = _body_schema(case, re.sub(r"(/(anyOf|oneOf)/\d+)+$", "",
+                                           mutation.schema_pointer or ""))
         lax = (str(value).lower() in LAX_BOOLEANS if isinstance(value, str)
                else not isinstance(value, bool) and isinstance(value, int | float)
                and value in (0, 1))
