@@ -57,7 +57,13 @@ class InfoSchema(Schema):
 
 # --- query --------------------------------------------------------------------------------
 
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+# The conversation ids upstream accepts (its check_suid): a UUID, or Llama Stack's 48 hex digits
+# with or without "conv_"; and "conv_" + a UUID, the id `lcore migrate` gives a conversation
+# upstream kept under a UUID. Anything else is malformed: a 422 in a body, a 400 in a path.
+CONVERSATION_ID_PATTERN = (r"^(conv_)?([0-9a-fA-F]{48}|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?"
+                           r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
+# upstream's texts for a malformed conversation_id in a query body (and, unquoted, feedback's)
+IMPROPER_CONVERSATION_ID = "Improper conversation ID '{input}'"
 MAX_QUERY_CHARS = 100_000
 MAX_SHIELD_IDS = 64
 # Each vector store is one more search per query and each attachment more prompt: bounded, with
@@ -102,7 +108,7 @@ class QueryRequestSchema(Schema):
     query = fields.String(required=True, validate=validate.Length(1, MAX_QUERY_CHARS))
     conversation_id = fields.String(
         load_default=None, allow_none=True,
-        validate=validate.Regexp(CONVERSATION_ID_PATTERN, error="malformed conversation id"))
+        validate=validate.Regexp(CONVERSATION_ID_PATTERN, error=IMPROPER_CONVERSATION_ID))
     provider = fields.String(load_default=None, allow_none=True)
     model = fields.String(load_default=None, allow_none=True)
     system_prompt = fields.String(load_default=None, allow_none=True)

@@ -67,7 +67,8 @@ class FeedbackRequestSchema(Schema):
 
     conversation_id = fields.String(
         required=True,
-        validate=validate.Regexp(CONVERSATION_ID_PATTERN, error="malformed conversation id"))
+        validate=validate.Regexp(CONVERSATION_ID_PATTERN,
+                                 error="Improper conversation ID {input}"))
     user_question = fields.String(required=True)
     llm_response = fields.String(required=True)
     sentiment = fields.Integer(load_default=None, allow_none=True, strict=True,

@@ -1,0 +1,85 @@
+"""Scenarios of upstream's behave suite that LCore's other tests do not pin, through the real app.
+
+Upstream lightspeed-stack tests its service with behave (tests/e2e/features/*.feature, commit
+cd1a0484). Each test here replays one of its scenarios against LCore in front of a real Llama
+Stack (server mode, the scripted LLM) and asserts what upstream's scenario asserts: status,
+fields, texts. The feature file and scenario are named in each test's docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lcore_core.app import create_app
+from lcore_core.plugins import load_plugins
+from tests.e2e.support import lcore_config, started
+
+AUTH = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30"}
+
+
+@pytest.fixture(scope="module")
+async def client(tmp_path_factory: pytest.TempPathFactory,
+                 llama_stack_server: Any) -> AsyncIterator[Any]:
+    """LCore configured as upstream's lightspeed-stack-authorized.yaml: noop-with-token."""
+    workdir = tmp_path_factory.mktemp("upstream-e2e")
+    app = create_app(lcore_config(workdir, "server", llama_stack_server.url,
+                                  authentication={"module": "noop-with-token"}),
+                     plugins=load_plugins(entrypoints=False))
+    async with started(app) as test_app:
+        yield test_app.test_client()
+
+
+async def ask(client: Any, body: dict[str, Any], path: str = "/v1/query") -> tuple[int, Any]:
+    answer = await client.post(path, json=body, headers=AUTH)
+    return answer.status_code, await answer.get_json()
+
+
+# --- conversation ids ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/query", "/v1/streaming_query"])
+async def test_query_refuses_a_conversation_id_upstream_calls_improper(
+        client: Any, path: str) -> None:
+    """query.feature, "...incorrect conversation ID format": `123e4567` is neither a UUID nor
+    Llama Stack's 48 hex digits: 422 `Value error, Improper conversation ID '123e4567'`."""
+    status, body = await ask(client, {"conversation_id": "123e4567", "query": "Write"}, path)
+    assert status == 422, body
+    assert body["detail"] == [{"type": "value_error", "loc": ["body", "conversation_id"],
+                               "msg": "Value error, Improper conversation ID '123e4567'",
+                               "input": "123e4567"}]
+
+
+async def test_feedback_refuses_an_improper_conversation_id(client: Any) -> None:
+    """feedback: upstream's FeedbackRequest says it without quotes."""
+    status, body = await ask(client, {"conversation_id": "123e4567", "user_question": "q",
+                                      "llm_response": "a", "sentiment": 1}, "/v1/feedback")
+    assert status == 422, body
+    assert body["detail"][0]["msg"] == "Value error, Improper conversation ID 123e4567"
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+async def test_conversation_path_id_not_upstreams_format_is_400(client: Any,
+                                                                method: str) -> None:
+    """conversations.feature, "...endpoint fails when conversation_id is malformed": `abcdef`
+    is a 400 `Invalid conversation ID format` (not "not found": a client learns its id is
+    wrong, not that the conversation is gone)."""
+    answer = await client.open("/v1/conversations/abcdef", method=method, headers=AUTH,
+                               json={"topic_summary": "t"})
+    assert answer.status_code == 400
+    assert await answer.get_json() == {"detail": {
+        "response": "Invalid conversation ID format",
+        "cause": "The conversation ID abcdef has invalid format."}}
+
+
+@pytest.mark.parametrize("conversation_id", [
+    "123e4567-e89b-12d3-a456-426614174000", "0" * 48, "conv_" + "0" * 48,
+    "conv_123e4567-e89b-12d3-a456-426614174000"])
+async def test_well_formed_unknown_ids_are_not_found(client: Any, conversation_id: str) -> None:
+    """query.feature, "...error when attempting to access conversation": a UUID nobody holds is
+    404 `Conversation not found`; so are Llama Stack's forms and a migrated UUID id."""
+    status, body = await ask(client, {"conversation_id": conversation_id, "query": "Write"})
+    assert status == 404, body
+    assert body["detail"]["response"] == "Conversation not found"
