@@ -72,7 +72,8 @@ class FeedbackRequestSchema(Schema):
     user_question = fields.String(required=True)
     llm_response = fields.String(required=True)
     sentiment = fields.Integer(load_default=None, allow_none=True, strict=True,
-                               validate=validate.OneOf([-1, 1], error="must be -1 or 1"))
+                               validate=validate.OneOf([-1, 1], error=(
+                                   "Improper sentiment value of {input}, needs to be -1 or 1")))
     user_feedback = fields.String(load_default=None, allow_none=True,
                                   validate=validate.Length(max=MAX_USER_FEEDBACK_CHARS))
     categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -170,15 +171,17 @@ async def feedback() -> Any:
     await _check_owner(runtime, body["conversation_id"], g.auth.user_id)
     storage = runtime.config.user_data_collection.feedback_storage
     if not storage:
-        raise StorageError("Error storing user feedback",
+        raise StorageError("Failed to store feedback",
                            "user_data_collection.feedback_storage is not configured")
     record = {"user_id": g.auth.user_id, "timestamp": str(datetime.now(UTC)), **body}
     try:
         path = await asyncio.to_thread(store_feedback, storage, record)
     except OSError as exc:
         log.error("feedback not stored", error=str(exc))
-        raise StorageError("Error storing user feedback",
-                           f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+        # upstream's texts; the directory is the configured one, the OS's reason is logged
+        raise StorageError("Failed to store feedback",
+                           f"Failed to store feedback at directory: {storage}",
+                           private=False) from exc
     log.info("feedback stored", file=path.name)
     return jsonify({"response": "feedback received"})
 

@@ -9,6 +9,7 @@ fields, texts. The feature file and scenario are named in each test's docstring.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +84,44 @@ async def test_well_formed_unknown_ids_are_not_found(client: Any, conversation_i
     status, body = await ask(client, {"conversation_id": conversation_id, "query": "Write"})
     assert status == 404, body
     assert body["detail"]["response"] == "Conversation not found"
+
+
+# --- feedback ----------------------------------------------------------------------------------
+
+
+async def own_conversation(client: Any) -> str:
+    status, body = await ask(client, {"query": "Say Hello."})
+    assert status == 200, body
+    return str(body["conversation_id"])
+
+
+async def test_feedback_sentiment_out_of_range(client: Any) -> None:
+    """feedback.feature, "...invalid sentiment is passed": upstream's value_error text."""
+    status, body = await ask(client, {"conversation_id": await own_conversation(client),
+                                      "llm_response": "r", "user_question": "q",
+                                      "sentiment": 0}, "/v1/feedback")
+    assert status == 422, body
+    assert body["detail"] == [{"type": "value_error", "loc": ["body", "sentiment"],
+                               "msg": "Value error, Improper sentiment value of 0, needs to "
+                                      "be -1 or 1", "input": 0}]
+
+
+async def test_feedback_storage_unwritable(client: Any, tmp_path: Path) -> None:
+    """feedback.feature, "...invalid feedback storage path is configured": 500 `Failed to store
+    feedback`, the cause naming the configured directory."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    runtime = client.app.runtime
+    collection = runtime.config.user_data_collection
+    before = collection.feedback_storage
+    collection.feedback_storage = str(blocker / "feedback")
+    try:
+        status, body = await ask(client, {"conversation_id": await own_conversation(client),
+                                          "llm_response": "r", "user_question": "q",
+                                          "sentiment": 1}, "/v1/feedback")
+    finally:
+        collection.feedback_storage = before
+    assert status == 500, body
+    assert body == {"detail": {"response": "Failed to store feedback",
+                               "cause": f"Failed to store feedback at directory: "
+                                        f"{blocker / 'feedback'}"}}
