@@ -33,6 +33,7 @@ from lcore_core.interrupts import INTERRUPTED_TEXT, LiveStream, close_markdown
 from lcore_core.llama import llama_errors
 from lcore_core.metrics import current_request
 from lcore_core.runtime import Runtime
+from lcore_core.schemas import conversation_key
 from lcore_core.shields import validity
 from lcore_core.shields.selection import NONE as NO_SHIELDS
 from lcore_core.shields.selection import Shields, not_found
@@ -198,7 +199,8 @@ async def prepare(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], *,
                              request_headers or {}, meta)
 
     return await reserve(runtime, auth, QuotaTicket(query=body["query"], endpoint=endpoint),
-                         runtime.userdb.get(conversation_id) if conversation_id else None,
+                         runtime.userdb.get(conversation_key(conversation_id))
+                         if conversation_id else None,
                          decide)
 
 
@@ -379,14 +381,14 @@ async def resolve_conversation(runtime: Runtime, auth: AuthTuple, conversation_i
     An existing one continues the way it began (the user DB knows: `response_ids` or None).
     """
     if conversation_id:
+        key = conversation_key(conversation_id)
         if meta is UNREAD:
-            meta = await runtime.userdb.get(conversation_id)
+            meta = await runtime.userdb.get(key)
         owned = meta is not None and meta["user_id"] == auth.user_id
         if meta is None or not (owned or may(auth, Action.QUERY_OTHERS_CONVERSATIONS)):
-            raise NotFound.of("Conversation", conversation_id)
+            raise NotFound.of("Conversation", conversation_id)  # as the client wrote it
         chain = meta["response_ids"]
-        return Conversation(conversation_id, False, chain is not None,
-                            chain[-1] if chain else None)
+        return Conversation(key, False, chain is not None, chain[-1] if chain else None)
     if runtime.config.service.conversation_state == LLAMA_STACK_CONVERSATION:
         with llama_errors():
             return Conversation(await runtime.llama.conversations.take(), True, False)

@@ -62,6 +62,15 @@ class InfoSchema(Schema):
 # upstream kept under a UUID. Anything else is malformed: a 422 in a body, a 400 in a path.
 CONVERSATION_ID_PATTERN = (r"^(conv_)?([0-9a-fA-F]{48}|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?"
                            r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
+
+
+def conversation_key(conversation_id: str) -> str:
+    """LCore's form of a well-formed conversation id: with Llama Stack's "conv_". Upstream
+    answers its ids without it, and `lcore migrate` keeps upstream's conversations under
+    "conv_" + upstream's id, so a client that kept upstream's ids still finds them."""
+    return conversation_id if conversation_id.startswith("conv_") else f"conv_{conversation_id}"
+
+
 # upstream's texts for a malformed conversation_id in a query body (and, unquoted, feedback's)
 IMPROPER_CONVERSATION_ID = "Improper conversation ID '{input}'"
 MAX_QUERY_CHARS = 100_000

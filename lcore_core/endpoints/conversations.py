@@ -16,7 +16,7 @@ from lcore_core.auth import Action, AuthTuple, authorize, may
 from lcore_core.errors import BadRequest, NotFound
 from lcore_core.llama import llama_errors
 from lcore_core.pipeline import as_dict, message_text
-from lcore_core.schemas import CONVERSATION_ID_PATTERN
+from lcore_core.schemas import CONVERSATION_ID_PATTERN, conversation_key
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("conversations", __name__)
@@ -82,28 +82,31 @@ def _runtime() -> Any:
     return current_app.runtime  # type: ignore[attr-defined]
 
 
-def _check_id(conversation_id: str) -> None:
+def _key(conversation_id: str) -> str:
+    """The id as LCore keeps it (400 when it is not one of upstream's forms)."""
     if not _ID.match(conversation_id):
         raise BadRequest("Invalid conversation ID format",
                          f"The conversation ID {conversation_id[:80]} has invalid format.")
+    return conversation_key(conversation_id)
 
 
 async def _visible(conversation_id: str, auth: AuthTuple,
                    others_action: str) -> dict[str, Any] | None:
     """The conversation's metadata if the caller owns it or may act on others'; else None."""
-    _check_id(conversation_id)
     meta = await _runtime().userdb.get(conversation_id)
     if meta is None or (meta["user_id"] != auth.user_id and not may(auth, others_action)):
         return None
     return meta
 
 
-async def _owned(conversation_id: str, auth: AuthTuple, others_action: str) -> dict[str, Any]:
-    """The conversation's metadata if the caller owns it or may act on others'; else 404."""
+async def _owned(given: str, auth: AuthTuple, others_action: str) -> tuple[str, dict[str, Any]]:
+    """The conversation's key and metadata if the caller owns it or may act on others'; else
+    404 naming the id as the client wrote it."""
+    conversation_id = _key(given)
     meta = await _visible(conversation_id, auth, others_action)
     if meta is None:
-        raise NotFound.of("Conversation", conversation_id)
-    return meta
+        raise NotFound.of("Conversation", given)
+    return conversation_id, meta
 
 
 @route(bp, "/v1/conversations", "/conversations", "/v2/conversations")
@@ -126,7 +129,8 @@ async def list_conversations() -> Any:
      responses={200: ConversationSchema, 400: "Malformed id", 404: "Unknown conversation"})
 @authorize(Action.GET_CONVERSATION)
 async def get_conversation(conversation_id: str) -> Any:
-    meta = await _owned(conversation_id, g.auth, Action.READ_OTHERS_CONVERSATIONS)
+    conversation_id, meta = await _owned(conversation_id, g.auth,
+                                         Action.READ_OTHERS_CONVERSATIONS)
     runtime = _runtime()
     entries = await runtime.cache.get(meta["user_id"], conversation_id)
     if entries:
@@ -233,6 +237,7 @@ async def _history_from_llama(runtime: Any, conversation_id: str) -> list[dict[s
      responses={200: DeleteSchema, 400: "Malformed id"})
 @authorize(Action.DELETE_CONVERSATION)
 async def delete_conversation(conversation_id: str) -> Any:
+    conversation_id = _key(conversation_id)
     meta = await _visible(conversation_id, g.auth, Action.DELETE_OTHERS_CONVERSATIONS)
     if meta is None:
         # As upstream: 200 with deleted false (and, for another user's conversation, nothing
@@ -269,7 +274,8 @@ async def _forget(operation: str, delete: Any, llama_id: str) -> None:
 async def update_conversation(conversation_id: str) -> Any:
     # Renaming another user's conversation is a write: upstream's action for acting on others'
     # conversations (reading them is not enough).
-    meta = await _owned(conversation_id, g.auth, Action.QUERY_OTHERS_CONVERSATIONS)
+    conversation_id, meta = await _owned(conversation_id, g.auth,
+                                         Action.QUERY_OTHERS_CONVERSATIONS)
     body = await load_body(UpdateRequestSchema)
     runtime = _runtime()
     await runtime.userdb.set_topic_summary(conversation_id, body["topic_summary"])

@@ -25,7 +25,7 @@ from quart import Blueprint, current_app, g, jsonify
 from lcore_core.auth import Action, authenticate_request, authorize
 from lcore_core.errors import Forbidden, NotFound, StorageError
 from lcore_core.files import write_atomically
-from lcore_core.schemas import CONVERSATION_ID_PATTERN
+from lcore_core.schemas import CONVERSATION_ID_PATTERN, conversation_key
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("feedback", __name__)
@@ -146,7 +146,7 @@ def store_feedback(directory: str | Path, record: dict[str, Any]) -> Path:
 
 async def _check_owner(runtime: Any, conversation_id: str, user_id: str) -> None:
     """Feedback only on a conversation that exists and is the caller's (upstream's texts)."""
-    meta = await runtime.userdb.get(conversation_id)
+    meta = await runtime.userdb.get(conversation_key(conversation_id))
     if meta is None:
         raise NotFound.of("Conversation", conversation_id)
     if meta["user_id"] != user_id:

@@ -125,3 +125,47 @@ async def test_feedback_storage_unwritable(client: Any, tmp_path: Path) -> None:
     assert body == {"detail": {"response": "Failed to store feedback",
                                "cause": f"Failed to store feedback at directory: "
                                         f"{blocker / 'feedback'}"}}
+
+
+# --- upstream's form of a conversation id -------------------------------------------------------
+
+
+async def test_upstreams_bare_id_finds_the_conversation(client: Any) -> None:
+    """Upstream answers a conversation's id without Llama Stack's `conv_` (and `lcore migrate`
+    keeps upstream's conversations under `conv_` + that id): every endpoint that takes an id
+    finds the conversation by it, as upstream's feature files use the ids it answered."""
+    bare = (await own_conversation(client)).removeprefix("conv_")
+    status, body = await ask(client, {"query": "again", "conversation_id": bare})
+    assert status == 200, body
+    assert body["conversation_id"] == f"conv_{bare}"
+    answer = await client.post("/v1/streaming_query", headers=AUTH,
+                               json={"query": "and again", "conversation_id": bare})
+    assert answer.status_code == 200
+    assert '"event": "end"' in await answer.get_data(as_text=True)
+    status, body = await ask(client, {"conversation_id": bare, "llm_response": "r",
+                                      "user_question": "q", "sentiment": 1}, "/v1/feedback")
+    assert (status, body) == (200, {"response": "feedback received"})
+    history = await client.get(f"/v1/conversations/{bare}", headers=AUTH)
+    assert len((await history.get_json())["chat_history"]) == 3
+    renamed = await client.put(f"/v2/conversations/{bare}", headers=AUTH,
+                               json={"topic_summary": "CI/CD Pipeline"})
+    assert renamed.status_code == 200
+    deleted = await client.delete(f"/v1/conversations/{bare}", headers=AUTH)
+    assert (await deleted.get_json())["deleted"] is True
+
+
+async def test_not_found_names_the_id_as_sent(client: Any) -> None:
+    """feedback.feature, "...nonexisting conversation ID is passed": the cause names the id
+    the client sent, word for word."""
+    unknown = "12345678-abcd-0000-0123-456789abcdef"
+    status, body = await ask(client, {"conversation_id": unknown, "llm_response": "r",
+                                      "user_question": "q", "sentiment": -1}, "/v1/feedback")
+    assert status == 404
+    assert body == {"detail": {"response": "Conversation not found",
+                               "cause": f"Conversation with ID {unknown} does not exist"}}
+    for answer in (await client.post("/v1/query", headers=AUTH,
+                                     json={"query": "q", "conversation_id": unknown}),
+                   await client.get(f"/v1/conversations/{unknown}", headers=AUTH)):
+        assert (await answer.get_json())["detail"]["cause"] == (
+            f"Conversation with ID {unknown} does not exist")
+

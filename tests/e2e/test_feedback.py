@@ -69,11 +69,12 @@ async def started(workdir: Path, llama_url: str, **kwargs: Any) -> AsyncIterator
     app = create_app(write_config(workdir, llama_url, **kwargs),
                      plugins=load_plugins(entrypoints=False))
     async with app.test_app() as test_app:
-        # Feedback is given on a conversation of the caller's (upstream checks it).
+        # Feedback is given on a conversation of the caller's (upstream checks it). LCore keeps
+        # ids with "conv_"; clients may send them without, as upstream answers them.
         userdb = app.runtime.userdb
-        await userdb.record_turn(GOOD["conversation_id"], DEFAULT_USER_ID, model="m",
-                                 provider="p")
-        await userdb.record_turn(ALICES, "alice", model="m", provider="p")
+        await userdb.record_turn(f"conv_{GOOD['conversation_id']}", DEFAULT_USER_ID,
+                                 model="m", provider="p")
+        await userdb.record_turn(f"conv_{ALICES}", "alice", model="m", provider="p")
         yield Started(app, test_app.test_client(), workdir)
 
 

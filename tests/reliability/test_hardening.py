@@ -129,7 +129,7 @@ async def test_renaming_others_conversations_needs_more_than_reading(
                         {"role": "reader", "actions": ["read_other_conversations"]},
                         {"role": "agent", "actions": ["query_other_conversations"]}]}},
                    _HeaderRoles())
-    conversation = "b0b00000000000000000000000000000"
+    conversation = "conv_" + "b0b0" * 12
     async with serving(app) as client:
         await app.runtime.userdb.record_turn(conversation, "bob", model="m", provider="p")
 
