@@ -23,6 +23,8 @@ READINESS_TIMEOUT_S = 5.0
 # What a service started without Llama Stack cannot do (upstream's wording).
 DEGRADED_IMPACTS = ["LLM inference unavailable", "RAG functionality unavailable",
                     "Agent tools unavailable"]
+# What a service that has lost Llama Stack cannot do (upstream's wording).
+BACKEND_DOWN_IMPACTS = ["LLM inference unavailable", "Provider health checks unavailable"]
 
 
 def _runtime() -> Any:
@@ -74,11 +76,19 @@ async def readiness() -> Any:
         return jsonify({"ready": True, "reason": "Service running in degraded mode",
                         "overall_status": "degraded", "impacts": DEGRADED_IMPACTS,
                         "providers": results})
+    # upstream's reason and impact texts; `providers` lists every component checked (upstream:
+    # only the failing ones), so an operator sees what was asked
+    impacts = [f"Provider {r['provider_id']}: {r['message']}" for r in failing
+               if r["provider_id"] != "llama-stack"]
+    if len(impacts) < len(failing):
+        reason = "Cannot connect to backend service"
+        impacts = [*BACKEND_DOWN_IMPACTS, *impacts]
+    else:
+        reason = "Providers not healthy: " + ", ".join(r["provider_id"] for r in failing)
     body = {"ready": not failing,
-            "reason": "service is ready" if not failing else
-            "not ready: " + ", ".join(r["provider_id"] for r in failing),
+            "reason": reason if failing else "All providers are healthy",
             "overall_status": "unhealthy" if failing else "healthy",
-            "impacts": [f"{r['provider_id']}: {r['message']}" for r in failing] or None,
+            "impacts": impacts or None,
             "providers": results}
     response = jsonify(body)
     response.status_code = 503 if failing else 200

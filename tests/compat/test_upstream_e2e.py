@@ -169,3 +169,18 @@ async def test_not_found_names_the_id_as_sent(client: Any) -> None:
         assert (await answer.get_json())["detail"]["cause"] == (
             f"Conversation with ID {unknown} does not exist")
 
+
+# --- health -----------------------------------------------------------------------------------
+
+
+async def test_readiness_when_healthy(client: Any) -> None:
+    """health.feature, "...proper readiness state": upstream's reason and status texts (LCore
+    also lists each component it checked in `providers`: docs/upstream.md)."""
+    answer = await client.get("/readiness", headers=AUTH)
+    body = await answer.get_json()
+    assert answer.status_code == 200
+    assert {k: body[k] for k in ("ready", "reason", "overall_status", "impacts")} == {
+        "ready": True, "reason": "All providers are healthy", "overall_status": "healthy",
+        "impacts": None}
+    assert all(p["status"] == "ok" for p in body["providers"])
+    assert await (await client.get("/liveness", headers=AUTH)).get_json() == {"alive": True}

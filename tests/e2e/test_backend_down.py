@@ -32,7 +32,17 @@ async def test_llama_stack_down_then_back(tmp_path: Path, own_stack: LlamaStackS
         assert stream.status_code == 503
         ready = await client.get("/readiness")
         assert ready.status_code == 503
-        assert "llama-stack" in (await ready.get_json())["reason"]
+        report = await ready.get_json()
+        # upstream's texts (llama_stack_disrupted.feature)
+        assert {k: report[k] for k in ("ready", "reason", "overall_status", "impacts")} == {
+            "ready": False, "reason": "Cannot connect to backend service",
+            "overall_status": "unhealthy",
+            "impacts": ["LLM inference unavailable", "Provider health checks unavailable"]}
+        for path in ("/v1/models", "/v1/info", "/v1/tools"):
+            answer = await client.get(path)
+            assert answer.status_code == 503, path
+            assert await answer.get_json() == {"detail": {
+                "response": "Unable to connect to OGX", "cause": "Connection error."}}, path
 
         await asyncio.to_thread(own_stack.start)
         ready = await client.get("/readiness")
