@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -107,10 +109,32 @@ class CappedList(fields.List):
         return unique
 
 
+# The image types an attachment may have, by the bytes each starts with (upstream's).
+IMAGE_SIGNATURES = {"image/png": b"\x89PNG", "image/jpeg": b"\xff\xd8\xff"}
+
+
 class AttachmentSchema(Schema):
     attachment_type = fields.String(required=True, validate=validate.Length(1, 64))
     content_type = fields.String(required=True, validate=validate.Length(1, 128))
-    content = fields.String(required=True)
+    content = fields.String(required=True, metadata={
+        "description": "The text, or for an image (image/png, image/jpeg) its base64 bytes"})
+
+    @validates_schema(skip_on_field_errors=True)
+    def _image(self, data: dict[str, Any], **_: Any) -> None:
+        # upstream's rules and texts: an image both ways or neither, valid base64 of that type
+        kind, content_type = data["attachment_type"], data["content_type"]
+        if (kind == "image") != (content_type in IMAGE_SIGNATURES):
+            raise ValidationError(f"attachment_type and content_type are inconsistent: "
+                                  f"attachment_type='{kind}', content_type='{content_type}'")
+        if kind != "image":
+            return
+        try:
+            decoded = base64.b64decode(data["content"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValidationError(f"Invalid base64 content for image attachment: {exc}") from exc
+        if not decoded.startswith(IMAGE_SIGNATURES[content_type]):
+            raise ValidationError(f"Image content does not match declared content_type "
+                                  f"'{content_type}': invalid image data")
 
 
 class QueryRequestSchema(Schema):

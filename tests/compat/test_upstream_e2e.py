@@ -184,3 +184,42 @@ async def test_readiness_when_healthy(client: Any) -> None:
         "impacts": None}
     assert all(p["status"] == "ok" for p in body["providers"])
     assert await (await client.get("/liveness", headers=AUTH)).get_json() == {"alive": True}
+
+
+# --- image attachments ------------------------------------------------------------------------
+
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSu"
+       "QmCC")
+
+
+@pytest.mark.parametrize(("attachment_type", "content", "msg"), [
+    ("configuration", PNG, "attachment_type and content_type are inconsistent: "
+                           "attachment_type='configuration', content_type='image/png'"),
+    ("image", "dGhpcyBpcyBub3QgYW4gaW1hZ2UgYXQgYWxs",
+     "Image content does not match declared content_type 'image/png': invalid image data"),
+    ("image", "not-valid-base64!!!",
+     "Invalid base64 content for image attachment: Only base64 data is allowed"),
+], ids=["mismatched type", "not an image", "not base64"])
+@pytest.mark.parametrize("path", ["/v1/query", "/v1/streaming_query"])
+async def test_image_attachment_refused(client: Any, path: str, attachment_type: str,
+                                        content: str, msg: str) -> None:
+    """query.feature and streaming_query.feature, "...rejects image attachment with ...": 422
+    with upstream's text, at the attachment."""
+    attachment = {"attachment_type": attachment_type, "content": content,
+                  "content_type": "image/png"}
+    status, body = await ask(client, {"query": "Describe this image",
+                                      "attachments": [attachment]}, path)
+    assert status == 422, body
+    assert body["detail"] == [{"type": "value_error", "loc": ["body", "attachments", 0],
+                               "msg": f"Value error, {msg}", "input": attachment}]
+
+
+async def test_image_and_text_attachments_accepted(client: Any) -> None:
+    """query.feature, "...text and image attachments are sent together": 200."""
+    status, body = await ask(client, {"query": "Summarize the log and describe the image",
+                                      "attachments": [
+                                          {"attachment_type": "log", "content_type": "text/plain",
+                                           "content": "error: something went wrong"},
+                                          {"attachment_type": "image", "content": PNG,
+                                           "content_type": "image/png"}]})
+    assert status == 200, body
