@@ -246,6 +246,31 @@ def builtin_tool_entry(tool: dict[str, Any]) -> dict[str, Any]:
             "type": "tool", "source": BUILTIN_SOURCE}
 
 
+#: A built-in tool group and the type of the tool runtime provider serving it.
+BUILTIN_GROUP_PROVIDERS = {"builtin::file_search": "inline::file-search"}
+#: The file-search group's tools as Llama Stack 0.7 lists them, for a backend that lists none.
+FILE_SEARCH_TOOLS: list[dict[str, Any]] = [
+    {"toolgroup_id": "builtin::file_search", "name": "insert_into_memory",
+     "description": "Insert documents into memory", "input_schema": None},
+    {"toolgroup_id": "builtin::file_search", "name": "file_search",
+     "description": "Search files for relevant information",
+     "input_schema": {"type": "object", "required": ["query"], "properties": {"query": {
+         "type": "string", "description": "The query to search for. Can be a natural language "
+                                         "sentence or keywords."}}}},
+]
+
+
+async def _fill_provider_ids(entries: list[dict[str, Any]]) -> None:
+    """Llama Stack 0.7 lists its built-in tools without the provider serving them: name the
+    tool runtime provider of the group's type, as upstream's catalog does (`file-search`)."""
+    served = {p.get("provider_type"): p.get("provider_id") for p in await _providers()
+              if p.get("api") == "tool_runtime"}
+    for entry in entries:
+        if not entry["provider_id"]:
+            kind = BUILTIN_GROUP_PROVIDERS.get(entry["toolgroup_id"])
+            entry["provider_id"] = str(served.get(kind) or "")
+
+
 def server_source(server: Any) -> str:
     """Where an MCP server's tools come from, as this caller may see it: the URL (credentials
     masked) for an admin, the server's name for everyone else (URLs reveal internal hosts)."""
@@ -305,9 +330,17 @@ async def tools() -> Any:
         with llama_errors("tools.list"):
             listed = await _client().get("/v1/tools", cast_to=object)
     except NotFound:
-        listed = []  # OGX serves no tool listing: no built-in tools to report
-    raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
+        listed = None  # OGX serves no tool listing
+    if listed is None:
+        raw = FILE_SEARCH_TOOLS
+    else:
+        raw = listed.get("data", []) if isinstance(listed, dict) else listed or []
     entries = [builtin_tool_entry(_dump(t)) for t in raw]
+    if any(not e["provider_id"] for e in entries):
+        await _fill_provider_ids(entries)
+    if listed is None:
+        # As upstream: the file-search tools when a file-search provider is configured.
+        entries = [e for e in entries if e["provider_id"]]
     entries.extend(await _mcp_entries(runtime))
     if skills.loaded(runtime):
         # As upstream: the skill tools, after the others, under names not already listed.
