@@ -20,7 +20,7 @@ from lcore_core.auth import (
     require_bearer,
 )
 from lcore_core.cache import DEFAULT_MAX_BYTES, MemoryCache, NoopCache
-from lcore_core.errors import Unauthorized
+from lcore_core.errors import BadRequest, Unauthorized
 from lcore_core.hookspecs import hookimpl
 from lcore_core.providers import AuthProvider, CacheBackend
 from lcore_core.rh_identity import RhIdentityAuth, RhIdentitySchema
@@ -41,7 +41,11 @@ class NoopAuth:
 
     async def authenticate(self, request: Request) -> AuthTuple:
         token = require_bearer(request) if self.need_token else bearer_token(request)
-        user_id = request.args.get("user_id") or DEFAULT_USER_ID
+        user_id = request.args.get("user_id", DEFAULT_USER_ID)
+        if not user_id:
+            # upstream's text ("?user_id=" names nobody; it does not mean the default user)
+            raise BadRequest("user_id cannot be empty",
+                             "The user_id query parameter is empty: leave it out or name a user")
         return AuthTuple(user_id, DEFAULT_USERNAME, frozenset(), token, skip_user_id_check=True)
 
 

@@ -80,6 +80,11 @@ BUILT_IN_ROWS: dict[str, tuple[Any, ...]] = {
                            "always_apply_access_rules": True}},
         "GET", "/v1/config", {"Authorization": "Bearer t"}, 403, FORBIDDEN,
         "User 00000000-0000-0000-0000-000 is not authorized to access this endpoint."),
+    "noop, empty user_id": ({"module": "noop"}, {}, "POST", "/v1/authorized?user_id=", {}, 400,
+                            "user_id cannot be empty", ""),
+    "noop-with-token, empty user_id": ({"module": "noop-with-token"}, {}, "POST",
+                                       "/v1/authorized?user_id=", {"Authorization": "Bearer t"},
+                                       400, "user_id cannot be empty", ""),
     "feedback disabled": ({"module": "noop"}, {"user_data_collection": {
         "feedback_enabled": False}}, "POST", "/v1/feedback", {}, 403,
         "Storing feedback is disabled", "Storing feedback is disabled."),
