@@ -28,7 +28,7 @@ class ConversationSummarySchema(Schema):
     conversation_id = fields.String(required=True)
     created_at = fields.String()
     last_message_at = fields.String()
-    last_message_timestamp = fields.String()
+    last_message_timestamp = fields.Float(metadata={"description": "Seconds since the epoch"})
     message_count = fields.Integer()
     last_used_model = fields.String()
     last_used_provider = fields.String()
@@ -118,7 +118,9 @@ async def list_conversations() -> Any:
     user = None if may(auth, Action.LIST_OTHERS_CONVERSATIONS) else auth.user_id
     rows = await _runtime().userdb.list(user)
     for row in rows:
-        row["last_message_timestamp"] = row["last_message_at"]
+        # upstream's /v2 field: the last message's time in seconds since the epoch
+        row["last_message_timestamp"] = datetime.fromisoformat(
+            row["last_message_at"]).timestamp()
         row.pop("user_id", None)
     return jsonify({"conversations": rows})
 

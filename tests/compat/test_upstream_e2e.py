@@ -8,6 +8,7 @@ fields, texts. The feature file and scenario are named in each test's docstring.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,19 @@ async def test_image_and_text_attachments_accepted(client: Any) -> None:
                                           {"attachment_type": "image", "content": PNG,
                                            "content_type": "image/png"}]})
     assert status == 200, body
+
+
+# --- /v2/conversations ---------------------------------------------------------------------------
+
+
+async def test_v2_list_gives_last_message_timestamp_as_a_number(client: Any) -> None:
+    """conversation_cache_v2.feature, "V2 conversations endpoint finds the correct conversation":
+    each entry has `conversation_id`, `topic_summary` (string or null) and
+    `last_message_timestamp`, a number (seconds since the epoch)."""
+    before = time.time()
+    conversation_id = await own_conversation(client)
+    listed = await (await client.get("/v2/conversations", headers=AUTH)).get_json()
+    entry = next(c for c in listed["conversations"] if c["conversation_id"] == conversation_id)
+    assert isinstance(entry["last_message_timestamp"], float), entry
+    assert before - 1 <= entry["last_message_timestamp"] <= time.time() + 1
+    assert entry["topic_summary"] is None or isinstance(entry["topic_summary"], str)
