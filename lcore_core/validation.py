@@ -33,6 +33,7 @@ _FIXED = {
 }
 _LONGER = re.compile(r"Longer than maximum length (\d+)\.")
 _SHORTER = re.compile(r"Shorter than minimum length (\d+)\.")
+_BETWEEN = re.compile(r"Length must be between (\d+) and (\d+)\.")
 _ONE_OF = re.compile(r"Must be one of: (.*)\.")
 _AT_LEAST = re.compile(r"Must be greater than or equal to ([^ ]+)\.")
 _AT_MOST = re.compile(r"Must be less than or equal to ([^ ]+)\.")
@@ -42,14 +43,13 @@ _MISSING = object()
 def _classify(message: str, value: Any) -> tuple[str, str]:
     if message in _FIXED:
         return _FIXED[message]
-    noun = "String" if isinstance(value, str) else "List"
-    unit = "characters" if isinstance(value, str) else "items"
-    if match := _LONGER.fullmatch(message):
-        kind = "string_too_long" if isinstance(value, str) else "too_long"
-        return kind, f"{noun} should have at most {match[1]} {unit}"
-    if match := _SHORTER.fullmatch(message):
-        kind = "string_too_short" if isinstance(value, str) else "too_short"
-        return kind, f"{noun} should have at least {match[1]} {unit}"
+    if (match := _BETWEEN.fullmatch(message)) and isinstance(value, (str, list)):
+        # pydantic names the bound that was crossed
+        message = (f"Shorter than minimum length {match[1]}." if len(value) < int(match[1])
+                   else f"Longer than maximum length {match[2]}.")
+    for pattern, kind, bound in ((_LONGER, "too_long", "most"), (_SHORTER, "too_short", "least")):
+        if match := pattern.fullmatch(message):
+            return _length_error(kind, bound, int(match[1]), value)
     if match := _ONE_OF.fullmatch(message):
         choices = " or ".join(f"'{c}'" for c in match[1].split(", "))
         return "literal_error", f"Input should be {choices}"
@@ -58,6 +58,15 @@ def _classify(message: str, value: Any) -> tuple[str, str]:
     if match := _AT_MOST.fullmatch(message):
         return "less_than_equal", f"Input should be less than or equal to {match[1]}"
     return "value_error", f"Value error, {message}"
+
+
+def _length_error(kind: str, bound: str, limit: int, value: Any) -> tuple[str, str]:
+    """pydantic's type and text for a string or list outside its length bounds."""
+    plural = "" if limit == 1 else "s"
+    if isinstance(value, str):
+        return f"string_{kind}", f"String should have at {bound} {limit} character{plural}"
+    actual = f", not {len(value)}" if isinstance(value, list) else ""
+    return kind, f"List should have at {bound} {limit} item{plural} after validation{actual}"
 
 
 def _at(data: Any, path: Loc) -> Any:

@@ -240,3 +240,16 @@ async def test_v2_list_gives_last_message_timestamp_as_a_number(client: Any) -> 
     assert isinstance(entry["last_message_timestamp"], float), entry
     assert before - 1 <= entry["last_message_timestamp"] <= time.time() + 1
     assert entry["topic_summary"] is None or isinstance(entry["topic_summary"], str)
+
+
+async def test_v2_rename_to_an_empty_topic_summary(client: Any) -> None:
+    """conversation_cache_v2.feature, "...PUT endpoint fails with empty topic summary": 422
+    `String should have at least 1 character`."""
+    conversation_id = await own_conversation(client)
+    answer = await client.put(f"/v2/conversations/{conversation_id}", headers=AUTH,
+                              json={"topic_summary": ""})
+    assert answer.status_code == 422
+    assert (await answer.get_json())["detail"] == [{
+        "type": "string_too_short", "loc": ["body", "topic_summary"],
+        "msg": "String should have at least 1 character", "input": ""}]
+

@@ -48,3 +48,17 @@ async def test_openapi_documents_the_list(make_app: Any) -> None:
         "application/json"]["schema"]["oneOf"]
     assert {"$ref": "#/components/schemas/HTTPValidationError"} in shapes
     assert spec["components"]["schemas"]["ValidationError"]["required"] == ["loc", "msg", "type"]
+
+
+async def test_length_bounds_in_pydantics_words(make_app: Any) -> None:
+    """A length outside its bounds: pydantic's type and text (`1 character`, `items after
+    validation, not N`), whether the schema gives one bound or both."""
+    client = make_app({}).test_client()
+    empty = await client.post("/v1/query", json={"query": ""})  # Length(1, MAX_QUERY_CHARS)
+    assert (await empty.get_json())["detail"] == [{
+        "type": "string_too_short", "loc": ["body", "query"],
+        "msg": "String should have at least 1 character", "input": ""}]
+    many = await client.post("/v1/query", json={"query": "q", "shield_ids": ["s"] * 65})
+    entry = (await many.get_json())["detail"][0]
+    assert (entry["type"], entry["msg"]) == (
+        "too_long", "List should have at most 64 items after validation, not 65")
