@@ -226,8 +226,7 @@ RESPONSES_MAX_LIST = 32  # shield_ids, include, a file_search tool's vector_stor
 RESPONSES_MAX_INSTRUCTIONS = 32_768
 RESPONSES_MAX_METADATA_KEYS = 16  # OpenAI's limits: 16 pairs, keys 64 and values 512 chars
 RESPONSES_MAX_ID = 256
-# A conversation as LCore names it ("conv_" + 48 hex digits), or its 48 hex digits alone
-# (upstream's stored form), or another id LCore holds (A2A, migrated); a response id.
+# A response id (previous_response_id).
 RESPONSE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$"
 TOOL_CHOICE_MODES = ("auto", "required", "none")
 
@@ -305,7 +304,7 @@ class ResponsesRequestSchema(Schema):
                           metadata={"description": "provider/model; needs model_override"})
     conversation = fields.String(
         load_default=None, allow_none=True,
-        validate=validate.Regexp(RESPONSE_ID_PATTERN, error="malformed conversation id"))
+        validate=validate.Regexp(CONVERSATION_ID_PATTERN, error=IMPROPER_CONVERSATION_ID))
     include = fields.List(fields.String(validate=validate.Length(1, 128)), load_default=None,
                           allow_none=True, validate=validate.Length(max=RESPONSES_MAX_LIST))
     instructions = fields.String(load_default=None, allow_none=True,
@@ -345,11 +344,12 @@ class ResponsesRequestSchema(Schema):
 
     @validates_schema
     def _one_context(self, data: dict[str, Any], **_: Any) -> None:
+        # upstream's texts and places
         if data.get("conversation") and data.get("previous_response_id"):
             raise ValidationError("`conversation` and `previous_response_id` are mutually "
-                                  "exclusive", "previous_response_id")
+                                  "exclusive. Only one can be provided at a time.")
         if (data.get("previous_response_id") or "").startswith("modr"):
-            raise ValidationError("a moderation response cannot be continued",
+            raise ValidationError("You cannot provide context by moderation response.",
                                   "previous_response_id")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from lcore_core.schemas import (
     RESPONSES_MAX_BODY,
     ResponsesRequestSchema,
     ResponsesResponseSchema,
+    conversation_key,
 )
 from lcore_core.web import doc, load_body, route
 
@@ -41,7 +41,6 @@ SERVER_PROMPT = "<server prompt applied>"
 # Output items of MCP servers; those of configured servers are LCore's business, not the client's.
 MCP_ITEMS = ("mcp_call", "mcp_list_tools", "mcp_approval_request")
 MCP_EVENTS = ("response.mcp_call.", "response.mcp_list_tools.", "response.mcp_approval_request.")
-_BARE_CONVERSATION = re.compile(r"^[0-9a-fA-F]{48}$")
 # Responses arguments passed to Llama Stack as the client gave them.
 _PASSED = ("include", "max_output_tokens", "metadata", "parallel_tool_calls", "prompt",
            "temperature", "text")
@@ -158,23 +157,17 @@ def _with_context(value: str | list[dict[str, Any]], context: str) -> Any:
     return value
 
 
-def conversation_id(given: str | None) -> str | None:
-    """A conversation id as LCore keeps it: upstream's bare 48 hex digits get the "conv_"."""
-    if given and _BARE_CONVERSATION.match(given):
-        return "conv_" + given.lower()
-    return given
-
-
 async def prepare(runtime: Any, auth: AuthTuple, body: dict[str, Any],
                   client_headers: dict[str, Any],
                   request_headers: dict[str, str]) -> pipeline.QueryPlan:
     """The pipeline's plan for a Responses request (quota checked, reservation held)."""
     text = input_text(body["input"])
-    conversation = conversation_id(body.get("conversation"))
+    # As the client wrote it (a 404 names it so); looked up in LCore's form.
+    conversation = body.get("conversation")
     previous = body.get("previous_response_id")
     lookup = None
     if conversation:
-        lookup = runtime.userdb.get(conversation)
+        lookup = runtime.userdb.get(conversation_key(conversation))
     elif previous:
         anyone = may(auth, Action.QUERY_OTHERS_CONVERSATIONS)
         lookup = runtime.userdb.find_response(previous, None if anyone else auth.user_id)

@@ -253,3 +253,40 @@ async def test_v2_rename_to_an_empty_topic_summary(client: Any) -> None:
         "type": "string_too_short", "loc": ["body", "topic_summary"],
         "msg": "String should have at least 1 character", "input": ""}]
 
+
+# --- /v1/responses -----------------------------------------------------------------------------
+
+MODEL = "openai/scripted-llm"
+
+
+@pytest.mark.parametrize(("fields", "entry"), [
+    ({"conversation": "short-id"},
+     {"type": "value_error", "loc": ["body", "conversation"], "input": "short-id",
+      "msg": "Value error, Improper conversation ID 'short-id'"}),
+    ({"conversation": "123e4567-e89b-12d3-a456-426614174000", "previous_response_id": "resp_any"},
+     {"type": "value_error", "loc": ["body"],
+      "msg": "Value error, `conversation` and `previous_response_id` are mutually exclusive. "
+             "Only one can be provided at a time."}),
+    ({"previous_response_id": "modr_foo"},
+     {"type": "value_error", "loc": ["body", "previous_response_id"], "input": "modr_foo",
+      "msg": "Value error, You cannot provide context by moderation response."}),
+], ids=["malformed conversation", "conversation and previous response", "moderation id"])
+async def test_responses_refuses(client: Any, fields: dict[str, Any],
+                                 entry: dict[str, Any]) -> None:
+    """responses.feature, "Responses returns 422 for malformed conversation id", "... when
+    conversation and previous_response_id are both set", "... looks like a moderation id"."""
+    status, body = await ask(client, {"input": "Hi", "model": MODEL, "stream": False, **fields},
+                             "/v1/responses")
+    assert status == 422, body
+    got = body["detail"][0]
+    assert {k: got[k] for k in entry} == entry, body
+
+
+async def test_responses_unknown_conversation_names_it_as_sent(client: Any) -> None:
+    """responses.feature, "...unknown existing-format conversation id": 404 naming the id."""
+    unknown = "123e4567-e89b-12d3-a456-426614174000"
+    status, body = await ask(client, {"input": "Hi", "model": MODEL, "stream": False,
+                                      "conversation": unknown}, "/v1/responses")
+    assert (status, body) == (404, {"detail": {
+        "response": "Conversation not found",
+        "cause": f"Conversation with ID {unknown} does not exist"}})
