@@ -42,7 +42,7 @@ _MISSING = object()
 
 def _classify(message: str, value: Any) -> tuple[str, str]:
     if message in _FIXED:
-        return _FIXED[message]
+        return _scalar(_FIXED[message], value)
     if (match := _BETWEEN.fullmatch(message)) and isinstance(value, (str, list)):
         # pydantic names the bound that was crossed
         message = (f"Shorter than minimum length {match[1]}." if len(value) < int(match[1])
@@ -51,13 +51,37 @@ def _classify(message: str, value: Any) -> tuple[str, str]:
         if match := pattern.fullmatch(message):
             return _length_error(kind, bound, int(match[1]), value)
     if match := _ONE_OF.fullmatch(message):
-        choices = " or ".join(f"'{c}'" for c in match[1].split(", "))
-        return "literal_error", f"Input should be {choices}"
+        *first, last = [f"'{c}'" for c in match[1].split(", ")]
+        return "literal_error", f"Input should be {', '.join(first)} or {last}" if first else (
+            f"Input should be {last}")
     if match := _AT_LEAST.fullmatch(message):
         return "greater_than_equal", f"Input should be greater than or equal to {match[1]}"
     if match := _AT_MOST.fullmatch(message):
         return "less_than_equal", f"Input should be less than or equal to {match[1]}"
     return "value_error", f"Value error, {message}"
+
+
+# pydantic's words for a scalar that has the wrong type but could have been parsed (a string,
+# or a number for a boolean) rather than one of another type altogether
+_PARSING = {
+    "bool_type": ("bool_parsing", "Input should be a valid boolean, unable to interpret input"),
+    "int_type": ("int_parsing",
+                 "Input should be a valid integer, unable to parse string as an integer"),
+    "float_type": ("float_parsing",
+                   "Input should be a valid number, unable to parse string as a number"),
+}
+
+
+def _scalar(fixed: tuple[str, str], value: Any) -> tuple[str, str]:
+    kind = fixed[0]
+    if kind in _PARSING and isinstance(value, str):
+        return _PARSING[kind]
+    if kind == "bool_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _PARSING[kind]
+    if kind == "int_type" and isinstance(value, float):
+        return "int_from_float", "Input should be a valid integer, got a number with a " \
+                                 "fractional part"
+    return fixed
 
 
 def _length_error(kind: str, bound: str, limit: int, value: Any) -> tuple[str, str]:
@@ -82,10 +106,17 @@ def _at(data: Any, path: Loc) -> Any:
 
 def _walk(messages: Any, path: Loc, data: Any, out: list[dict[str, Any]]) -> None:
     if isinstance(messages, dict):
-        for key, inner in messages.items():
-            # marshmallow files errors of the whole object (validates_schema) under `_schema`
-            _walk(inner, path if key == "_schema" else (*path, key), data, out)
-        return
+        if messages.keys() <= {"key", "value"} and not isinstance(_at(data, path), dict):
+            # a mapping field's entry (marshmallow: {"value": [...]}): pydantic's loc ends at
+            # the entry's key
+            messages = [m for inner in messages.values() for m in (
+                inner if isinstance(inner, list) else [inner])]
+        else:
+            for key, inner in messages.items():
+                # marshmallow files errors of the whole object (validates_schema) under
+                # `_schema`
+                _walk(inner, path if key == "_schema" else (*path, key), data, out)
+            return
     for message in messages if isinstance(messages, list) else [messages]:
         if isinstance(message, (dict, list)):
             _walk(message, path, data, out)

@@ -62,3 +62,26 @@ async def test_length_bounds_in_pydantics_words(make_app: Any) -> None:
     entry = (await many.get_json())["detail"][0]
     assert (entry["type"], entry["msg"]) == (
         "too_long", "List should have at most 64 items after validation, not 65")
+
+
+async def test_scalars_and_mapping_entries_in_pydantics_words(make_app: Any) -> None:
+    """responses_streaming.feature: `parallel_tool_calls: "maybe"` is pydantic's bool_parsing
+    (a string it could not read, not a value of another type), and a mapping entry's error is
+    at the entry's key (`metadata.k`, not `metadata.k.value`)."""
+    client = make_app({}).test_client()
+
+    async def first(fields: dict[str, Any]) -> dict[str, Any]:
+        answer = await client.post("/v1/responses", json={"input": "Hi", **fields})
+        assert answer.status_code == 422
+        return dict((await answer.get_json())["detail"][0])
+
+    assert await first({"parallel_tool_calls": "maybe"}) == {
+        "type": "bool_parsing", "loc": ["body", "parallel_tool_calls"], "input": "maybe",
+        "msg": "Input should be a valid boolean, unable to interpret input"}
+    assert (await first({"parallel_tool_calls": [True]}))["type"] == "bool_type"
+    assert await first({"metadata": {"k": 1}}) == {
+        "type": "string_type", "loc": ["body", "metadata", "k"], "input": 1,
+        "msg": "Input should be a valid string"}
+    parsed = await first({"max_output_tokens": "many"})
+    assert (parsed["type"], parsed["msg"]) == (
+        "int_parsing", "Input should be a valid integer, unable to parse string as an integer")
