@@ -229,6 +229,10 @@ RESPONSES_MAX_ID = 256
 # A response id (previous_response_id).
 RESPONSE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$"
 TOOL_CHOICE_MODES = ("auto", "required", "none")
+# What `include` may ask for (upstream's IncludeParameter)
+RESPONSES_INCLUDE = ("web_search_call.action.sources", "code_interpreter_call.outputs",
+                     "computer_call_output.output.image_url", "file_search_call.results",
+                     "message.input_image.image_url", "message.output_text.logprobs")
 
 
 class ResponseInputField(fields.Field):
@@ -305,8 +309,9 @@ class ResponsesRequestSchema(Schema):
     conversation = fields.String(
         load_default=None, allow_none=True,
         validate=validate.Regexp(CONVERSATION_ID_PATTERN, error=IMPROPER_CONVERSATION_ID))
-    include = fields.List(fields.String(validate=validate.Length(1, 128)), load_default=None,
-                          allow_none=True, validate=validate.Length(max=RESPONSES_MAX_LIST))
+    include = fields.List(fields.String(validate=validate.OneOf(RESPONSES_INCLUDE)),
+                          load_default=None, allow_none=True,
+                          validate=validate.Length(max=RESPONSES_MAX_LIST))
     instructions = fields.String(load_default=None, allow_none=True,
                                  validate=validate.Length(max=RESPONSES_MAX_INSTRUCTIONS))
     max_infer_iters = fields.Integer(load_default=None, allow_none=True,

@@ -290,3 +290,20 @@ async def test_responses_unknown_conversation_names_it_as_sent(client: Any) -> N
     assert (status, body) == (404, {"detail": {
         "response": "Conversation not found",
         "cause": f"Conversation with ID {unknown} does not exist"}})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_include_outside_upstreams_list(client: Any, stream: bool) -> None:
+    """responses_streaming.feature, "...invalid include enum value": 422 literal_error at the
+    item (LCore passed it on and relayed Llama Stack's 400)."""
+    status, body = await ask(client, {"input": "Hi", "model": MODEL, "stream": stream,
+                                      "include": ["not_a_valid_include_token"]},
+                             "/v1/responses")
+    assert status == 422, body
+    entry = body["detail"][0]
+    assert (entry["type"], entry["loc"], entry["input"]) == (
+        "literal_error", ["body", "include", 0], "not_a_valid_include_token")
+    assert entry["msg"].startswith("Input should be 'web_search_call.action.sources', ")
+    status, body = await ask(client, {"input": "Hi", "model": MODEL, "stream": False,
+                                      "include": ["file_search_call.results"]}, "/v1/responses")
+    assert status == 200, body
