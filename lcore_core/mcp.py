@@ -206,31 +206,35 @@ def oauth_headers(server: Any) -> list[str]:
 
 async def check_oauth(runtime: Runtime, auth: AuthTuple,
                       client_headers: dict[str, dict[str, str]]) -> None:
-    """Upstream's OAuth probe: each server with an `oauth` header is asked (a GET, with the
-    Authorization this caller's tool call would carry); a 401 from any of them becomes LCore's
-    401, relaying that server's WWW-Authenticate so the client can run the OAuth flow and
-    send the token in `MCP-HEADERS`. A server that cannot be asked is a 401 as well (as upstream).
+    """Upstream's OAuth probe: each server with an `oauth` header, and each server this call
+    gives an Authorization header (from a file, `MCP-HEADERS` or the caller's own token), is
+    asked (a GET, with the Authorization this caller's tool call would carry); a 401 from any
+    of them becomes LCore's 401, relaying that server's WWW-Authenticate so the client can run
+    the OAuth flow or send another token. An OAuth server that cannot be asked is a 401 as well
+    (as upstream); another one is left to the MCP health checks (left out of the call).
     """
     probes = []
     for server in runtime.mcp_servers():
-        if not oauth_headers(server):
-            continue
         authorization = None
         for name, spec in server.authorization_headers.items():
             if name.lower() == "authorization":
                 authorization = runtime.plugins.mcp_header_value(
                     spec, server, name, auth, client_headers.get(server.name) or {})
+        if not (authorization or oauth_headers(server)):
+            continue
         if authorization and not authorization.startswith("Bearer "):
             authorization = f"Bearer {authorization}"
         timeout = min(float(server.timeout or OAUTH_PROBE_TIMEOUT_S), OAUTH_PROBE_TIMEOUT_S)
-        probes.append(_probe_oauth(server.url, authorization, timeout))
+        probes.append(_probe_oauth(server.url, authorization, timeout,
+                                   unreachable_refuses=bool(oauth_headers(server))))
     refusals = await asyncio.gather(*probes, return_exceptions=True)
     for refusal in refusals:
         if isinstance(refusal, BaseException):
             raise refusal
 
 
-async def _probe_oauth(url: str, authorization: str | None, timeout: float) -> None:
+async def _probe_oauth(url: str, authorization: str | None, timeout: float, *,
+                       unreachable_refuses: bool) -> None:
     refused = f"MCP server at {url} requires OAuth"
     headers = {"Authorization": authorization} if authorization else {}
     try:
@@ -238,6 +242,8 @@ async def _probe_oauth(url: str, authorization: str | None, timeout: float) -> N
             response = await client.get(url, headers=headers)
     except httpx.HTTPError as exc:
         log.warning("mcp oauth probe failed", url=url, error=type(exc).__name__)
+        if not unreachable_refuses:
+            return
         raise Unauthorized(cause=refused, challenge=None) from None
     if response.status_code != 401:
         return

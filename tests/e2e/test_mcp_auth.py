@@ -161,3 +161,42 @@ def test_kubernetes_header_server_left_out_for_other_modules(
     [warning] = config.warnings
     assert "mcp_servers[0].authorization_headers.Authorization" in warning
     assert "MCP server 'cluster' is left out" in warning
+
+
+@pytest.mark.parametrize("source", ["file", "client", "kubernetes"])
+async def test_a_token_the_server_rejects_is_401_whatever_its_source(
+        tmp_path: Path, llama_stack_server: Any, oauth_mcp: MCPTestServer, llm: Any,
+        source: str) -> None:
+    """mcp.feature, "...reports error when MCP <file-based|client-provided|kubernetes> invalid
+    auth token is passed": as for an OAuth server, a token from a file, from MCP-HEADERS or the
+    caller's own that the MCP server refuses is a 401 `MCP server at <url> requires OAuth`,
+    for tools, query and streaming_query alike (upstream probes every server that gets an
+    Authorization header), with the server's challenge."""
+    token_file = tmp_path / "mcp-token"
+    token_file.write_text("invalid-mcp-token")
+    spec = {"file": str(token_file), "client": "client", "kubernetes": "kubernetes"}[source]
+    servers = [{"name": "mcp-auth", "url": oauth_mcp.url,
+                "authorization_headers": {"Authorization": spec}}]
+    headers = {"Authorization": "Bearer kubernetes-invalid-token"}
+    if source == "client":
+        headers["MCP-HEADERS"] = json.dumps({"mcp-auth": {"Authorization": "Bearer nope"}})
+    app = app_for(tmp_path, llama_stack_server.url, servers,
+                  authentication={"module": "noop-with-token"})
+    expected = {"detail": {"response": UNAUTHORIZED,
+                           "cause": f"MCP server at {oauth_mcp.url} requires OAuth"}}
+    async with started(app) as test_app:
+        client = test_app.test_client()
+        for method, path, body in (("GET", "/v1/tools", None), ("POST", "/v1/query", QUERY),
+                                   ("POST", "/v1/streaming_query", QUERY)):
+            answer = await client.open(path, method=method, json=body, headers=headers)
+            assert answer.status_code == 401, (path, await answer.get_data(as_text=True))
+            assert await answer.get_json() == expected, path
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer ")
+        # the right token still works
+        good = {**headers, "Authorization": f"Bearer {TOKEN}"}
+        if source == "file":
+            token_file.write_text(TOKEN)
+        if source == "client":
+            good["MCP-HEADERS"] = json.dumps({"mcp-auth": {"Authorization": f"Bearer {TOKEN}"}})
+        answer = await client.get("/v1/tools", headers=good)
+        assert answer.status_code == 200, await answer.get_data(as_text=True)
