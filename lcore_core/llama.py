@@ -509,9 +509,11 @@ def _closed_connection(exc: BaseException | None) -> bool:
             and isinstance(exc.__cause__, httpx.RemoteProtocolError | httpx.ReadError))
 
 
-def from_status(status: int, message: str, *, model: str | None = None) -> LCoreError:
-    """The LCore error for a refusal by Llama Stack; `model` (the call's) names it in upstream's
-    texts for a prompt over the context window and a provider's exhausted quota."""
+def model_refusal(message: str, *, model: str | None = None,
+                  status: int | None = None) -> LCoreError | None:
+    """Upstream's error for the model's refusal of a prompt over its context window or of a
+    call beyond the provider's quota (`model`, the call's, named in its texts); None for
+    anything else."""
     said = message.lower()
     if "context_length" in said or "context length" in said:
         return PayloadTooLarge("Prompt is too long", (
@@ -520,6 +522,15 @@ def from_status(status: int, message: str, *, model: str | None = None) -> LCore
     if status == 429 or "resource_exhausted" in said:
         return QuotaExceeded("The model quota has been exceeded", (
             f"The token quota for model {model} has been exceeded." if model else message))
+    return None
+
+
+def from_status(status: int, message: str, *, model: str | None = None) -> LCoreError:
+    """The LCore error for a refusal by Llama Stack; `model` (the call's) names it in upstream's
+    texts for a prompt over the context window and a provider's exhausted quota."""
+    refusal = model_refusal(message, model=model, status=status)
+    if refusal is not None:
+        return refusal
     kind = _STATUS_ERRORS.get(status)
     if kind is not None:
         return kind("Llama Stack rejected the request", message)

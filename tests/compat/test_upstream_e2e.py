@@ -17,7 +17,7 @@ import pytest
 
 from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
-from tests.e2e.support import lcore_config, started
+from tests.e2e.support import lcore_config, parse_sse, started
 
 AUTH = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30"}
 
@@ -307,3 +307,27 @@ async def test_responses_include_outside_upstreams_list(client: Any, stream: boo
     status, body = await ask(client, {"input": "Hi", "model": MODEL, "stream": False,
                                       "include": ["file_search_call.results"]}, "/v1/responses")
     assert status == 200, body
+
+
+# --- streaming_query: the model refuses an over-long prompt ---------------------------------
+
+
+@pytest.mark.parametrize(("error", "status", "response"), [
+    ("This model's maximum context length is 128 tokens (context_length_exceeded)", 413,
+     "Prompt is too long"),
+    ("429 RESOURCE_EXHAUSTED: quota", 429, "The model quota has been exceeded"),
+])
+async def test_streaming_model_refusal_is_upstreams_error_event(
+        client: Any, llm: Any, error: str, status: int, response: str) -> None:
+    """streaming_query.feature, "...without shields returns 200 and error in stream when
+    question is too long for model context": the stream has begun (200), and its error event
+    says `Prompt is too long` (and a spent provider quota upstream's 429 text), as /v1/query's
+    status and body do."""
+    question = f"a question the model refuses with {status}"
+    llm.script(question, status=400, error=error)
+    answer = await client.post("/v1/streaming_query", headers=AUTH,
+                               json={"query": question, "shield_ids": []})
+    text = await answer.get_data(as_text=True)
+    assert answer.status_code == 200, text
+    errors = [e["data"] for e in parse_sse(text) if e.get("event") == "error"]
+    assert errors and (errors[0]["status_code"], errors[0]["response"]) == (status, response)
