@@ -331,3 +331,27 @@ async def test_streaming_model_refusal_is_upstreams_error_event(
     assert answer.status_code == 200, text
     errors = [e["data"] for e in parse_sse(text) if e.get("event") == "error"]
     assert errors and (errors[0]["status_code"], errors[0]["response"]) == (status, response)
+
+
+async def test_conversations_without_a_conversation_cache(tmp_path: Path,
+                                                          llama_stack_server: Any) -> None:
+    """conversation_cache_v2.feature, "...fails when cache not configured" (upstream: 500
+    `Conversation cache not configured`): LCore lists and reads conversations from its user
+    database and Llama Stack (docs/upstream.md)."""
+    config = lcore_config(tmp_path, "server", llama_stack_server.url)
+    text = config.read_text()
+    config.write_text("\n".join(line for line in text.splitlines()
+                                if not line.startswith(("conversation_cache", "  type: memory",
+                                                        "  memory", "    max_entries"))))
+    assert "conversation_cache" not in config.read_text()
+    app = create_app(config, plugins=load_plugins(entrypoints=False))
+    async with started(app) as test_app:
+        client = test_app.test_client()
+        asked = await (await client.post("/v1/query", json={"query": "no cache"})).get_json()
+        listed = await client.get("/v2/conversations")
+        assert listed.status_code == 200
+        assert asked["conversation_id"] in {
+            c["conversation_id"] for c in (await listed.get_json())["conversations"]}
+        history = await client.get(f"/v1/conversations/{asked['conversation_id']}")
+        assert history.status_code == 200, await history.get_data(as_text=True)
+        assert len((await history.get_json())["chat_history"]) == 1
