@@ -86,6 +86,23 @@ def _rag_ids(config: Any) -> set[str]:
     return ids
 
 
+def rag_id_of(config: Any, *store_refs: str | None) -> str | None:
+    """The BYOK rag_id configured for a vector store (by its id or name), else None."""
+    for byok in config.get("byok_rag") or []:
+        if byok["vector_db_id"] in store_refs:
+            return str(byok["rag_id"])
+    return None
+
+
+async def store_id_for(runtime: Runtime, rag_id: str) -> str:
+    """The vector store id a client's rag_id (or a store's own id) names, as upstream resolves
+    `/v1/rags/{rag_id}`: a BYOK rag_id becomes its store's id, anything else is left as it is."""
+    if rag_id not in {b["rag_id"] for b in runtime.config.get("byok_rag") or []}:
+        return rag_id
+    store = _source(runtime.config, rag_id).store
+    return (await _index(runtime)).get(store, store)
+
+
 def tool_max_chunks(config: Any) -> int | None:
     return (config.get("rag") or {}).get("tool_max_chunks")
 

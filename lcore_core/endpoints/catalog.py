@@ -12,7 +12,7 @@ import structlog
 from marshmallow import Schema, fields
 from quart import Blueprint, current_app, g, jsonify, request
 
-from lcore_core import skills
+from lcore_core import rag, skills
 from lcore_core.auth import Action, authorize, may
 from lcore_core.config import mask, mask_url
 from lcore_core.errors import BadRequest, NotFound
@@ -389,10 +389,13 @@ async def shields() -> Any:
      responses={200: RAGListSchema, 503: "Llama Stack unavailable"})
 @authorize(Action.LIST_RAGS)
 async def list_rags() -> Any:
+    # As upstream: a BYOK store by its configured rag_id, any other by its id.
+    config = current_app.runtime.config  # type: ignore[attr-defined]
     ids: list[str] = []
     with llama_errors("vector_stores.list"):
         async for store in _client().vector_stores.list():
-            ids.append(store.id)
+            ids.append(rag.rag_id_of(config, store.id, getattr(store, "name", None))
+                       or store.id)
     return jsonify({"rags": ids})
 
 
@@ -402,9 +405,12 @@ async def list_rags() -> Any:
                 503: "Llama Stack unavailable"})
 @authorize(Action.GET_RAG)
 async def get_rag(rag_id: str) -> Any:
+    runtime = current_app.runtime  # type: ignore[attr-defined]
     with _lookup("Rag", rag_id):
-        store = _dump(await _client().vector_stores.retrieve(rag_id))
-    return jsonify({"id": store.get("id"), "name": store.get("name"),
+        store_id = await rag.store_id_for(runtime, rag_id)
+        store = _dump(await _client().vector_stores.retrieve(store_id))
+    shown = rag.rag_id_of(runtime.config, store.get("id"), store.get("name")) or store.get("id")
+    return jsonify({"id": shown, "name": store.get("name"),
                     "created_at": store.get("created_at"),
                     "last_active_at": store.get("last_active_at"),
                     "usage_bytes": store.get("usage_bytes") or 0,

@@ -227,6 +227,22 @@ async def test_request_store_ids_narrow_inline_rag_and_name_rag_ids(
     assert offered and "file_search" in offered[-1].tool_names
 
 
+async def test_rags_names_byok_stores_by_rag_id(lcore_07: Lcore, stores: dict[str, str],
+                                               portal_store: str) -> None:
+    """inline_rag.feature and faiss.feature, "...source is registered": /v1/rags lists a BYOK
+    store by its configured rag_id (other stores by their id), and /v1/rags/{rag_id} takes and
+    shows that rag_id, as upstream."""
+    listed = (await (await lcore_07.client.get("/v1/rags")).get_json())["rags"]
+    assert {"open-kb", "other-kb", portal_store} <= set(listed), listed
+    assert stores["open"] not in listed and stores["other"] not in listed
+    for asked in ("open-kb", stores["open"]):
+        answer = await lcore_07.client.get(f"/v1/rags/{asked}")
+        assert answer.status_code == 200, await answer.get_data(as_text=True)
+        assert (await answer.get_json())["id"] == "open-kb"
+    unknown = await lcore_07.client.get("/v1/rags/no-such-kb")
+    assert unknown.status_code == 404
+
+
 async def test_tool_rag_uses_the_tool_sources_and_their_limit(lcore_07: Lcore,
                                                               stores: dict[str, str]) -> None:
     from lcore_core.auth import AuthTuple
