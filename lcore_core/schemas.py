@@ -243,8 +243,10 @@ class ResponseInputField(fields.Field):
             if not value.strip():
                 raise ValidationError("must not be empty")
             return value
+        # Neither branch of the union: pydantic's errors name each (`input.str`, then the
+        # list's), and upstream's clients look for the first.
         if not isinstance(value, list):
-            raise ValidationError("must be a string or a list of input items")
+            raise ValidationError({"str": ["Not a valid string."], "list": ["Not a valid list."]})
         if not value:
             raise ValidationError("must not be an empty list")
         if len(value) > RESPONSES_MAX_INPUT_ITEMS:
@@ -252,7 +254,8 @@ class ResponseInputField(fields.Field):
                                   f"accepted, got {len(value)}")
         for number, item in enumerate(value):
             if not isinstance(item, dict):
-                raise ValidationError(f"item {number} must be an object")
+                raise ValidationError({"str": ["Not a valid string."],
+                                       number: ["an input item must be an object"]})
             kind = item.get("type", "message")
             if not isinstance(kind, str):
                 raise ValidationError(f"item {number}: type must be a string")

@@ -93,8 +93,14 @@ def _length_error(kind: str, bound: str, limit: int, value: Any) -> tuple[str, s
     return kind, f"List should have at {bound} {limit} item{plural} after validation{actual}"
 
 
+# pydantic's names for the branches of a `str | list[...]` field: they address the value itself
+_UNION_BRANCHES = ("str", "list")
+
+
 def _at(data: Any, path: Loc) -> Any:
     for key in path:
+        if key in _UNION_BRANCHES and not isinstance(data, dict):
+            continue
         present = key in data if isinstance(data, dict) else (
             isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data))
         if present:

@@ -355,3 +355,16 @@ async def test_conversations_without_a_conversation_cache(tmp_path: Path,
         history = await client.get(f"/v1/conversations/{asked['conversation_id']}")
         assert history.status_code == 200, await history.get_data(as_text=True)
         assert len((await history.get_json())["chat_history"]) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_input_list_of_strings(client: Any, stream: bool) -> None:
+    """responses.feature and responses_streaming.feature, "...input is a bare JSON array": a
+    list of strings is neither branch of `str | list[item]`; pydantic's first error is the
+    string branch's, string_type at body.input.str with the whole input."""
+    given = ["plain", "strings", "list"]
+    status, body = await ask(client, {"input": given, "model": MODEL, "stream": stream},
+                             "/v1/responses")
+    assert status == 422, body
+    assert body["detail"][0] == {"type": "string_type", "loc": ["body", "input", "str"],
+                                 "msg": "Input should be a valid string", "input": given}
