@@ -169,5 +169,9 @@ def _encode(event: pipeline.StreamEvent, text_mode: bool) -> bytes:
                 lines = "\n".join(f"- {d.get('doc_title')}: {d.get('doc_url')}" for d in docs)
                 return f"\n\n---\nReferenced documents:\n{lines}\n".encode()
         return b""
-    payload = json.dumps({"event": event.event, "data": event.data}, default=str)
+    body: dict[str, Any] = {"event": event.event, "data": event.data}
+    if event.event == "end":
+        # where upstream puts it: beside `data` (LCore also keeps it inside, for its clients)
+        body["available_quotas"] = event.data.get("available_quotas") or {}
+    payload = json.dumps(body, default=str)
     return f"data: {payload}\n\n".encode()

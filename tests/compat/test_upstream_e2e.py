@@ -368,3 +368,18 @@ async def test_responses_input_list_of_strings(client: Any, stream: bool) -> Non
     assert status == 422, body
     assert body["detail"][0] == {"type": "string_type", "loc": ["body", "input", "str"],
                                  "msg": "Input should be a valid string", "input": given}
+
+
+async def test_stream_end_event_has_available_quotas_beside_data(client: Any) -> None:
+    """streaming_query.feature, "...streamed response contains token counter fields": upstream's
+    end event carries input_tokens and output_tokens in `data` and `available_quotas` beside
+    it (event["available_quotas"]); LCore keeps a copy inside `data` too."""
+    answer = await client.post("/v1/streaming_query", headers=AUTH, json={"query": "Say hi"})
+    events = parse_sse(await answer.get_data(as_text=True))
+    assert [e["event"] for e in events][:2] == ["start", "token"]
+    assert [e["event"] for e in events][-2:] == ["turn_complete", "end"]
+    end = events[-1]
+    assert end["available_quotas"] == end["data"]["available_quotas"] == {}
+    assert end["data"]["input_tokens"] >= 0 and end["data"]["output_tokens"] >= 0
+    tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
+    assert tokens == events[-2]["data"]["token"]  # "The streamed response is equal to the full"
