@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import hashlib
 import json
 import os
 import re
@@ -30,6 +32,10 @@ OAUTH = "oauth"
 # The authentication modules whose callers' bearer token a `kubernetes` header forwards.
 KUBERNETES_MODULES = ("k8s", "noop-with-token")
 OAUTH_PROBE_TIMEOUT_S = 10.0
+# How long a server's acceptance of an Authorization is trusted before it is asked again, and
+# how many (server, credential) acceptances are remembered.
+ACCEPTED_FOR_S = 30.0
+ACCEPTED_MAX = 4096
 log = structlog.get_logger("lcore.mcp")
 _ENV = re.compile(r"^\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -127,6 +133,22 @@ class McpHealth:
         self.timeout_s = timeout_s
         self._checked: dict[str, tuple[float, str | None]] = {}
         self._probing: dict[str, asyncio.Task[str | None]] = {}
+        # OAuth probes a server answered without a 401, by (url, digest of the Authorization
+        # sent): when they were answered, oldest first (`check_oauth`).
+        self._accepted: collections.OrderedDict[tuple[str, str], float] = \
+            collections.OrderedDict()
+
+    def accepted(self, url: str, authorization: str | None) -> bool:
+        """Whether `url` accepted `authorization` within the last `ACCEPTED_FOR_S` seconds."""
+        at = self._accepted.get(_credential(url, authorization))
+        return at is not None and time.monotonic() - at < ACCEPTED_FOR_S
+
+    def accept(self, url: str, authorization: str | None) -> None:
+        key = _credential(url, authorization)
+        self._accepted[key] = time.monotonic()
+        self._accepted.move_to_end(key)
+        while len(self._accepted) > ACCEPTED_MAX:
+            self._accepted.popitem(last=False)
 
     def record(self, name: str, reason: str | None) -> None:
         """A probe's outcome: `reason` is None when the server answered."""
@@ -212,7 +234,13 @@ async def check_oauth(runtime: Runtime, auth: AuthTuple,
     of them becomes LCore's 401, relaying that server's WWW-Authenticate so the client can run
     the OAuth flow or send another token. An OAuth server that cannot be asked is a 401 as well
     (as upstream); another one is left to the MCP health checks (left out of the call).
+
+    Unlike upstream, a server's acceptance of an Authorization is remembered for
+    `ACCEPTED_FOR_S` seconds (the same credential is not asked again on every query), and a
+    server without an `oauth` header that the health checks found unreachable is not asked
+    (it is left out of the call anyway; asking would make the query wait for its timeout).
     """
+    health = runtime.mcp_health
     probes = []
     for server in runtime.mcp_servers():
         authorization = None
@@ -220,21 +248,29 @@ async def check_oauth(runtime: Runtime, auth: AuthTuple,
             if name.lower() == "authorization":
                 authorization = runtime.plugins.mcp_header_value(
                     spec, server, name, auth, client_headers.get(server.name) or {})
-        if not (authorization or oauth_headers(server)):
+        needs_oauth = bool(oauth_headers(server))
+        if not (authorization or needs_oauth):
             continue
         if authorization and not authorization.startswith("Bearer "):
             authorization = f"Bearer {authorization}"
+        if health is not None and (health.accepted(server.url, authorization) or (
+                not needs_oauth and health.reason(server.name) is not None)):
+            continue
         timeout = min(float(server.timeout or OAUTH_PROBE_TIMEOUT_S), OAUTH_PROBE_TIMEOUT_S)
-        probes.append(_probe_oauth(server.url, authorization, timeout,
-                                   unreachable_refuses=bool(oauth_headers(server))))
+        probes.append(_probe_oauth(server.url, authorization, timeout, health,
+                                   unreachable_refuses=needs_oauth))
     refusals = await asyncio.gather(*probes, return_exceptions=True)
     for refusal in refusals:
         if isinstance(refusal, BaseException):
             raise refusal
 
 
-async def _probe_oauth(url: str, authorization: str | None, timeout: float, *,
-                       unreachable_refuses: bool) -> None:
+def _credential(url: str, authorization: str | None) -> tuple[str, str]:
+    return url, hashlib.sha256((authorization or "").encode()).hexdigest()
+
+
+async def _probe_oauth(url: str, authorization: str | None, timeout: float,
+                       health: McpHealth | None, *, unreachable_refuses: bool) -> None:
     refused = f"MCP server at {url} requires OAuth"
     headers = {"Authorization": authorization} if authorization else {}
     try:
@@ -246,6 +282,8 @@ async def _probe_oauth(url: str, authorization: str | None, timeout: float, *,
             return
         raise Unauthorized(cause=refused, challenge=None) from None
     if response.status_code != 401:
+        if health is not None:
+            health.accept(url, authorization)
         return
     challenge = response.headers.get("WWW-Authenticate")
     if challenge is None:

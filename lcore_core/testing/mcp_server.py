@@ -55,6 +55,7 @@ class MCPTestServer:
         self.extra_tools = dict(tools or {})
         self._lock = threading.Lock()
         self._headers: list[dict[str, str]] = []
+        self._methods: list[str] = []
         self._calls: list[RecordedToolCall] = []
         self._server = ThreadedASGIServer(self._app, port=port, name="mcp")
 
@@ -73,6 +74,12 @@ class MCPTestServer:
             return list(self._headers)
 
     @property
+    def requests(self) -> list[tuple[str, dict[str, str]]]:
+        """(method, headers) of every HTTP request received, oldest first."""
+        with self._lock:
+            return list(zip(self._methods, self._headers, strict=True))
+
+    @property
     def tool_calls(self) -> list[RecordedToolCall]:
         with self._lock:
             return list(self._calls)
@@ -80,6 +87,7 @@ class MCPTestServer:
     def reset(self) -> None:
         with self._lock:
             self._headers.clear()
+            self._methods.clear()
             self._calls.clear()
 
     def start(self) -> MCPTestServer:
@@ -130,6 +138,7 @@ class MCPTestServer:
                 headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
                 with self._lock:
                     self._headers.append(headers)
+                    self._methods.append(scope["method"])
             await inner(scope, receive, send)
 
         return app

@@ -200,3 +200,23 @@ async def test_a_token_the_server_rejects_is_401_whatever_its_source(
             good["MCP-HEADERS"] = json.dumps({"mcp-auth": {"Authorization": f"Bearer {TOKEN}"}})
         answer = await client.get("/v1/tools", headers=good)
         assert answer.status_code == 200, await answer.get_data(as_text=True)
+
+
+async def test_an_accepted_token_is_not_asked_again_on_every_call(
+        oauth_lcore: Lcore, oauth_mcp: MCPTestServer) -> None:
+    """Upstream probes the MCP server before every call; LCore remembers for a while that the
+    server accepted this token (a refused one is asked again each time, and stays a 401)."""
+    def probes(token: str) -> int:  # the probe: a GET outside any MCP session
+        return sum(1 for method, headers in oauth_mcp.requests
+                   if method == "GET" and "mcp-session-id" not in headers
+                   and headers.get("authorization") == f"Bearer {token}")
+
+    before = probes(TOKEN)
+    for _ in range(3):
+        answer = await oauth_lcore.client.get("/v1/tools", headers=mcp_headers(TOKEN))
+        assert answer.status_code == 200, await answer.get_data(as_text=True)
+    assert probes(TOKEN) - before <= 1  # asked at most once (an earlier test may have asked)
+    for expected in (1, 2):
+        answer = await oauth_lcore.client.get("/v1/tools", headers=mcp_headers("Bearer wrong"))
+        assert answer.status_code == 401
+        assert probes("wrong") == expected
