@@ -62,15 +62,19 @@ class InfoSchema(Schema):
 # The conversation ids upstream accepts (its check_suid): a UUID, or Llama Stack's 48 hex digits
 # with or without "conv_"; and "conv_" + a UUID, the id `lcore migrate` gives a conversation
 # upstream kept under a UUID. Anything else is malformed: a 422 in a body, a 400 in a path.
+# `(?!\n)$`: Python's `$` also matches before a final newline; the pattern is in the OpenAPI
+# document too, so no Python-only `\Z`.
 CONVERSATION_ID_PATTERN = (r"^(conv_)?([0-9a-fA-F]{48}|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?"
-                           r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
+                           r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})(?!\n)$")
 
 
 def conversation_key(conversation_id: str) -> str:
-    """LCore's form of a well-formed conversation id: with Llama Stack's "conv_". Upstream
-    answers its ids without it, and `lcore migrate` keeps upstream's conversations under
-    "conv_" + upstream's id, so a client that kept upstream's ids still finds them."""
-    return conversation_id if conversation_id.startswith("conv_") else f"conv_{conversation_id}"
+    """LCore's form of a well-formed conversation id: with Llama Stack's "conv_", hex digits
+    in lower case. Upstream answers its ids without the prefix, and `lcore migrate` keeps
+    upstream's conversations under this form of upstream's id, so a client that kept upstream's
+    ids still finds them."""
+    lowered = conversation_id.lower()
+    return lowered if lowered.startswith("conv_") else f"conv_{lowered}"
 
 
 # upstream's texts for a malformed conversation_id in a query body (and, unquoted, feedback's)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lcore_core.errors import ConfigError, StorageError
+from lcore_core.schemas import conversation_key
 from lcore_core.storage import Database, StorageSettings
 
 BATCH = 500
@@ -59,7 +60,12 @@ class UpstreamDatabase:
                 raise MigrationError(f"{what}: SQLite file {found.path} does not exist")
             return cls(Database(dataclasses.replace(found, read_only=True)),
                        f"{what} (SQLite {found.path})")
-        found = dataclasses.replace(found, read_only=True, max_connections=2)
+        # A migration reads whole tables once: no statement timeout (a large table's scan must
+        # not be cancelled), no prepared statements (each runs once; and a pooler may not keep
+        # them), and its own name in pg_stat_activity.
+        found = dataclasses.replace(found, read_only=True, max_connections=2,
+                                    statement_timeout=0, prepared_statements=False,
+                                    application_name="lcore-migrate")
         namespace = found.namespace
         schemas = (namespace, "public") if fallback_public and namespace != "public" \
             else (namespace,)
@@ -204,7 +210,6 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def llama_conversation_id(upstream_id: str) -> str:
-    """Upstream keeps a conversation's id without Llama Stack's `conv_` prefix; LCore keeps the
-    id Llama Stack knows (and answers with), so the prefix is put back."""
-    return upstream_id if upstream_id.startswith("conv_") else f"conv_{upstream_id}"
+# Upstream keeps a conversation's id without Llama Stack's `conv_` prefix; LCore keeps the id
+# Llama Stack knows (and answers with), the form a client's id is looked up under.
+llama_conversation_id = conversation_key

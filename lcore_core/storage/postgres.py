@@ -163,6 +163,8 @@ class _TextWithoutNul(StrDumperUnknown):
 def json_without_nul(text: str) -> str:
     """JSON text for a `jsonb` parameter: its `\\u0000` escapes (which jsonb refuses) as
     `\\ufffd`, an escaped backslash before `u0000` left alone."""
+    if "\\u0000" not in text:  # nearly always: a plain scan, no regular expression
+        return text
     return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text)
 
 

@@ -155,6 +155,25 @@ async def test_upstreams_bare_id_finds_the_conversation(client: Any) -> None:
     assert (await deleted.get_json())["deleted"] is True
 
 
+async def test_an_id_in_upper_case_finds_the_conversation(client: Any) -> None:
+    """Hex digits in either case are the same id (as LCore took them before; upstream's
+    pattern accepts both): the conversation is found, in the body and in a path."""
+    upper = (await own_conversation(client)).removeprefix("conv_").upper()
+    status, body = await ask(client, {"query": "again", "conversation_id": upper})
+    assert status == 200, body
+    assert body["conversation_id"] == f"conv_{upper.lower()}"
+    found = await client.get(f"/v1/conversations/conv_{upper}", headers=AUTH)
+    assert found.status_code == 200, await found.get_data(as_text=True)
+
+
+async def test_an_id_with_a_trailing_newline_is_malformed(client: Any) -> None:
+    """Python's `$` matches before a final newline: such an id must still be refused."""
+    status, body = await ask(client, {"query": "Write", "conversation_id": "0" * 48 + "\n"})
+    assert status == 422, body
+    answer = await client.get("/v1/conversations/" + "0" * 48 + "%0A", headers=AUTH)
+    assert answer.status_code == 400, await answer.get_data(as_text=True)
+
+
 async def test_not_found_names_the_id_as_sent(client: Any) -> None:
     """feedback.feature, "...nonexisting conversation ID is passed": the cause names the id
     the client sent, word for word."""

@@ -701,3 +701,24 @@ def test_an_upstream_password_file_under_home(schemas: tuple[str, str], tmp_path
         UpstreamDatabase.open(section, what="upstream's user DB")
     assert str(caught.value).startswith(
         f"upstream's user DB: database.postgres.password_path: cannot read {tmp_path}: ")
+
+
+def test_the_upstream_postgres_session_has_no_statement_timeout(
+        schemas: tuple[str, str], tmp_path: Path) -> None:
+    """A migration reads whole tables once: LCore's own 30 s statement timeout and prepared
+    statements are not for it, and its sessions carry their own name."""
+    up, _ = schemas
+    upstream = Upstream("postgres", tmp_path, up)
+    upstream.fill()
+    reader = UpstreamDatabase.open(upstream.section("user"), what="upstream's user DB")
+
+    async def settings() -> list[dict[str, Any]]:
+        try:
+            return await reader.db.fetch(
+                "SELECT current_setting('statement_timeout') AS timeout, application_name "
+                "FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        finally:
+            await reader.close()
+
+    assert asyncio.run(settings()) == [{"timeout": "0", "application_name": "lcore-migrate"}]
+    assert reader.db.settings.prepared_statements is False

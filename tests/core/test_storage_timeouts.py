@@ -149,3 +149,23 @@ async def test_a_second_section_on_a_place_is_told_which_settings_it_does_not_ge
     assert warnings[0]["ignored"] == ("max_connections 9 (it has 4), "
                                       "statement_timeout 5 (it has 30)")
     await storage.close()
+
+
+async def test_migrations_wait_past_the_statement_timeout(namespace: str) -> None:
+    """Another replica migrating (holding the schema lock) for longer than the statement
+    timeout: this one waits its turn instead of being cancelled, and the session keeps its
+    timeout afterwards."""
+    db = Database(StorageSettings.from_section(section(namespace=namespace, statement_timeout=1,
+                                                       max_connections=1)))
+    key = f"lcore-schema:{namespace}"
+    try:
+        async with await psycopg.AsyncConnection.connect(DIRECT, autocommit=True) as other:
+            await other.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            migrating = asyncio.create_task(db.migrate("t", [(1, ["CREATE TABLE t (x int)"])]))
+            await asyncio.sleep(2.5)  # past the 1 s timeout
+            assert not migrating.done()
+            await other.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+            assert await asyncio.wait_for(migrating, 20) == 1
+        assert await show(db, "statement_timeout") == "1s"
+    finally:
+        await db.close()

@@ -46,6 +46,27 @@ async def _ask(client: Any, user: str, query: str) -> str:
     return str((await response.get_json())["conversation_id"])
 
 
+@pytest.mark.parametrize("form", ["bare", "upper"])
+async def test_other_forms_of_an_id_do_not_open_another_users_conversation(
+        client: Any, form: str) -> None:
+    """The forms a conversation id may take (without `conv_`, hex digits in upper case) lead
+    to the same owner check as the id LCore answered."""
+    alice = await _ask(client, "alice", "alice's secret question")
+    other = {"bare": alice.removeprefix("conv_"), "upper": alice.upper().replace("CONV_", "conv_")
+             }[form]
+    assert (await client.get(f"/v1/conversations/{other}?user_id=bob")).status_code == 404
+    assert (await client.put(f"/v2/conversations/{other}?user_id=bob",
+                             json={"topic_summary": "x"})).status_code == 404
+    refused = await client.delete(f"/v1/conversations/{other}?user_id=bob")
+    assert (await refused.get_json())["deleted"] is False
+    continued = await client.post("/v2/query?user_id=bob",
+                                  json={"query": "more", "conversation_id": other})
+    assert continued.status_code in (403, 404)
+    mine = await client.get(f"/v1/conversations/{other}?user_id=alice")
+    assert mine.status_code == 200, await mine.get_data(as_text=True)
+    assert len((await mine.get_json())["chat_history"]) == 1
+
+
 async def test_users_see_only_their_own(client: Any, llm: Any) -> None:
     alice = await _ask(client, "alice", "alice's question")
     bob = await _ask(client, "bob", "bob's question")
