@@ -8,6 +8,7 @@ never disturbed.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -203,7 +204,7 @@ async def test_two_apps_share_conversations(namespace: str, write_config: Any,
                                             serving: Any) -> None:
     first = create_app(write_config(_pg_yaml(namespace), name="first.yaml"))
     second = create_app(write_config(_pg_yaml(namespace), name="second.yaml"))
-    conv = f"conv-{uuid.uuid4().hex}"
+    conv = f"conv_{secrets.token_hex(24)}"  # the form Llama Stack gives
     async with serving(first) as one, serving(second) as two:
         r1, r2 = first.runtime, second.runtime  # type: ignore[attr-defined]
         assert type(r1.cache.backend).__name__ == "PostgresCache"
@@ -230,7 +231,7 @@ async def test_app_answers_500_json_while_the_cache_is_down(namespace: str, writ
     yaml = {"conversation_cache": {"type": "postgres", "postgres": {
         **PG, "namespace": namespace, "port": proxy.port}}}
     app = create_app(write_config(yaml))
-    conv = f"conv-{uuid.uuid4().hex}"
+    conv = f"conv_{secrets.token_hex(24)}"  # the form Llama Stack gives
     async with serving(app) as client:
         runtime = app.runtime  # type: ignore[attr-defined]
         await runtime.userdb.record_turn(conv, "bob", model="m", provider="p")
