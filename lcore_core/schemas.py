@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -86,6 +87,31 @@ MAX_SHIELD_IDS = 64
 MAX_VECTOR_STORES = 16
 MAX_ATTACHMENTS = 32
 MAX_STORE_ID_CHARS = 256  # upstream's bound on a vector store id elsewhere in its API
+
+
+# What pydantic's lax mode reads as an integer from a JSON string: ASCII digits, a sign, single
+# underscores between digits, a zero fraction, surrounding whitespace ("1", " -1 ", "1_0", "1.0").
+_LAX_INTEGER = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+
+
+class LaxInteger(fields.Integer):
+    """An integer read as upstream's pydantic models read an `int` field: also `true`/`false`,
+    a number without a fractional part and a string holding an integer, so a client that sends
+    `"sentiment": "1"` to upstream is answered the same by LCore."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool | int):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            text = value.strip(" \t\n\r\f\v")
+            if _LAX_INTEGER.fullmatch(text):
+                try:
+                    return int(text.split(".")[0])
+                except ValueError:  # past Python's 4300-digit limit for a conversion
+                    pass
+        raise self.make_error("invalid", input=value)
 
 
 class CappedList(fields.List):

@@ -25,7 +25,7 @@ from quart import Blueprint, current_app, g, jsonify
 from lcore_core.auth import Action, authenticate_request, authorize
 from lcore_core.errors import Forbidden, NotFound, StorageError
 from lcore_core.files import write_atomically
-from lcore_core.schemas import CONVERSATION_ID_PATTERN, conversation_key
+from lcore_core.schemas import CONVERSATION_ID_PATTERN, LaxInteger, conversation_key
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("feedback", __name__)
@@ -71,7 +71,7 @@ class FeedbackRequestSchema(Schema):
                                  error="Improper conversation ID {input}"))
     user_question = fields.String(required=True)
     llm_response = fields.String(required=True)
-    sentiment = fields.Integer(load_default=None, allow_none=True, strict=True,
+    sentiment = LaxInteger(load_default=None, allow_none=True,
                                validate=validate.OneOf([-1, 1], error=(
                                    "Improper sentiment value of {input}, needs to be -1 or 1")))
     user_feedback = fields.String(load_default=None, allow_none=True,

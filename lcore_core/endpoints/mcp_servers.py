@@ -13,6 +13,7 @@ from lcore_core.auth import Action, authorize
 from lcore_core.config.schema import HTTP_URL, Base, _header_names
 from lcore_core.mcp import CLIENT, KUBERNETES, OAUTH
 from lcore_core.mcp_registry import DEFAULT_PROVIDER
+from lcore_core.schemas import LaxInteger
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("mcp_servers", __name__)
@@ -68,7 +69,7 @@ class MCPServerRegistrationRequestSchema(Base):
                           validate=[validate.Length(max=MAX_HEADERS), _header_names],
                           metadata={"description": "Names of incoming request headers to "
                                                    "forward to the MCP server"})
-    timeout = fields.Integer(load_default=None, allow_none=True, strict=True,
+    timeout = LaxInteger(load_default=None, allow_none=True,
                              validate=validate.Range(min=1, max=3600),
                              metadata={"description": "Request timeout in seconds"})
 

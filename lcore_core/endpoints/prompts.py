@@ -23,6 +23,7 @@ from lcore_core.errors import (
     NotFound,
 )
 from lcore_core.llama import call_llama
+from lcore_core.schemas import LaxInteger
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("prompts", __name__)
@@ -77,7 +78,7 @@ class PromptCreateRequestSchema(Schema):
 class PromptUpdateRequestSchema(Schema):
     prompt = fields.String(required=True, validate=validate.Length(1, MAX_PROMPT_LENGTH),
                            metadata={"description": "Updated prompt text"})
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_VERSION),
+    version = LaxInteger(required=True, validate=validate.Range(1, MAX_VERSION),
                              metadata={"description": "Current (latest) version being updated"})
     set_as_default = fields.Boolean(load_default=None, allow_none=True,
                                     metadata={"description": "Whether the new version becomes "

@@ -36,6 +36,7 @@ from lcore_core.errors import (
     UnprocessableEntity,
 )
 from lcore_core.llama import call_llama as _call
+from lcore_core.schemas import LaxInteger
 from lcore_core.web import doc, load_body, route
 
 bp = Blueprint("vector_stores", __name__)
@@ -98,8 +99,8 @@ def _optional_text(limit: int, **kwargs: Any) -> fields.String:
 class VectorStoreCreateRequestSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(1, MAX_NAME))
     embedding_model = _optional_text(MAX_NAME)
-    embedding_dimension = fields.Integer(
-        load_default=None, allow_none=True, strict=True,
+    embedding_dimension = LaxInteger(
+        load_default=None, allow_none=True,
         validate=validate.Range(1, MAX_EMBEDDING_DIMENSION))
     chunking_strategy = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
     provider_id = _optional_text(MAX_NAME)
@@ -118,7 +119,7 @@ class VectorStoreCreateRequestSchema(Schema):
 
 class VectorStoreUpdateRequestSchema(Schema):
     name = _optional_text(MAX_NAME)
-    expires_at = fields.Integer(load_default=None, allow_none=True, strict=True,
+    expires_at = LaxInteger(load_default=None, allow_none=True,
                                 validate=validate.Range(min=1))
     metadata = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
 

@@ -8,6 +8,7 @@ fields, texts. The feature file and scenario are named in each test's docstring.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,32 @@ async def test_feedback_sentiment_out_of_range(client: Any) -> None:
     assert body["detail"] == [{"type": "value_error", "loc": ["body", "sentiment"],
                                "msg": "Value error, Improper sentiment value of 0, needs to "
                                       "be -1 or 1", "input": 0}]
+
+
+@pytest.mark.parametrize(("sent", "stored"), [("1", 1), (" -1 ", -1), (True, 1), (-1.0, -1)])
+async def test_feedback_sentiment_read_as_pydantic_reads_an_int(client: Any, sent: Any,
+                                                                stored: int) -> None:
+    """Upstream's FeedbackRequest has `sentiment: Optional[int]`, which pydantic reads laxly:
+    the string "1" (and `true`, `-1.0`) is a sentiment of 1, stored as the number."""
+    storage = Path(client.app.runtime.config.user_data_collection.feedback_storage)
+    before = set(storage.glob("*.json")) if storage.exists() else set()
+    status, body = await ask(client, {"conversation_id": await own_conversation(client),
+                                      "llm_response": "r", "user_question": "q",
+                                      "sentiment": sent}, "/v1/feedback")
+    assert (status, body) == (200, {"response": "feedback received"})
+    [written] = set(storage.glob("*.json")) - before
+    assert json.loads(written.read_text())["sentiment"] == stored
+
+
+async def test_feedback_sentiment_string_out_of_range(client: Any) -> None:
+    """A string parsed to 0 is upstream's value_error about 0, the input as sent."""
+    status, body = await ask(client, {"conversation_id": await own_conversation(client),
+                                      "llm_response": "r", "user_question": "q",
+                                      "sentiment": "0"}, "/v1/feedback")
+    assert status == 422, body
+    assert body["detail"] == [{"type": "value_error", "loc": ["body", "sentiment"],
+                               "msg": "Value error, Improper sentiment value of 0, needs to "
+                                      "be -1 or 1", "input": "0"}]
 
 
 async def test_feedback_storage_unwritable(client: Any, tmp_path: Path) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from marshmallow import Schema, ValidationError
+
+from lcore_core import validation
+from lcore_core.schemas import LaxInteger
 from lcore_core.testing.errors import invalid_fields
 
 
@@ -85,3 +90,27 @@ async def test_scalars_and_mapping_entries_in_pydantics_words(make_app: Any) -> 
     parsed = await first({"max_output_tokens": "many"})
     assert (parsed["type"], parsed["msg"]) == (
         "int_parsing", "Input should be a valid integer, unable to parse string as an integer")
+
+
+LAX_READS = [("1", 1), (" -1 ", -1), ("+1", 1), ("1_0", 10), ("1.0", 1), ("-1.00", -1),
+             (True, 1), (False, 0), (2.0, 2), (7, 7)]
+LAX_REFUSES = [("x", "int_parsing"), ("", "int_parsing"), ("1e0", "int_parsing"),
+               ("1.5", "int_parsing"), ("1__0", "int_parsing"), ("_1", "int_parsing"),
+               ("0x1", "int_parsing"), ("\uff11", "int_parsing"), (1.5, "int_from_float"),
+               ([1], "int_type"), ({"a": 1}, "int_type")]
+
+
+@pytest.mark.parametrize(("value", "expected"), LAX_READS)
+def test_lax_integer_reads_what_pydantic_reads(value: Any, expected: int) -> None:
+    """Upstream's `int` fields (feedback `sentiment`, a prompt's `version`...) are pydantic's
+    lax integers; the values were checked against pydantic 2.14."""
+    assert Schema.from_dict({"n": LaxInteger()})().load({"n": value}) == {"n": expected}
+
+
+@pytest.mark.parametrize(("value", "kind"), LAX_REFUSES)
+def test_lax_integer_refuses_what_pydantic_refuses(value: Any, kind: str) -> None:
+    schema = Schema.from_dict({"n": LaxInteger()})()
+    with pytest.raises(ValidationError) as refused:
+        schema.load({"n": value})
+    [entry] = validation.errors(refused.value.messages, {"n": value})
+    assert (entry["type"], entry["input"]) == (kind, value)

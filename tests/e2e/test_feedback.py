@@ -143,7 +143,7 @@ async def test_feedback_only_on_the_callers_own_conversations(clean: Started) ->
     {k: v for k, v in GOOD.items() if k != "conversation_id"},
     {**GOOD, "unexpected": "field"},
     {**GOOD, "sentiment": 0},
-    {**GOOD, "sentiment": "1"},
+    {**GOOD, "sentiment": "one"},
     {**GOOD, "user_feedback": "x" * 4097},
     {**GOOD, "categories": ["not-a-category"]},
     {"conversation_id": GOOD["conversation_id"], "user_question": "q", "llm_response": "a"},

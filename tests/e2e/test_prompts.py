@@ -142,7 +142,7 @@ async def test_undeclared_variable_is_named(lcore: Lcore) -> None:
 @pytest.mark.parametrize(("body", "field"), [
     ({"prompt": "x"}, "version"),
     ({"prompt": "x", "version": 0}, "version"),
-    ({"prompt": "x", "version": "1"}, "version"),
+    ({"prompt": "x", "version": "one"}, "version"),
     ({"prompt": "x", "version": 1, "set_as_default": "maybe"}, "set_as_default"),
     ({"version": 1}, "prompt"),
 ])
@@ -150,6 +150,14 @@ async def test_invalid_update_bodies_are_422(lcore: Lcore, body: dict[str, Any],
                                              field: str) -> None:
     fields = await invalid(await lcore.client.put(f"/v1/prompts/{UNKNOWN}", json=body))
     assert field in {name.split(".")[0] for name in fields}, fields
+
+
+async def test_version_as_a_string_is_read_as_upstream_reads_it(lcore: Lcore) -> None:
+    """Upstream's `version: int` is pydantic's lax integer: "1" is version 1, so the update
+    reaches the (unknown) prompt instead of failing validation."""
+    detail = await error(await lcore.client.put(f"/v1/prompts/{UNKNOWN}", json={
+        "prompt": "x", "version": "1"}), 404)
+    assert detail["response"] == "Prompt not found"
 
 
 async def test_llama_stack_down_is_503(tmp_path: Path, own_stack: LlamaStackServer) -> None:
