@@ -35,8 +35,13 @@ _LONGER = re.compile(r"Longer than maximum length (\d+)\.")
 _SHORTER = re.compile(r"Shorter than minimum length (\d+)\.")
 _BETWEEN = re.compile(r"Length must be between (\d+) and (\d+)\.")
 _ONE_OF = re.compile(r"Must be one of: (.*)\.")
-_AT_LEAST = re.compile(r"Must be greater than or equal to ([^ ]+)\.")
-_AT_MOST = re.compile(r"Must be less than or equal to ([^ ]+)\.")
+# marshmallow's Range: one bound, or both (pydantic names only the bound that was crossed)
+_BOUND = re.compile(r"Must be (greater than(?: or equal to)?|less than(?: or equal to)?) "
+                    r"([^ ]+?)\.")
+_BOUNDS = re.compile(r"Must be (greater than(?: or equal to)?) ([^ ]+) and "
+                     r"(less than(?: or equal to)?) ([^ ]+?)\.")
+_BOUND_TYPES = {"greater than": "greater_than", "greater than or equal to": "greater_than_equal",
+                "less than": "less_than", "less than or equal to": "less_than_equal"}
 _MISSING = object()
 
 
@@ -54,11 +59,22 @@ def _classify(message: str, value: Any) -> tuple[str, str]:
         *first, last = [f"'{c}'" for c in match[1].split(", ")]
         return "literal_error", f"Input should be {', '.join(first)} or {last}" if first else (
             f"Input should be {last}")
-    if match := _AT_LEAST.fullmatch(message):
-        return "greater_than_equal", f"Input should be greater than or equal to {match[1]}"
-    if match := _AT_MOST.fullmatch(message):
-        return "less_than_equal", f"Input should be less than or equal to {match[1]}"
+    if match := _BOUNDS.fullmatch(message):
+        low, high = (match[1], match[2]), (match[3], match[4])
+        op, bound = high if _above(value, match[2]) else low
+        return _BOUND_TYPES[op], f"Input should be {op} {bound}"
+    if match := _BOUND.fullmatch(message):
+        return _BOUND_TYPES[match[1]], f"Input should be {match[1]} {match[2]}"
     return "value_error", f"Value error, {message}"
+
+
+def _above(value: Any, lower: str) -> bool:
+    """Whether a number that failed a two-sided range lies above its lower bound (so it
+    crossed the upper one)."""
+    try:
+        return float(value) > float(lower)
+    except (TypeError, ValueError):
+        return False
 
 
 # pydantic's words for a scalar that has the wrong type but could have been parsed (a string,

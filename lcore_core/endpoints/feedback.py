@@ -72,8 +72,8 @@ class FeedbackRequestSchema(Schema):
     user_question = fields.String(required=True)
     llm_response = fields.String(required=True)
     sentiment = LaxInteger(load_default=None, allow_none=True,
-                               validate=validate.OneOf([-1, 1], error=(
-                                   "Improper sentiment value of {input}, needs to be -1 or 1")))
+                           validate=validate.OneOf([-1, 1], error=(
+                               "Improper sentiment value of {input}, needs to be -1 or 1")))
     user_feedback = fields.String(load_default=None, allow_none=True,
                                   validate=validate.Length(max=MAX_USER_FEEDBACK_CHARS))
     categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)),

@@ -70,8 +70,8 @@ class MCPServerRegistrationRequestSchema(Base):
                           metadata={"description": "Names of incoming request headers to "
                                                    "forward to the MCP server"})
     timeout = LaxInteger(load_default=None, allow_none=True,
-                             validate=validate.Range(min=1, max=3600),
-                             metadata={"description": "Request timeout in seconds"})
+                         validate=validate.Range(0, 3600, min_inclusive=False),
+                         metadata={"description": "Request timeout in seconds"})
 
 
 class MCPServerRegistrationResponseSchema(Schema):

@@ -78,8 +78,9 @@ class PromptCreateRequestSchema(Schema):
 class PromptUpdateRequestSchema(Schema):
     prompt = fields.String(required=True, validate=validate.Length(1, MAX_PROMPT_LENGTH),
                            metadata={"description": "Updated prompt text"})
-    version = LaxInteger(required=True, validate=validate.Range(1, MAX_VERSION),
-                             metadata={"description": "Current (latest) version being updated"})
+    version = LaxInteger(required=True,
+                         validate=validate.Range(0, MAX_VERSION, min_inclusive=False),
+                         metadata={"description": "Current (latest) version being updated"})
     set_as_default = fields.Boolean(load_default=None, allow_none=True,
                                     metadata={"description": "Whether the new version becomes "
                                                              "the default (Llama Stack: yes)"})

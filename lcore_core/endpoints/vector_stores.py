@@ -101,7 +101,7 @@ class VectorStoreCreateRequestSchema(Schema):
     embedding_model = _optional_text(MAX_NAME)
     embedding_dimension = LaxInteger(
         load_default=None, allow_none=True,
-        validate=validate.Range(1, MAX_EMBEDDING_DIMENSION))
+        validate=validate.Range(0, MAX_EMBEDDING_DIMENSION, min_inclusive=False))
     chunking_strategy = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
     provider_id = _optional_text(MAX_NAME)
     metadata = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
@@ -120,7 +120,7 @@ class VectorStoreCreateRequestSchema(Schema):
 class VectorStoreUpdateRequestSchema(Schema):
     name = _optional_text(MAX_NAME)
     expires_at = LaxInteger(load_default=None, allow_none=True,
-                                validate=validate.Range(min=1))
+                        validate=validate.Range(0, min_inclusive=False))
     metadata = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
 
     @validates("metadata")

@@ -155,6 +155,30 @@ async def test_feedback_storage_unwritable(client: Any, tmp_path: Path) -> None:
                                         f"{blocker / 'feedback'}"}}
 
 
+# --- prompts.feature, vector_stores.feature ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("PUT", "/v1/prompts/pmpt_" + "f" * 48, {"prompt": "p", "version": 0}, "version"),
+    ("POST", "/v1/vector-stores", {"name": "n", "embedding_dimension": 0},
+     "embedding_dimension"),
+    ("PUT", "/v1/vector-stores/vs_x", {"expires_at": 0}, "expires_at"),
+    ("POST", "/v1/mcp-servers", {"name": "n", "url": "http://127.0.0.1:9/mcp", "timeout": 0},
+     "timeout"),
+])
+async def test_zero_where_upstream_wants_a_positive_integer(client: Any, method: str, path: str,
+                                                            body: dict[str, Any],
+                                                            field: str) -> None:
+    """prompts.feature, "Update prompt with invalid version...": upstream's fields are
+    `gt=0`, so 0 is pydantic's `greater_than` entry (not a value_error naming LCore's own
+    upper bound)."""
+    answer = await client.open(path, method=method, json=body, headers=AUTH)
+    assert answer.status_code == 422
+    assert (await answer.get_json())["detail"] == [{
+        "type": "greater_than", "loc": ["body", field], "msg": "Input should be greater than 0",
+        "input": 0}]
+
+
 # --- upstream's form of a conversation id -------------------------------------------------------
 
 

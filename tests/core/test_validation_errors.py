@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from marshmallow import Schema, ValidationError
+from marshmallow.validate import Range
 
 from lcore_core import validation
 from lcore_core.schemas import LaxInteger
@@ -114,3 +115,17 @@ def test_lax_integer_refuses_what_pydantic_refuses(value: Any, kind: str) -> Non
         schema.load({"n": value})
     [entry] = validation.errors(refused.value.messages, {"n": value})
     assert (entry["type"], entry["input"]) == (kind, value)
+
+
+@pytest.mark.parametrize(("value", "kind", "text"), [
+    (0, "greater_than", "Input should be greater than 0"),
+    ("-3", "greater_than", "Input should be greater than 0"),
+    (11, "less_than_equal", "Input should be less than or equal to 10"),
+])
+def test_a_two_sided_range_names_the_bound_crossed(value: Any, kind: str, text: str) -> None:
+    """pydantic's `gt=0` (upstream's `version`, `timeout`...) says only the bound crossed."""
+    schema = Schema.from_dict({"n": LaxInteger(validate=Range(0, 10, min_inclusive=False))})()
+    with pytest.raises(ValidationError) as refused:
+        schema.load({"n": value})
+    assert validation.errors(refused.value.messages, {"n": value}) == [
+        {"type": kind, "loc": ["body", "n"], "msg": text, "input": value}]
