@@ -91,6 +91,9 @@ class QueryPlan:
     mcp_unavailable: list[str] = field(default_factory=list)
     # Chunks inline RAG put in the instructions (lcore_core.rag.retrieve).
     inline_hits: list[dict[str, Any]] = field(default_factory=list)
+    # The rag_id (or store id) of file_search's store when the tool searches exactly one:
+    # the `source` of the chunks it finds, as upstream names them.
+    file_search_source: str | None = None
     # A stream that got its whole answer from Llama Stack.
     answered: bool = False
     # Keep a transcript when transcripts are on: the query endpoints do (as upstream), A2A not.
@@ -267,6 +270,7 @@ async def _decide(runtime: Runtime, auth: AuthTuple, body: dict[str, Any], endpo
                    for a in body.get("attachments") or []]
     hits = await rag.retrieve(runtime, query, body.get("vector_store_ids"))
     return QueryPlan(ticket=ticket, mcp_unavailable=unavailable, inline_hits=hits,
+        file_search_source=file_search_source(runtime, tools),
         auth=auth, query=query, conversation_id=conversation.id,
         new_conversation=conversation.new, chained=conversation.chained,
         previous_response_id=conversation.previous_response_id,
@@ -470,6 +474,15 @@ async def select_tools(runtime: Runtime, auth: AuthTuple, vector_store_ids: list
     return tools
 
 
+def file_search_source(runtime: Runtime, tools: list[dict[str, Any]]) -> str | None:
+    """The rag_id (else the id) of the one store the file_search tool searches, if one."""
+    stores: list[str] = next(
+        (t["vector_store_ids"] for t in tools if t.get("type") == "file_search"), [])
+    if len(stores) != 1:
+        return None
+    return rag.rag_id_of(runtime.config, stores[0]) or stores[0]
+
+
 async def all_vector_store_ids(runtime: Runtime) -> list[str]:
     return await _cached_ids(runtime, "vector_stores", lambda c: c.vector_stores.list())
 
@@ -670,23 +683,37 @@ def message_text(item: dict[str, Any]) -> tuple[str, str | None]:
 
 def add_hit(result: QueryResult, hit: dict[str, Any]) -> None:
     """One retrieved chunk (file_search result or inline RAG hit) as a RAG chunk and its
-    document, once, in upstream's fields."""
+    document (once per title and link), in upstream's fields: `source` is the knowledge
+    source's rag_id (inline: the configured source; file_search: the chunk's own `source`
+    attribute until `add_inline_hits` knows the searched store), `attributes` the chunk's
+    metadata."""
     title, url = rag.title_and_url(hit)
-    result.rag_chunks.append({"content": hit.get("text") or "", "source": title,
-                              "score": hit.get("score")})
-    doc = {"doc_title": title, "doc_url": url}
-    if doc not in result.referenced_documents:
-        result.referenced_documents.append(doc)
+    attrs = hit.get("attributes") or {}
+    source = hit.get("source") or (str(attrs["source"]) if attrs.get("source") else None)
+    result.rag_chunks.append({"content": hit.get("text") or "", "source": source,
+                              "score": hit.get("score"), "attributes": attrs or None})
+    if not any((d["doc_title"], d["doc_url"]) == (title, url)
+               for d in result.referenced_documents):
+        result.referenced_documents.append({"doc_title": title, "doc_url": url,
+                                            "source": source,
+                                            "document_id": rag.document_id(hit)})
 
 
 def add_inline_hits(result: QueryResult, plan: QueryPlan) -> None:
-    """Inline RAG's chunks first, then whatever file_search found."""
+    """Inline RAG's chunks first, then whatever file_search found (named for the one store
+    it searched, when it searched one)."""
+    if plan.file_search_source:
+        for entry in (*result.rag_chunks, *result.referenced_documents):
+            if not entry.get("source"):
+                entry["source"] = plan.file_search_source
     found, result.rag_chunks, docs = result.rag_chunks, [], result.referenced_documents
     result.referenced_documents = []
     for hit in plan.inline_hits:
         add_hit(result, hit)
     result.rag_chunks.extend(found)
-    result.referenced_documents.extend(d for d in docs if d not in result.referenced_documents)
+    known = {(d["doc_title"], d["doc_url"]) for d in result.referenced_documents}
+    result.referenced_documents.extend(
+        d for d in docs if (d["doc_title"], d["doc_url"]) not in known)
 
 
 def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import structlog
 
@@ -200,10 +200,30 @@ def okp_url(okp: dict[str, Any], attrs: dict[str, Any]) -> str | None:
     return urljoin(okp.get("rhokp_url") or DEFAULT_OKP_URL, ref) if ref else None
 
 
+# Chunk metadata keys that may hold a document's link, in the order they are tried: LCore's
+# OKP link, then the keys upstream reads (rag-content writes `docs_url`).
+URL_KEYS = ("url", "doc_url", "docs_url", "reference_url", "link")
+
+
 def title_and_url(hit: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A chunk's document title and link; a value that is not an absolute URL (rag-content
+    stores a PDF's file name in `docs_url`) is no link, as upstream answers it."""
     attrs = hit.get("attributes") or {}
-    return (attrs.get("title") or attrs.get("doc_title") or hit.get("filename"),
-            attrs.get("url") or attrs.get("doc_url"))
+    url = next((str(attrs[k]) for k in URL_KEYS if attrs.get(k)), None)
+    if url is not None and not _absolute_url(url):
+        url = None
+    return attrs.get("title") or attrs.get("doc_title") or hit.get("filename"), url
+
+
+def _absolute_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return bool(parts.scheme) and bool(parts.netloc or parts.path) and len(parts.scheme) > 1
+
+
+def document_id(hit: dict[str, Any]) -> str | None:
+    attrs = hit.get("attributes") or {}
+    found = attrs.get("document_id") or attrs.get("doc_id")
+    return str(found) if found else None
 
 
 def context(hits: list[dict[str, Any]]) -> str:

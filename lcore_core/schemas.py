@@ -208,12 +208,18 @@ class QueryRequestSchema(Schema):
 class ReferencedDocumentSchema(Schema):
     doc_url = fields.String(allow_none=True)
     doc_title = fields.String(allow_none=True)
+    source = fields.String(allow_none=True, metadata={
+        "description": "The knowledge source (rag_id) the document was found in"})
+    document_id = fields.String(allow_none=True)
 
 
 class RAGChunkSchema(Schema):
     content = fields.String(required=True)
-    source = fields.String(allow_none=True)
+    source = fields.String(allow_none=True, metadata={
+        "description": "The knowledge source (rag_id) the chunk came from"})
     score = fields.Float(allow_none=True)
+    attributes = fields.Dict(allow_none=True, metadata={
+        "description": "The chunk's metadata in its vector store (title, links, ids)"})
 
 
 class ToolCallSchema(Schema):

@@ -113,3 +113,8 @@ STARTUP_TIMEOUT_S = 120
 def started(app: Any) -> Any:
     """`app.test_app()` with a start-up allowance that fits library mode."""
     return app.test_app_class(app, startup_timeout=STARTUP_TIMEOUT_S)
+
+
+def links(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`referenced_documents` as title and link only (each also names its source and id)."""
+    return [{"doc_title": d.get("doc_title"), "doc_url": d.get("doc_url")} for d in documents]

@@ -18,7 +18,7 @@ from lcore_core.app import create_app
 from lcore_core.plugins import load_plugins
 from lcore_core.testing.llm import message_text
 
-from .support import Lcore, lcore_config, started
+from .support import Lcore, lcore_config, links, started
 
 OPEN_DOC = ("LCore plugins are separately installable Python distributions found through "
             "entry points.")
@@ -87,11 +87,18 @@ async def test_inline_chunks_reach_the_model_and_the_response(rag_lcore: Lcore, 
     assert OPEN_DOC in answer and OTHER_DOC in answer, answer
     assert STRICT_DOC not in answer  # below its store's relevance cutoff
     docs = body["referenced_documents"]
-    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in docs
-    assert {"doc_title": "Pods", "doc_url": "https://docs.example/other"} in docs
+    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in links(docs)
+    assert {"doc_title": "Pods", "doc_url": "https://docs.example/other"} in links(docs)
     assert all(d["doc_title"] != "Quotas" for d in docs)
     open_chunks = [c for c in body["rag_chunks"] if "separately installable" in c["content"]]
     assert open_chunks, body["rag_chunks"]
+    # As upstream names them: the chunk's source is its rag_id, its attributes the store's
+    # metadata; the document names its source too.
+    assert open_chunks[0]["source"] == "open-kb"
+    attributes = open_chunks[0]["attributes"]
+    assert attributes["title"] == "Plugins" and attributes["url"] == "https://docs.example/open"
+    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open",
+            "source": "open-kb", "document_id": attributes["document_id"]} in docs
     # No tool call was needed: the chunks came with the instructions.
     assert body["tool_calls"] == []
     # The open store's scores are weighed by its score_multiplier (2.0).
@@ -110,6 +117,9 @@ async def test_tool_rag_offers_only_the_listed_stores(rag_lcore: Lcore, llm: Any
     searched = body["tool_results"][0]["content"]
     assert "separately installable" in searched  # the open store, listed under `tool`
     assert "smallest deployable" not in searched and "reset on a schedule" not in searched
+    # file_search searched one store: its chunks are that store's rag_id's, as upstream says.
+    found = [c for c in body["rag_chunks"] if "separately installable" in c["content"]]
+    assert found and {c["source"] for c in found} == {"open-kb"}, body["rag_chunks"]
 
 
 async def test_inline_rag_in_a_stream(rag_lcore: Lcore, llm: Any) -> None:
@@ -119,7 +129,7 @@ async def test_inline_rag_in_a_stream(rag_lcore: Lcore, llm: Any) -> None:
     assert status == 200
     end = events[-1]
     assert end["event"] == "end", events
-    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in (
+    assert {"doc_title": "Plugins", "doc_url": "https://docs.example/open"} in links(
         end["data"]["referenced_documents"])
     tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
     assert OPEN_DOC in tokens
@@ -209,7 +219,8 @@ async def test_current_layout_inlines_by_rag_id(lcore_07: Lcore, llm: Any,
     assert OPEN_DOC in answer and OTHER_DOC in answer and PORTAL_DOC in answer, answer
     docs = body["referenced_documents"]
     # OKP's documents link into the portal by their source path (offline: true).
-    assert {"doc_title": "Routes", "doc_url": "https://okp.example:8443/docs/routes"} in docs
+    assert {"doc_title": "Routes",
+            "doc_url": "https://okp.example:8443/docs/routes"} in links(docs)
     # open-kb's score_multiplier (3.0) puts its chunk first.
     assert "separately installable" in body["rag_chunks"][0]["content"]
 
@@ -275,5 +286,52 @@ async def test_okp_online_links_to_the_public_page(
         body = await (await lcore.query("layout question seven", no_tools=True,
                                         generate_topic_summary=False)).get_json()
         await lcore.runtime.drain()
-    assert {"doc_title": "Routes", "doc_url": "https://portal.example/routes"} in (
+    assert {"doc_title": "Routes", "doc_url": "https://portal.example/routes"} in links(
         body["referenced_documents"])
+
+
+async def test_rag_content_metadata_links_as_upstream(
+        tmp_path_factory: pytest.TempPathFactory, llama_stack_server: Any, llm: Any) -> None:
+    """byok_pdf.feature: rag-content's stores keep a document's link in `docs_url` and its id in
+    `document_id` (upstream's fixture pdf_kv_store.db: `docs_url: lightspeed-field-notes.pdf`,
+    `title`, `document_id`, `source`). Upstream links `docs_url` when it is a URL and gives
+    no link for a bare file name; the document carries its rag_id and id."""
+    from llama_stack_client import AsyncLlamaStackClient
+
+    client = AsyncLlamaStackClient(base_url=llama_stack_server.url)
+    store = await client.vector_stores.create(name=f"field-notes-{uuid.uuid4().hex[:6]}")
+    for name, text, attrs in (
+            ("notes.txt", "The mascot of the field notes is a purple penguin named Zephyr.",
+             {"title": "Field notes", "docs_url": "lightspeed-field-notes.pdf",
+              "document_id": "file-notes", "source": "lightspeed-field-notes"}),
+            ("guide.txt", "The field guide says the penguin Zephyr answers on Tuesdays.",
+             {"title": "Field guide", "docs_url": "https://docs.example/field-guide",
+              "document_id": "file-guide"})):
+        upload = io.BytesIO(text.encode())
+        upload.name = name
+        file = await client.files.create(file=upload, purpose="assistants")
+        await client.vector_stores.files.create(vector_store_id=store.id, file_id=file.id,
+                                                attributes=attrs)
+    workdir = tmp_path_factory.mktemp("rag-content")
+    config = lcore_config(workdir, "server", llama_stack_server.url,
+                          byok_rag=[{"rag_id": "pdf-field-notes", "vector_db_id": store.id,
+                                     "relevance_cutoff_score": 0.0}],
+                          rag={"inline": ["pdf-field-notes"]})
+    app = create_app(config, plugins=load_plugins(entrypoints=False))
+    async with started(app) as test_app:
+        lcore = Lcore(app, test_app.test_client(), "server", workdir)
+        llm.script("penguin mascot question", text=echo_system)
+        body = await (await lcore.query("penguin mascot question", no_tools=True,
+                                        generate_topic_summary=False)).get_json()
+        await lcore.runtime.drain()
+    # (Llama Stack puts its own file id in a chunk's `document_id`.)
+    ids = {c["attributes"]["title"]: c["attributes"]["document_id"] for c in body["rag_chunks"]}
+    docs = {d["doc_title"]: d for d in body["referenced_documents"]}
+    assert docs["Field notes"] == {"doc_title": "Field notes", "doc_url": None,
+                                   "source": "pdf-field-notes",
+                                   "document_id": ids["Field notes"]}
+    assert docs["Field guide"] == {"doc_title": "Field guide",
+                                   "doc_url": "https://docs.example/field-guide",
+                                   "source": "pdf-field-notes",
+                                   "document_id": ids["Field guide"]}
+    assert {c["source"] for c in body["rag_chunks"]} == {"pdf-field-notes"}

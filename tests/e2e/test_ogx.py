@@ -24,7 +24,7 @@ from lcore_core.testing.llm import UNSAFE_MARKER
 from lcore_core.testing.mcp_server import weather_report
 from lcore_core.testing.ogx import OgxServer, ogx_available, write_ogx_run_yaml
 
-from .support import Lcore, lcore_config, started
+from .support import Lcore, lcore_config, links, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ogx,
               pytest.mark.skipif(not ogx_available(), reason="make install-ogx not run")]
@@ -152,8 +152,8 @@ async def test_file_search_over_a_vector_store(lcore: Lcore, llm: Any) -> None:
     assert response.status_code == 200, await response.get_data(as_text=True)
     body = await response.get_json()
     assert "drops safety" in body["response"]
-    assert {"doc_title": "OGX notes", "doc_url": "https://example.com/ogx"} in \
-        body["referenced_documents"]
+    assert {"doc_title": "OGX notes", "doc_url": "https://example.com/ogx"} in links(
+        body["referenced_documents"])
 
 
 async def test_degraded_start_then_ogx_arrives(tmp_path: Any, llm: Any,

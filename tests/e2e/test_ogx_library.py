@@ -23,7 +23,7 @@ from lcore_core.testing.mcp_server import weather_report
 from lcore_core.testing.ogx import ogx_environment, ogx_python, write_ogx_run_yaml
 from tests.reliability.support import LcoreProcess
 
-from .support import parse_sse
+from .support import links, parse_sse
 from .test_skills import GREETER_BODY, write_skills
 
 OGX_LCORE = ogx_python().with_name("lcore")
@@ -162,8 +162,8 @@ def test_file_search_over_a_vector_store(http: httpx.Client, llm: Any) -> None:
                then="Docs: {tool_output}")
     body = ask(http, "what does ogx drop", vector_store_ids=[store_id])
     assert "drops safety" in body["response"]
-    assert {"doc_title": "OGX notes", "doc_url": "https://example.com/ogx"} in \
-        body["referenced_documents"]
+    assert {"doc_title": "OGX notes", "doc_url": "https://example.com/ogx"} in links(
+        body["referenced_documents"])
 
 
 def test_ogx_refusal_in_process_is_upstreams_404(http: httpx.Client) -> None:

@@ -6,7 +6,7 @@ import io
 import uuid
 from typing import Any
 
-from .support import Lcore
+from .support import Lcore, links
 
 DOC_TEXT = ("LCore plugins are separately installable Python distributions. Each plugin "
             "declares an entry point in the group lcore and implements hooks.")
@@ -35,7 +35,7 @@ async def test_rag_answer_has_referenced_documents(lcore: Lcore, llm: Any) -> No
     body = await response.get_json()
     assert body["response"].startswith("From the docs:")
     assert "entry point" in body["response"]
-    assert {"doc_title": title, "doc_url": url} in body["referenced_documents"]
+    assert {"doc_title": title, "doc_url": url} in links(body["referenced_documents"])
     assert any("separately installable" in c["content"] for c in body["rag_chunks"])
     assert [c["name"] for c in body["tool_calls"]] == ["file_search"]
     assert body["tool_results"][0]["type"] == "tool_result"
@@ -55,7 +55,7 @@ async def test_rag_streaming_end_event_carries_documents(lcore: Lcore, llm: Any)
     assert "tool_call" in kinds and "tool_result" in kinds, kinds
     end = events[-1]
     assert end["event"] == "end"
-    assert {"doc_title": title, "doc_url": url} in end["data"]["referenced_documents"]
+    assert {"doc_title": title, "doc_url": url} in links(end["data"]["referenced_documents"])
 
 
 async def test_no_tools_skips_rag(lcore: Lcore, llm: Any) -> None:

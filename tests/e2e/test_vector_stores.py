@@ -24,7 +24,7 @@ from lcore_core.testing.llama_stack import (
     LlamaStackServer,
 )
 
-from .support import Lcore, lcore_config, started
+from .support import Lcore, lcore_config, links, started
 
 DOC_TEXT = ("The vstore-zebra maintenance window opens every second Tuesday at 02:00 UTC and "
             "lasts ninety minutes.")
@@ -102,7 +102,7 @@ async def test_store_lifecycle_and_query_finds_the_document(lcore: Lcore, llm: A
                                  generate_topic_summary=False)
     answer = await ok(response)
     assert "second Tuesday" in answer["response"]
-    assert {"doc_title": TITLE, "doc_url": URL} in answer["referenced_documents"]
+    assert {"doc_title": TITLE, "doc_url": URL} in links(answer["referenced_documents"])
 
     deleted = await ok(await client.delete(f"/v1/vector-stores/{store_id}/files/{file['id']}"))
     assert deleted == {"file_id": file["id"], "deleted": True,
