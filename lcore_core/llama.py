@@ -54,6 +54,10 @@ log = structlog.get_logger("lcore.llama")
 # Upstream's 503 text for an unreachable backend, word for word (it names OGX, Llama Stack's
 # successor, whichever of the two answers): clients compare it.
 BACKEND_DOWN = "Unable to connect to OGX"
+# Upstream's answer when Llama Stack or the model behind it fails a call (a provider it cannot
+# reach through a proxy or TLS, a model error): its generic 500.
+INTERNAL_ERROR = ("Internal server error",
+                  "An unexpected error occurred while processing the request.")
 
 def _library_error_type() -> type[Exception] | None:
     """Library mode raises Llama Stack's own exceptions where server mode answers with a status.
@@ -536,7 +540,13 @@ def from_status(status: int, message: str, *, model: str | None = None) -> LCore
         return kind("Llama Stack rejected the request", message)
     if 400 <= status < 500:
         return BadRequest("Llama Stack rejected the request", message)
-    return BackendUnavailable("Llama Stack failed", f"status {status}: {message}")
+    return backend_failed(f"status {status}: {message}")
+
+
+def backend_failed(reason: str) -> LCoreError:
+    """A call Llama Stack answered with a failure: upstream's generic 500, Llama Stack's reason
+    after upstream's words."""
+    return LCoreError(INTERNAL_ERROR[0], f"{INTERNAL_ERROR[1]} Llama Stack: {reason}")
 
 
 def _message(exc: APIStatusError) -> str:

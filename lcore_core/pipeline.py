@@ -30,7 +30,7 @@ from lcore_core.config.schema import LLAMA_STACK_CONVERSATION
 from lcore_core.errors import Forbidden, LCoreError, NotFound, UnprocessableEntity
 from lcore_core.events import QueryCompleted, QuotaTicket, Usage
 from lcore_core.interrupts import INTERRUPTED_TEXT, LiveStream, close_markdown
-from lcore_core.llama import llama_errors, model_refusal
+from lcore_core.llama import backend_failed, llama_errors, model_refusal
 from lcore_core.metrics import current_request
 from lcore_core.runtime import Runtime
 from lcore_core.schemas import conversation_key
@@ -999,8 +999,7 @@ async def _stream(runtime: Runtime, plan: QueryPlan, raise_on_open: bool,
                 error = (data.get("response") or {}).get("error") or {}
                 message = str(error.get("message") or error or "response.failed")
                 # the model's own refusals in upstream's words, as when not streaming
-                raise model_refusal(message, model=plan.model_id) or LCoreError(
-                    "Llama Stack failed to answer", message)
+                raise model_refusal(message, model=plan.model_id) or backend_failed(message)
     except LCoreError as exc:
         await _failed(runtime, plan, exc, waiting)
         yield StreamEvent("error", {"status_code": exc.status, "response": exc.response,

@@ -453,3 +453,38 @@ async def test_stream_end_event_has_available_quotas_beside_data(client: Any) ->
     assert end["data"]["input_tokens"] >= 0 and end["data"]["output_tokens"] >= 0
     tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
     assert tokens == events[-2]["data"]["token"]  # "The streamed response is equal to the full"
+
+
+# --- proxy.feature, tls-ca/tls-mtls/tls-tlsv13.feature -------------------------------------------
+
+
+async def test_a_provider_llama_stack_cannot_reach_is_upstreams_500(tmp_path: Path) -> None:
+    """proxy.feature "LLM query fails gracefully when proxy is unreachable", the tls-*
+    "Inference fails ..." scenarios: Llama Stack cannot reach the model's provider (here: a
+    closed port) and fails the call; upstream answers its generic 500 (streaming: 200 and an
+    error event), not that Llama Stack is down."""
+    from lcore_core.testing.llama_stack import LlamaStackServer, write_run_yaml
+
+    stack = LlamaStackServer(write_run_yaml(tmp_path / "stack", "http://127.0.0.1:9/v1"))
+    stack.start()
+    try:
+        app = create_app(lcore_config(tmp_path / "lcore", "server", stack.url,
+                                      authentication={"module": "noop-with-token"}),
+                         plugins=load_plugins(entrypoints=False))
+        async with started(app) as test_app:
+            client = test_app.test_client()
+            status, body = await ask(client, {"query": "What is 2+2?", "shield_ids": []})
+            streamed = await client.post("/v1/streaming_query", headers=AUTH, json={
+                "query": "What is 2+2?", "shield_ids": []})
+            events = parse_sse(await streamed.get_data(as_text=True))
+    finally:
+        stack.stop()
+    generic = ("Internal server error", "An unexpected error occurred while processing the "
+                                        "request.")
+    assert status == 500, body
+    assert body["detail"]["response"] == generic[0]
+    assert body["detail"]["cause"].startswith(generic[1])
+    assert streamed.status_code == 200
+    [error] = [e["data"] for e in events if e["event"] == "error"]
+    assert (error["status_code"], error["response"]) == (500, generic[0])
+    assert error["cause"].startswith(generic[1])
