@@ -39,6 +39,7 @@ from lcore_core.shields.selection import NONE as NO_SHIELDS
 from lcore_core.shields.selection import Shields, not_found
 from lcore_core.shields.selection import configured as configured_shields
 from lcore_core.shields.selection import select as select_named_shields
+from lcore_core.skills.server import SERVER_LABEL as SKILLS_LABEL
 
 log = structlog.get_logger("lcore.pipeline")
 
@@ -717,17 +718,19 @@ def add_inline_hits(result: QueryResult, plan: QueryPlan) -> None:
 
 
 def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> None:
-    """Record a tool call item (file search, MCP, function) as upstream's tool call/result."""
+    """Record a tool call item as upstream's tool call and result, typed as upstream types
+    them: `file_search_call`, `mcp_call`, and `function_call` / `function_call_output` for the
+    skill tools (function tools in upstream's agent; an MCP server inside LCore here)."""
     kind = item.get("type")
     call_id = item.get("id") or item.get("call_id") or f"call_{round_no}"
     if kind == "file_search_call":
         result.tool_calls.append({"id": call_id, "name": "file_search",
                                   "args": {"queries": item.get("queries") or []},
-                                  "type": "tool_call"})
+                                  "type": kind})
         results = item.get("results") or []
         result.tool_results.append({"id": call_id, "status": item.get("status") or "completed",
-                                    "content": json.dumps(results, default=str),
-                                    "type": "tool_result", "round": round_no})
+                                    "content": json.dumps({"results": results}, default=str),
+                                    "type": kind, "round": round_no})
         for hit in results:
             add_hit(result, hit)
     elif kind in ("mcp_call", "function_call"):
@@ -735,14 +738,17 @@ def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> N
             args = json.loads(item.get("arguments") or "{}")
         except json.JSONDecodeError:
             args = {"raw": item.get("arguments")}
+        skill = kind == "mcp_call" and item.get("server_label") == SKILLS_LABEL
+        call_type, result_type = ("function_call", "function_call_output") if skill else (
+            kind, kind)
         result.tool_calls.append({"id": call_id, "name": item.get("name") or "",
                                   "args": args if isinstance(args, dict) else {"value": args},
-                                  "type": "tool_call"})
+                                  "type": call_type})
         if kind == "mcp_call":
             error = item.get("error")
             result.tool_results.append({"id": call_id, "status": "failure" if error else
                                         "success", "content": error or item.get("output"),
-                                        "type": "tool_result", "round": round_no})
+                                        "type": result_type, "round": round_no})
 
 
 # --- finishing -----------------------------------------------------------------------------

@@ -59,6 +59,8 @@ async def test_mcp_tool_runs_with_resolved_headers(mcp_lcore: Lcore, llm: Any,
     assert weather_report("Brno") in body["response"]
     assert [c["name"] for c in body["tool_calls"]] == ["get_weather"]
     assert body["tool_calls"][0]["args"] == {"city": "Brno"}
+    assert (body["tool_calls"][0]["type"], body["tool_results"][0]["type"]) == (
+        "mcp_call", "mcp_call")  # upstream's types
     assert body["tool_results"][0]["status"] == "success"
     assert weather_report("Brno") in body["tool_results"][0]["content"]
     calls = [c for c in mcp_server.tool_calls if c.name == "get_weather"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from typing import Any
 
@@ -38,7 +39,10 @@ async def test_rag_answer_has_referenced_documents(lcore: Lcore, llm: Any) -> No
     assert {"doc_title": title, "doc_url": url} in links(body["referenced_documents"])
     assert any("separately installable" in c["content"] for c in body["rag_chunks"])
     assert [c["name"] for c in body["tool_calls"]] == ["file_search"]
-    assert body["tool_results"][0]["type"] == "tool_result"
+    # Upstream's types and content for a file search: `file_search_call`, `{"results": [...]}`.
+    assert [c["type"] for c in body["tool_calls"]] == ["file_search_call"]
+    assert body["tool_results"][0]["type"] == "file_search_call"
+    assert list(json.loads(body["tool_results"][0]["content"])) == ["results"]
     offered = [r for r in llm.chat_requests if "file_search" in r.tool_names]
     assert offered, "the file_search tool was not offered to the model"
 

@@ -68,6 +68,9 @@ async def test_model_loads_a_skill_and_answers_with_its_instructions(skills_lcor
         ("load_skill", {"skill_name": "greeter"})]
     (result,) = body["tool_results"]
     assert result["status"] == "success"
+    # skills.feature: upstream's types for the skill tools (function tools in its agent)
+    assert body["tool_calls"][0]["type"] == "function_call"
+    assert result["type"] == "function_call_output"
     assert result["content"].startswith("<skill>\n<name>greeter</name>\n")
     assert '<resource name="references/flags.md" />' in result["content"]
     assert GREETER_BODY in result["content"]
