@@ -719,8 +719,9 @@ def add_inline_hits(result: QueryResult, plan: QueryPlan) -> None:
 
 def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> None:
     """Record a tool call item as upstream's tool call and result, typed as upstream types
-    them: `file_search_call`, `mcp_call`, and `function_call` / `function_call_output` for the
-    skill tools (function tools in upstream's agent; an MCP server inside LCore here)."""
+    them: `file_search_call`, `mcp_list_tools` (an MCP server's tools listed), `mcp_call`, and
+    `function_call` / `function_call_output` for the skill tools (function tools in upstream's
+    agent; an MCP server inside LCore here, whose listing is not shown)."""
     kind = item.get("type")
     call_id = item.get("id") or item.get("call_id") or f"call_{round_no}"
     if kind == "file_search_call":
@@ -733,6 +734,18 @@ def add_tool_item(result: QueryResult, item: dict[str, Any], round_no: int) -> N
                                     "type": kind, "round": round_no})
         for hit in results:
             add_hit(result, hit)
+    elif kind == "mcp_list_tools" and item.get("server_label") != SKILLS_LABEL:
+        label = item.get("server_label") or ""
+        error = item.get("error")
+        tools = [{"name": t.get("name") or "", "description": t.get("description"),
+                  "input_schema": t.get("input_schema")} for t in item.get("tools") or []]
+        result.tool_calls.append({"id": call_id, "name": kind, "args": {"server_label": label},
+                                  "type": kind})
+        result.tool_results.append({
+            "id": call_id, "status": "failure" if error else "success",
+            "content": str(error) if error else json.dumps({"server_label": label,
+                                                            "tools": tools}),
+            "type": kind, "round": round_no})
     elif kind in ("mcp_call", "function_call"):
         try:
             args = json.loads(item.get("arguments") or "{}")
@@ -990,7 +1003,8 @@ async def _stream(runtime: Runtime, plan: QueryPlan, raise_on_open: bool,
                             texts.append(text)
                             yield StreamEvent("token", {"id": token_no, "token": text})
                             token_no += 1
-                elif item.get("type") in ("file_search_call", "mcp_call", "function_call"):
+                elif item.get("type") in ("file_search_call", "mcp_call", "mcp_list_tools",
+                                          "function_call"):
                     round_no += 1
                     before_calls, before_results = (len(result.tool_calls),
                                                     len(result.tool_results))

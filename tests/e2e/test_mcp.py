@@ -57,12 +57,18 @@ async def test_mcp_tool_runs_with_resolved_headers(mcp_lcore: Lcore, llm: Any,
     assert response.status_code == 200, await response.get_data(as_text=True)
     body = await response.get_json()
     assert weather_report("Brno") in body["response"]
-    assert [c["name"] for c in body["tool_calls"]] == ["get_weather"]
-    assert body["tool_calls"][0]["args"] == {"city": "Brno"}
-    assert (body["tool_calls"][0]["type"], body["tool_results"][0]["type"]) == (
-        "mcp_call", "mcp_call")  # upstream's types
-    assert body["tool_results"][0]["status"] == "success"
-    assert weather_report("Brno") in body["tool_results"][0]["content"]
+    # As upstream: the server's tools listed (mcp_list_tools), then the call (mcp_call).
+    listing, call = body["tool_calls"]
+    assert listing == {"id": listing["id"], "name": "mcp_list_tools",
+                       "args": {"server_label": "weather"}, "type": "mcp_list_tools"}
+    assert (call["name"], call["args"], call["type"]) == (
+        "get_weather", {"city": "Brno"}, "mcp_call")
+    listed, called = body["tool_results"]
+    assert (listed["type"], listed["status"]) == ("mcp_list_tools", "success")
+    assert "get_weather" in [t["name"] for t in json.loads(listed["content"])["tools"]]
+    assert json.loads(listed["content"])["server_label"] == "weather"
+    assert (called["type"], called["status"]) == ("mcp_call", "success")
+    assert weather_report("Brno") in called["content"]
     calls = [c for c in mcp_server.tool_calls if c.name == "get_weather"]
     assert calls and calls[-1].arguments == {"city": "Brno"}
     sent = {k.lower(): v for k, v in calls[-1].headers.items()}
@@ -85,8 +91,9 @@ async def test_streaming_reports_mcp_tool_events(mcp_lcore: Lcore, llm: Any,
     events = parse_sse(await response.get_data(as_text=True))
     calls = [e["data"] for e in events if e["event"] == "tool_call"]
     results = [e["data"] for e in events if e["event"] == "tool_result"]
-    assert [c["name"] for c in calls] == ["get_weather"]
-    assert weather_report("Oslo") in results[0]["content"]
+    assert [(c["name"], c["type"]) for c in calls] == [("mcp_list_tools", "mcp_list_tools"),
+                                                        ("get_weather", "mcp_call")]
+    assert weather_report("Oslo") in results[-1]["content"]
     tokens = "".join(e["data"]["token"] for e in events if e["event"] == "token")
     assert weather_report("Oslo") in tokens
 
