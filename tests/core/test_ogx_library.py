@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lcore_core.errors import BackendUnavailable, NotFound, QuotaExceeded
+from lcore_core.errors import BackendUnavailable, LCoreError, NotFound, QuotaExceeded
 from lcore_core.llama import LlamaStack, llama_errors
 from lcore_core.ogx_library import BASE_URL, StreamingASGITransport
 
@@ -94,7 +94,7 @@ def refusing_app(status: int, message: str) -> Any:
 @pytest.mark.parametrize(("status", "message", "error"), [
     (404, "Conversation conv_1 not found", NotFound),
     (429, "rate limited", QuotaExceeded),
-    (500, "boom", BackendUnavailable),
+    (500, "boom", LCoreError),  # upstream's generic 500, not "backend down"
 ])
 async def test_ogx_refusals_in_process_map_as_from_a_server(status: int, message: str,
                                                             error: type[Exception]) -> None:
@@ -105,6 +105,7 @@ async def test_ogx_refusals_in_process_map_as_from_a_server(status: int, message
     with pytest.raises(error) as raised, llama_errors("conversations.retrieve"):
         await llama.client.conversations.retrieve("conv_1")
     assert message in str(raised.value.cause) or status == 429  # type: ignore[attr-defined]
+    assert raised.value.status == status  # type: ignore[attr-defined]
     with pytest.raises(error):
         await llama.respond({"model": "m", "input": "hi"}, {})
     await llama.close()

@@ -94,7 +94,8 @@ def test_no_secret_is_logged(tmp_path: Path, llama_stack_server: Any, llm: Any,
                               headers={**auth, **mcp, "X-Request-ID": "secret-test-1"},
                               timeout=60)
         assert answered.status_code == 200, answered.text
-        assert answered.json()["tool_calls"][0]["name"] == "get_weather"
+        assert [c["name"] for c in answered.json()["tool_calls"]] == ["mcp_list_tools",
+                                                                   "get_weather"]
         sent = {k.lower(): v for k, v in mcp_server.tool_calls[-1].headers.items()}
         assert sent["x-api-key"] == SECRETS["mcp-file-header"]  # the secrets were used
         assert sent["x-env-token"] == SECRETS["mcp-env-header"]
