@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import yaml
 
+from lcore_core.testing.jwks import local_jwks
 from lcore_core.testing.llama_stack import (
     LLM_MODEL_ID,
     LlamaStackServer,
@@ -177,18 +178,7 @@ def lcore_config(workdir: Path, stack: LlamaStackServer, library: Path | None,
 
 def full_setup(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
     """jwk-token (a local JWKS file), RBAC, user DB, cache and quota on PostgreSQL; a token."""
-    from authlib.jose import JsonWebKey, JsonWebToken
-
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
-    public = key.as_dict(is_private=False)
-    public.update(kid="bench", alg="RS256", use="sig")
-    jwks = workdir / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [public]}))
-    now = int(time.time())
-    token = JsonWebToken(["RS256"]).encode(
-        {"alg": "RS256", "kid": "bench"},
-        {"iss": "bench-issuer", "aud": "lcore", "iat": now, "exp": now + 6 * 3600,
-         "user_id": "bench-user", "username": "bench", "groups": ["users"]}, key).decode()
+    jwks, token = local_jwks(workdir, "bench")
     pg = {**PG, "namespace": namespace}
     section = {
         # Installed but not used by this deployment, as a user who installs only what they need

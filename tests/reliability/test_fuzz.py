@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from schemathesis.checks import (
 from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 
 from lcore_core.testing.errors import error_text
+from lcore_core.testing.jwks import local_jwks
 
 from .support import LcoreProcess, pg_schema, postgres, write_config
 
@@ -81,18 +81,7 @@ class Target:
 
 def _full_sections(workdir: Path, namespace: str) -> tuple[dict[str, Any], str]:
     """jwk-token (a local JWKS file) with RBAC, quota, user DB, cache and A2A on PostgreSQL."""
-    from authlib.jose import JsonWebKey, JsonWebToken
-
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
-    public = key.as_dict(is_private=False)
-    public.update(kid="fuzz", alg="RS256", use="sig")
-    jwks = workdir / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [public]}))
-    now = int(time.time())
-    token = JsonWebToken(["RS256"]).encode(
-        {"alg": "RS256", "kid": "fuzz"},
-        {"iss": "fuzz-issuer", "aud": "lcore", "iat": now, "exp": now + 6 * 3600,
-         "user_id": "fuzz-user", "username": "fuzz", "groups": ["users"]}, key).decode()
+    jwks, token = local_jwks(workdir, "fuzz")
     pg = postgres(namespace)
     return {
         "authentication": {"module": "jwk-token", "jwk_config": {
