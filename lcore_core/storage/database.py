@@ -243,12 +243,11 @@ class Database:
             async with self.transaction(lock="schema") as tx:
                 return await self._migrate(tx, component, migrations)
         key = f"lcore-schema:{self.settings.namespace}"
-        timeout = "SELECT set_config('statement_timeout', %s, false)"
         with _mapped():
             async with self._pg.connection() as conn:
                 # No statement timeout while migrating: waiting for another replica's migration,
                 # or building an index on a large table, may rightly take longer.
-                await conn.execute(timeout, ("0",))
+                await self._pg.time_out_statements(conn, off=True)
                 try:
                     await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
                     try:
@@ -258,7 +257,7 @@ class Database:
                     finally:
                         await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
                 finally:
-                    await conn.execute(timeout, (f"{self.settings.statement_timeout}s",))
+                    await self._pg.time_out_statements(conn)
 
     async def _migrate(self, tx: Transaction, component: str,
                        migrations: Sequence[tuple[int, Sequence[Step]]]) -> int:

@@ -92,16 +92,21 @@ class ConnectionPool:
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
                                                      prepare_threshold=self.prepare_threshold)
         if self.statement_timeout_ms:
-            # Set on the session rather than as a startup `options`, which PgBouncer refuses.
             try:
-                await conn.execute("SELECT set_config('statement_timeout', %s, false)",
-                                   (f"{self.statement_timeout_ms}ms",))
+                await self.time_out_statements(conn)
             except BaseException:
                 await conn.close()
                 raise
         self.configure(conn)
         self._born[id(conn)] = self._generation
         return conn
+
+    async def time_out_statements(self, conn: psycopg.AsyncConnection[Any], *,
+                                  off: bool = False) -> None:
+        """Set the session's statement timeout to the pool's (or none, `off`): on the session
+        rather than as a startup `options`, which PgBouncer refuses."""
+        await conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                           ("0" if off else f"{self.statement_timeout_ms}ms",))
 
     def configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Adapt a new connection (a subclass registers its dumpers here)."""
